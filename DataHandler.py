@@ -1,0 +1,283 @@
+"""Data: reading and checking the splits, the graphs Â and Ĉ, negative sampling.
+
+A dataset NAME lives in ``<data_dir>/sparse_NAME/`` as ``trnMat.pkl``, ``tstMat.pkl``
+and optionally ``valMat.pkl``: pickled SciPy sparse U×I matrices (SPEC §1).
+Every non-zero entry is an interaction; values are binarised to 1.0.
+
+Graphs (SPEC §2) are kept as :class:`Graph`: the non-zeros of an N×N matrix in
+row-major (CSR) order, which is the order every per-edge vector (edge weights,
+masks) follows. Node ids: users 0..U-1, items U..N-1.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from Utils.Errors import DataError
+
+
+# ----------------------------------------------------------------------------- splits
+def load_split(path: str, what: str = "split") -> sp.csr_matrix:
+    """Read one pickled sparse matrix and return it binarised as float32 CSR.
+
+    Raises :class:`DataError` (one line naming the file) when the file is missing,
+    is not a readable pickle, or does not hold a 2-D SciPy sparse matrix.
+    """
+    if not os.path.isfile(path):
+        raise DataError(f"{what} file not found: {path}")
+    try:
+        with open(path, "rb") as fh:
+            mat = pickle.load(fh)
+    except Exception as exc:  # any unpickling failure is a data problem for the user
+        raise DataError(f"cannot read {what} file {path}: {type(exc).__name__}: {exc}") from None
+    if isinstance(mat, np.ndarray) and mat.ndim == 2:
+        mat = sp.csr_matrix(mat)
+    if not sp.issparse(mat) or len(mat.shape) != 2:
+        raise DataError(f"{what} file {path} holds {type(mat).__name__}, expected a 2-D SciPy sparse matrix")
+    mat = sp.csr_matrix(mat)
+    mat.eliminate_zeros()
+    mat.sum_duplicates()
+    mat.sort_indices()
+    mat.data = np.ones_like(mat.data, dtype=np.float32)
+    return mat.astype(np.float32)
+
+
+@dataclass
+class Dataset:
+    """The three splits of one dataset as binary float32 CSR matrices (U×I)."""
+
+    name: str
+    directory: str
+    train: sp.csr_matrix
+    test: sp.csr_matrix
+    val: Optional[sp.csr_matrix]
+    warnings: List[str] = field(default_factory=list)
+
+    @property
+    def n_users(self) -> int:
+        return self.train.shape[0]
+
+    @property
+    def n_items(self) -> int:
+        return self.train.shape[1]
+
+    @property
+    def n_nodes(self) -> int:
+        return self.n_users + self.n_items
+
+    def split(self, name: str) -> sp.csr_matrix:
+        if name == "test":
+            return self.test
+        if name == "val":
+            if self.val is None:
+                raise DataError(f"no valMat.pkl in {self.directory}: cannot evaluate on validation")
+            return self.val
+        raise ValueError(f"unknown split {name!r}")
+
+    def summary(self) -> str:
+        parts = [f"USER {self.n_users} ITEM {self.n_items}", f"NUM OF INTERACTIONS {self.train.nnz}"]
+        parts += [f"warning: {w}" for w in self.warnings]
+        return "\n".join(parts)
+
+
+def dataset_dir(data_dir: str, name: str) -> str:
+    return os.path.join(data_dir, f"sparse_{name}")
+
+
+def load_dataset(data_dir: str, name: str) -> Dataset:
+    """Load ``<data_dir>/sparse_<name>/{trn,val,tst}Mat.pkl`` and check them (SPEC §1)."""
+    directory = dataset_dir(data_dir, name)
+    if not os.path.isdir(directory):
+        raise DataError(f"dataset directory not found: {directory} (set --data_dir/--dataset)")
+    return load_dataset_dir(directory, name)
+
+
+def load_dataset_dir(directory: str, name: str = "") -> Dataset:
+    """Load and check the splits stored in ``directory`` (SPEC §1)."""
+    train_path = os.path.join(directory, "trnMat.pkl")
+    test_path = os.path.join(directory, "tstMat.pkl")
+    val_path = os.path.join(directory, "valMat.pkl")
+    train = load_split(train_path, "train")
+    test = load_split(test_path, "test")
+    val = load_split(val_path, "validation") if os.path.exists(val_path) else None
+    if train.nnz == 0:
+        raise DataError(f"train file {train_path} has no interactions")
+    for mat, path in ((test, test_path), (val, val_path)):
+        if mat is not None and mat.shape != train.shape:
+            raise DataError(
+                f"shape mismatch: {path} is {mat.shape[0]}x{mat.shape[1]} but {train_path} is "
+                f"{train.shape[0]}x{train.shape[1]}"
+            )
+    warnings = []
+    train_deg = np.diff(train.indptr)
+    for mat, path in ((test, test_path), (val, val_path)):
+        if mat is None:
+            continue
+        cold = np.flatnonzero((np.diff(mat.indptr) > 0) & (train_deg == 0))
+        if cold.size:  # the published Yelp split has such users; they are evaluated, as published
+            warnings.append(f"{path}: {cold.size} evaluated users have no train interactions "
+                            f"(first: user {cold[0]}); they are evaluated like the others")
+    return Dataset(name=name, directory=directory, train=train, test=test, val=val, warnings=warnings)
+
+
+# ----------------------------------------------------------------------------- graphs
+@dataclass
+class Graph:
+    """An N×N sparse matrix held as its non-zeros in row-major (CSR) order.
+
+    ``transpose_perm[k]`` is the edge index of the mirror of the k-th edge of the
+    transposed matrix (CSR order of Mᵀ), so ``values[transpose_perm]`` are the
+    values of Mᵀ in its own CSR order: the backward pass of a propagation needs it.
+    """
+
+    indptr: torch.Tensor  # (N+1,) int64
+    col: torch.Tensor  # (nnz,) int64
+    row: torch.Tensor  # (nnz,) int64
+    values: torch.Tensor  # (nnz,) float32, the normalised edge values
+    n_nodes: int
+    t_indptr: torch.Tensor
+    t_col: torch.Tensor
+    transpose_perm: torch.Tensor
+
+    @property
+    def nnz(self) -> int:
+        return int(self.col.numel())
+
+    def to(self, device) -> "Graph":
+        return Graph(*(getattr(self, f).to(device) if torch.is_tensor(getattr(self, f)) else getattr(self, f)
+                       for f in self.__dataclass_fields__))
+
+    @classmethod
+    def from_scipy(cls, mat: sp.spmatrix) -> "Graph":
+        csr = sp.csr_matrix(mat)
+        csr.sum_duplicates()
+        csr.sort_indices()
+        n = csr.shape[0]
+        rows = np.repeat(np.arange(n, dtype=np.int64), np.diff(csr.indptr))
+        cols = csr.indices.astype(np.int64)
+        # CSR of the transpose: order edges by (col, row) and remember where each came from
+        perm = np.lexsort((rows, cols))
+        t_indptr = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(np.bincount(cols, minlength=n), out=t_indptr[1:])
+        return cls(
+            indptr=torch.from_numpy(csr.indptr.astype(np.int64)),
+            col=torch.from_numpy(cols),
+            row=torch.from_numpy(rows),
+            values=torch.from_numpy(csr.data.astype(np.float32)),
+            n_nodes=n,
+            t_indptr=torch.from_numpy(t_indptr),
+            t_col=torch.from_numpy(rows[perm]),
+            transpose_perm=torch.from_numpy(perm.astype(np.int64)),
+        )
+
+
+def bipartite_adjacency(train: sp.csr_matrix) -> sp.csr_matrix:
+    """A = [[0, R], [Rᵀ, 0]] as a binary N×N CSR matrix (float64)."""
+    r = sp.csr_matrix(train, dtype=np.float64)
+    return sp.bmat([[None, r], [r.T, None]], format="csr")
+
+
+def sym_normalise(mat: sp.spmatrix) -> sp.csr_matrix:
+    """D^-½ M D^-½ with D the (weighted) row sums of M."""
+    mat = sp.csr_matrix(mat, dtype=np.float64)
+    deg = np.asarray(mat.sum(axis=1)).ravel()
+    with np.errstate(divide="ignore"):
+        inv = np.where(deg > 0, deg ** -0.5, 0.0)
+    d = sp.diags(inv)
+    out = (d @ mat @ d).tocsr()
+    out.sort_indices()
+    return out
+
+
+def propagation_matrix(train: sp.csr_matrix) -> sp.csr_matrix:
+    """Â = D^-½ (A + I) D^-½ (SPEC §2), float64 CSR, nnz = 2·nnz(R) + N."""
+    a = bipartite_adjacency(train)
+    return sym_normalise(a + sp.eye(a.shape[0], format="csr"))
+
+
+def _keep_top(p: sp.csr_matrix, ratio: float, random: bool, rng: np.random.Generator) -> sp.csr_matrix:
+    """Keep ⌊ratio·nnz(P)⌋ entries of P: the largest values (ties: earlier in row-major order) or a random subset."""
+    p = sp.csr_matrix(p)
+    p.sort_indices()
+    n_keep = int(np.floor(ratio * p.nnz))
+    coo = p.tocoo()
+    if random:
+        keep = rng.choice(p.nnz, size=n_keep, replace=False)
+    else:
+        keep = np.argsort(-coo.data, kind="stable")[:n_keep]
+    out = sp.csr_matrix((coo.data[keep], (coo.row[keep], coo.col[keep])), shape=p.shape)
+    out.sort_indices()
+    return out
+
+
+def closure_matrix(train: sp.csr_matrix, layers: int = 1, sample: bool = False, sample_ratio: float = 0.9,
+                   sample_random: bool = False, seed: int = 0) -> sp.csr_matrix:
+    """Ĉ = D_C^-½ C D_C^-½ with C = I + A + A² + … (SPEC §2).
+
+    C starts as I + A and P as A; each of ``layers`` repetitions does P ← P·A (a real
+    sparse product, so values count paths), optionally keeps only part of P
+    (``sample``), and adds P to C. The kept P is the base of the next repetition.
+    """
+    a = bipartite_adjacency(train)
+    c = a + sp.eye(a.shape[0], format="csr")
+    p = a
+    rng = np.random.default_rng(seed)
+    for _ in range(layers):
+        p = (p @ a).tocsr()
+        if sample:
+            p = _keep_top(p, sample_ratio, sample_random, rng)
+        c = c + p
+    return sym_normalise(c)
+
+
+# ----------------------------------------------------------------------------- sampling
+class NegativeSampler:
+    """Per-epoch BPR triples: every train interaction (u, i) with one negative item j
+    drawn uniformly among the items u has not interacted with in train (SPEC §4).
+
+    Vectorised rejection sampling: draw all j at once, redraw the ones that hit a
+    train item, until none do.
+    """
+
+    def __init__(self, train: sp.csr_matrix):
+        coo = sp.csr_matrix(train).tocoo()
+        self.n_items = train.shape[1]
+        self.users = coo.row.astype(np.int64)
+        self.items = coo.col.astype(np.int64)
+        self._keys = np.sort(self.users * self.n_items + self.items)
+        full = np.flatnonzero(np.diff(sp.csr_matrix(train).indptr) >= self.n_items)
+        if full.size:
+            raise DataError(f"user {full[0]} interacted with every item: no negative item can be drawn")
+
+    def _is_positive(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        keys = users * self.n_items + items
+        pos = np.searchsorted(self._keys, keys)
+        pos = np.minimum(pos, self._keys.size - 1)
+        return self._keys[pos] == keys
+
+    def sample(self, rng: np.random.Generator, users: Optional[np.ndarray] = None) -> np.ndarray:
+        """Negative items for ``users`` (default: the user of every train interaction)."""
+        users = self.users if users is None else users
+        negs = rng.integers(0, self.n_items, size=users.size, dtype=np.int64)
+        todo = np.flatnonzero(self._is_positive(users, negs))
+        while todo.size:
+            negs[todo] = rng.integers(0, self.n_items, size=todo.size, dtype=np.int64)
+            todo = todo[self._is_positive(users[todo], negs[todo])]
+        return negs
+
+    def epoch_batches(self, rng: np.random.Generator, batch_size: int):
+        """Yield shuffled (ancs, poss, negs) int64 arrays of at most ``batch_size``."""
+        negs = self.sample(rng)
+        order = rng.permutation(self.users.size)
+        for start in range(0, order.size, batch_size):
+            idx = order[start:start + batch_size]
+            yield self.users[idx], self.items[idx], negs[idx]
+
+    def n_batches(self, batch_size: int) -> int:
+        return -(-self.users.size // batch_size)

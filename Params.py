@@ -1,0 +1,515 @@
+"""The one command line of LightGNN, shared by ``pretrainTeacher.py`` and ``Main.py``.
+
+Every flag of the published tool exists here with its published name, type and
+default (SPEC.md section 7), plus four additions: ``--data_dir``, ``--select_on``,
+``--device`` and ``--threads``. This module also owns the parsing of booleans and
+comma-separated lists, the validation of flag combinations (one place, before
+anything runs), the choice of device, seeding and the published args dump.
+
+Typical entry point::
+
+    def main(args):
+        device = Params.select_device(args)
+        Params.seed_everything(args.seed)
+        print(Params.format_args(args)); print()
+        ...
+
+    if __name__ == '__main__':
+        Params.run_cli(main, stage='main')   # or stage='teacher'
+"""
+import argparse
+import os
+import random
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from Utils.Errors import ConfigError, UserError
+
+STAGES = ('main', 'teacher')
+ARGS_DUMP_WIDTH = 80  # the published dump pads "name....value" to 80 characters
+
+
+# --------------------------------------------------------------------------- parsing
+
+_TRUE = {'true', 'yes', '1'}
+_FALSE = {'false', 'no', '0'}
+
+
+def str2bool(value):
+    """Parse true/false/yes/no/1/0 (any case); anything else is an error."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise argparse.ArgumentTypeError(
+        f"expected a boolean (true/false/yes/no/1/0), got {value!r}")
+
+
+def _split_list(value):
+    """'0,600,600', '[0, 600, 600]' or '0 600 600' -> ['0', '600', '600']."""
+    text = str(value).strip()
+    if len(text) >= 2 and text[0] in '[(' and text[-1] in '])':
+        text = text[1:-1]
+    items = text.replace(',', ' ').split()
+    if not items:
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {value!r}")
+    return items
+
+
+def int_list(value):
+    """Parse a comma-separated list of integers, e.g. '0,600,600' -> [0, 600, 600]."""
+    if isinstance(value, (list, tuple)):
+        return [int(v) for v in value]
+    items = _split_list(value)
+    try:
+        return [int(item) for item in items]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {value!r}") from None
+
+
+def float_list(value):
+    """Parse a comma-separated list of numbers, e.g. '0.05,1e-2' -> [0.05, 0.01]."""
+    if isinstance(value, (list, tuple)):
+        return [float(v) for v in value]
+    items = _split_list(value)
+    try:
+        return [float(item) for item in items]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers, got {value!r}") from None
+
+
+_TYPES = {'int': int, 'float': float, 'str': str, 'bool': str2bool,
+          'int_list': int_list, 'float_list': float_list}
+_METAVARS = {'int': 'INT', 'float': 'FLOAT', 'str': 'STR', 'bool': 'BOOL',
+             'int_list': 'INTS', 'float_list': 'FLOATS'}
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Wrap help at spaces only, so long default paths stay copyable."""
+
+    def _split_lines(self, text, width):
+        text = ' '.join(text.split())
+        return textwrap.wrap(text, width, break_long_words=False, break_on_hyphens=False)
+
+
+
+# --------------------------------------------------------------------------- flags
+
+# The published flags, in the published order (which is also the order of the args
+# dump). Defaults are kept exactly as published -- including the int 1 of
+# --adj_mask_aug2/--tempsc and the mixed ints/floats of --adj_mask_aug_list2 -- so the
+# dump of a default run matches the published one character for character.
+# Per-run lists are indexed by pruning run number (index 0 is never a run of the
+# published schedule, which starts at --PRUNING_START=1).
+_BREAK_POINT = (
+    './outModels/Fmodel5/sm_teacher64ly6Aaug_student64_ly2-reg1e-8-ereg1e-8_lr1e-3_IMP18-'
+    'ep600-DYsubspcreg1e-4-IMP467-1e-7-loosen3-1adj_mask_aug5e-2-DY2adj_mask_aug-'
+    'IMP7895e-2-IMP1011-8e-1-NOabs-adjPr0-gowalla_2nd_best_train_98_5.mod')
+
+PUBLISHED_FLAGS = (
+    # name, kind, default, help
+    ('mask_epoch', 'int', 600,
+     'training epochs of each pruning run (stages 2-3)'),
+    ('fix_epoch', 'int', 600,
+     'epochs of the frozen-mask copy trained with --run_no_adj_weights'),
+    ('epoch_tea', 'int', 600,
+     'teacher pretraining epochs (stage 1)'),
+    ('use_dynamic_epoch', 'bool', False,
+     'take each run\'s epoch count from --epoch_list[run] instead of --mask_epoch'),
+    ('epoch_list', 'int_list', [0] + [600] * 23,
+     'per-run epoch counts, indexed by pruning run (comma-separated ints)'),
+    ('esc_train_prn_run', 'int', -1,
+     'skip the training of this pruning run (-1: skip none)'),
+    ('pruning_percent_adj', 'float', 0.05,
+     'share of the remaining edges removed by each pruning run, in [0, 1)'),
+    ('pruning_percent_emb', 'float', 0.2,
+     'share of the remaining embedding entries removed by each pruning run, in [0, 1)'),
+    ('lr', 'float', 0.001,
+     'Adam learning rate'),
+    ('seed', 'int', 1234,
+     'random seed for python, numpy and torch'),
+    ('batch', 'int', 4096,
+     'training batch size (train interactions per batch)'),
+    ('tstBat', 'int', 64,
+     'users per evaluation batch'),
+    ('model_save_path', 'str', './outModels/model0/teacher_gowalla',
+     'checkpoint path prefix: stage 1 appends ".mod", stages 2-3 append '
+     '"_best_global_E_M.mod" and the other record names'),
+    ('his_save_path', 'str', './History/teacher_gowalla',
+     'metric-history path prefix (".his" files, named like the checkpoints)'),
+    ('train_stu_from_break_point', 'bool', False,
+     'stage 3: start the student from --break_point instead of a fresh model'),
+    ('break_point', 'str', _BREAK_POINT,
+     'student checkpoint loaded with --train_stu_from_break_point'),
+    ('load_model_tea', 'str', None,
+     'stage 1: teacher checkpoint to continue training from (None: fresh teacher)'),
+    ('load_his_tea', 'str', None,
+     'stage 1: metric history to continue together with --load_model_tea'),
+    ('teacher_model', 'str', './inModels/teacher_dim64_layer8_lr4e-4_ep1000_gowalla_reg1.3e-7.mod',
+     'teacher checkpoint (stage 1 output): the supervisor with '
+     '--distill_from_teacher_model, the edge scorer with --use_tea2drop_edges'),
+    ('middle_teacher_model', 'str', './inModels/teacher64-student64aug-gowalla_best_global_new.mod',
+     'intermediate-model checkpoint (stage 2 output): the supervisor with '
+     '--distill_from_middle_model'),
+    ('distill_from_middle_model', 'bool', True,
+     'supervise the trainee with the intermediate model (stage 3)'),
+    ('distill_from_teacher_model', 'bool', False,
+     'supervise the trainee with the teacher (stage 2); exactly one of the two '
+     'distill_from_* flags must be true'),
+    ('train_middle_model', 'bool', False,
+     'train the intermediate model on the closure graph (stage 2, needs --adj_aug=True) '
+     'instead of the student'),
+    ('reg', 'float', 1e-07,
+     'weight decay on the trainee\'s embedding tables (squared Frobenius norms)'),
+    ('use_ereg', 'bool', True,
+     'add weight decay --ereg on the learnable edge weights'),
+    ('ereg', 'float', 1e-08,
+     'weight of the edge-weight decay'),
+    ('use_emb_level_kd', 'bool', True,
+     'add embedding-level KD: InfoNCE between the supervisor\'s layers >= 2 and the trainee'),
+    ('use_pre_level_kd', 'bool', True,
+     'add prediction-level KD on random (user, item, item) triples'),
+    ('cdreg', 'float', 0.01,
+     'weight of embedding-level KD'),
+    ('softreg', 'float', 1.0,
+     'weight of prediction-level KD'),
+    ('use_adj_mask_aug', 'bool', False,
+     'edge score for pruning adds adj_mask_aug1 * sigmoid(e_row . e_col) from the scoring model'),
+    ('use_SM_edgeW2aug', 'bool', False,
+     'edge score for pruning adds adj_mask_aug2 * the intermediate model\'s learned weight '
+     'of the same edge'),
+    ('adj_mask_aug1', 'float', 0.05,
+     'beta1: weight of the embedding-similarity term of the edge score'),
+    ('adj_mask_aug2', 'float', 1,
+     'beta2: weight of the intermediate model\'s edge weight in the edge score'),
+    ('use_dynamic_adj_mask_aug1', 'bool', False,
+     'take beta1 of each run from --adj_mask_aug_list1[run]'),
+    ('use_dynamic_adj_mask_aug2', 'bool', False,
+     'take beta2 of each run from --adj_mask_aug_list2[run]'),
+    ('adj_mask_aug_list1', 'float_list', [0.05] * 24,
+     'per-run beta1, indexed by pruning run (comma-separated)'),
+    ('adj_mask_aug_list2', 'float_list', [1] * 6 + [1.0] * 17,
+     'per-run beta2, indexed by pruning run (comma-separated)'),
+    ('adj_weights_abs', 'bool', False,
+     'use |w_e| instead of the edge weight w_e in the edge score'),
+    ('use_tanh2aug', 'bool', False,
+     'tanh instead of sigmoid in the embedding-similarity term of the edge score'),
+    ('latdim', 'int', 64,
+     'embedding size d'),
+    ('gnn_layer', 'int', 2,
+     'number of propagation layers L'),
+    ('adj_aug', 'bool', True,
+     'build the closure graph C = I + A + A^2 (+ ...) the intermediate model propagates on'),
+    ('adj_aug_layer', 'int', 1,
+     'number of path-length powers added to the closure graph (1: I + A + A^2)'),
+    ('adj_aug_sample', 'bool', False,
+     'keep only a share --adj_aug_sample_ratio of the entries of each added power'),
+    ('adj_aug_sample_random', 'bool', False,
+     'sample those entries uniformly at random instead of keeping the largest'),
+    ('adj_aug_sample_ratio', 'float', 0.9,
+     'share of each power\'s entries kept with --adj_aug_sample, in (0, 1]'),
+    ('use_subspcreg', 'bool', True,
+     'add the subspace uniformity constraint (student only, pruning runs '
+     '--hyper_contr_start_prn_run..--hyper_contr_end_prn_run)'),
+    ('subspcreg', 'float', 0.0001,
+     'weight of the subspace term'),
+    ('subspcreg_version', 'str', 'v3',
+     'variant of the subspace term: v1, v2 or v3'),
+    ('use_ly0emb4subspcreg', 'bool', False,
+     'compute the subspace term on the masked layer-0 embeddings instead of the output'),
+    ('use_dynamic_subspcreg', 'bool', False,
+     'take the subspace weight of each run from --subspcreg_list[run]'),
+    ('subspcreg_list', 'float_list', [0.0001] * 23,
+     'per-run subspace weights, indexed by pruning run (comma-separated)'),
+    ('use_contr_deno', 'bool', True,
+     'add the auxiliary-denominator (uniformity) term'),
+    ('screg', 'float', 1.0,
+     'weight of the auxiliary-denominator term'),
+    ('hyper_contr_start_prn_run', 'int', 2,
+     'first pruning run with the subspace term'),
+    ('hyper_contr_end_prn_run', 'int', 13,
+     'last pruning run with the subspace term'),
+    ('hyper_contr_resample', 'bool', False,
+     'use a random share --hyper_contr_resample_ratio of the anchors and candidates '
+     'in the subspace term'),
+    ('hyper_contr_resample_ratio', 'float', 0.5,
+     'share kept by --hyper_contr_resample, in (0, 1]'),
+    ('hyper_contr_loosen_factor', 'int_list', [0, 0, 0, 2, 3, 4, 4, 3, 1] + [0] * 18,
+     'per-run slack delta of the subspace positive-pair test, indexed by pruning run '
+     '(comma-separated ints)'),
+    ('keep_adj_weights2next_prn', 'bool', False,
+     'keep the surviving edge weights\' values after pruning (else they restart at 1)'),
+    ('use_mTea2drop_edges', 'bool', True,
+     'score edges for pruning with the intermediate model\'s embeddings'),
+    ('use_tea2drop_edges', 'bool', False,
+     'score edges for pruning with the teacher\'s embeddings'),
+    ('use_adj_random_pruning', 'bool', False,
+     'prune a uniformly random share of the surviving edges instead'),
+    ('use_emb_random_pruning', 'bool', False,
+     'prune a uniformly random share of the surviving embedding entries instead'),
+    ('run_no_adj_weights', 'bool', False,
+     'also train a copy with all masks frozen (--fix_epoch epochs) before the first '
+     'and after each run'),
+    ('topk', 'int', 20,
+     'K of Recall@K and NDCG@K'),
+    ('topRange', 'int', 100000,
+     'number of random (user, item, item) triples per batch for prediction-level KD'),
+    ('tempsoft', 'float', 0.03,
+     'temperature of prediction-level KD'),
+    ('tempcd', 'float', 0.1,
+     'temperature of embedding-level KD'),
+    ('tempsc', 'float', 1,
+     'temperature of the auxiliary-denominator term'),
+    ('tempsubsp', 'float', 1,
+     'temperature of the subspace term'),
+    ('use_dynamic_tempsubsp', 'bool', False,
+     'take the subspace temperature of each run from --tempsubsp_list[run]'),
+    ('tempsubsp_list', 'float_list', [1] * 24,
+     'per-run subspace temperatures, indexed by pruning run (comma-separated)'),
+    ('dataset', 'str', 'gowalla',
+     'dataset NAME, read from <data_dir>/sparse_NAME/'),
+    ('tstEpoch', 'int', 1,
+     'evaluate every this many epochs'),
+    ('gpu', 'str', '2', None),  # special-cased in build_parser: default None
+    ('train_2nd_best_gap', 'float', 0.99,
+     'the "2nd best" record with learned edge weights is the latest point with '
+     'metric >= (1 - gap) * best; in [0, 1]'),
+    ('fixed_2nd_best_gap', 'float', 0.99,
+     'the same gap for the records with frozen edge weights; in [0, 1]'),
+    ('PRUNING_START', 'int', 1,
+     'first pruning run (inclusive)'),
+    ('PRUNING_END', 'int', 13,
+     'last pruning run (inclusive)'),
+)
+
+PUBLISHED_GPU_DEFAULT = '2'
+_GPU_HELP = ('GPU id(s) written to CUDA_VISIBLE_DEVICES before CUDA starts '
+             '(published default: 2; ignored unless given, so the environment\'s '
+             'CUDA_VISIBLE_DEVICES applies)')
+
+# (switch, per-run list) pairs: the list must cover every run up to --PRUNING_END.
+DYNAMIC_LISTS = (
+    ('use_dynamic_epoch', 'epoch_list'),
+    ('use_dynamic_adj_mask_aug1', 'adj_mask_aug_list1'),
+    ('use_dynamic_adj_mask_aug2', 'adj_mask_aug_list2'),
+    ('use_dynamic_subspcreg', 'subspcreg_list'),
+    ('use_dynamic_tempsubsp', 'tempsubsp_list'),
+)
+
+
+def build_parser(prog=None):
+    """The argparse parser of both entry points (every published flag, then ours)."""
+    parser = argparse.ArgumentParser(
+        prog=prog, allow_abbrev=False, formatter_class=_HelpFormatter,
+        description='LightGNN: distillation-based pruning of GNN recommenders '
+                    '(stage 1 pretrainTeacher.py, stages 2-3 Main.py).')
+    published = parser.add_argument_group('flags of the published tool')
+    for name, kind, default, text in PUBLISHED_FLAGS:
+        if name == 'gpu':
+            published.add_argument('--gpu', type=str, default=None, metavar='IDS', help=_GPU_HELP)
+            continue
+        if isinstance(default, list):
+            default = list(default)  # never share a mutable default between parses
+        published.add_argument(
+            f'--{name}', type=_TYPES[kind], default=default, metavar=_METAVARS.get(kind),
+            help=f'{text} (default: %(default)s)')
+
+    ours = parser.add_argument_group('additions (not in the published tool)')
+    ours.add_argument('--data_dir', type=str, default='./Datasets', metavar='DIR',
+                      help='folder holding sparse_NAME/ dataset folders (default: %(default)s)')
+    ours.add_argument('--select_on', choices=('val', 'test'), default=None,
+                      help='split that chooses checkpoints and "best" records '
+                           '(default: val when valMat.pkl exists, else test as published)')
+    ours.add_argument('--device', choices=('auto', 'cpu', 'cuda'), default='auto',
+                      help='where to run; auto = cuda when available (default: %(default)s)')
+    ours.add_argument('--threads', type=int, default=0, metavar='INT',
+                      help='CPU threads for torch; 0 = torch\'s default (default: %(default)s)')
+    return parser
+
+
+# --------------------------------------------------------------------------- validation
+
+def _fail(message):
+    raise ConfigError(message)
+
+
+def validate(args, stage='main'):
+    """Raise ConfigError (one line naming the flags) for values or combinations that cannot work."""
+    if stage not in STAGES:
+        raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
+
+    for name in ('mask_epoch', 'fix_epoch', 'epoch_tea', 'batch', 'tstBat', 'latdim',
+                 'gnn_layer', 'adj_aug_layer', 'topk', 'topRange', 'tstEpoch'):
+        if getattr(args, name) <= 0:
+            _fail(f"--{name} must be a positive integer, got {getattr(args, name)}")
+    for name in ('pruning_percent_adj', 'pruning_percent_emb'):
+        value = getattr(args, name)
+        if not 0.0 <= value < 1.0:
+            _fail(f"--{name} must be in [0, 1), got {value}")
+    for name in ('adj_aug_sample_ratio', 'hyper_contr_resample_ratio'):
+        value = getattr(args, name)
+        if not 0.0 < value <= 1.0:
+            _fail(f"--{name} must be in (0, 1], got {value}")
+    for name in ('train_2nd_best_gap', 'fixed_2nd_best_gap'):
+        value = getattr(args, name)
+        if not 0.0 <= value <= 1.0:
+            _fail(f"--{name} must be in [0, 1], got {value}")
+    for name in ('lr', 'tempsoft', 'tempcd', 'tempsc', 'tempsubsp'):
+        if not getattr(args, name) > 0:
+            _fail(f"--{name} must be positive, got {getattr(args, name)}")
+    if args.subspcreg_version not in ('v1', 'v2', 'v3'):
+        _fail(f"--subspcreg_version must be v1, v2 or v3, got {args.subspcreg_version!r}")
+    if args.threads < 0:
+        _fail(f"--threads must be >= 0 (0 = torch's default), got {args.threads}")
+    if args.device == 'cuda':
+        _expose_gpu(args)  # before the first CUDA query, which fixes the visible devices
+        if not torch.cuda.is_available():
+            _fail("--device=cuda but CUDA is not available here (use --device=auto or --device=cpu)")
+
+    if stage == 'main':
+        _validate_main(args)
+    return args
+
+
+def _validate_main(args):
+    """Checks that only concern distillation and pruning (Main.py)."""
+    if args.distill_from_middle_model == args.distill_from_teacher_model:
+        _fail(f"exactly one of --distill_from_middle_model and --distill_from_teacher_model "
+              f"must be true (got {args.distill_from_middle_model} and "
+              f"{args.distill_from_teacher_model})")
+    if args.train_middle_model and args.distill_from_middle_model:
+        _fail("--train_middle_model=True contradicts --distill_from_middle_model=True: the "
+              "intermediate model cannot supervise itself (stage 2 uses "
+              "--distill_from_middle_model=False --distill_from_teacher_model=True)")
+    if args.train_middle_model and not args.adj_aug:
+        _fail("--train_middle_model=True requires --adj_aug=True (the intermediate model "
+              "propagates on the closure graph)")
+
+    if args.PRUNING_START < 0 or args.PRUNING_END < args.PRUNING_START:
+        _fail(f"need 0 <= --PRUNING_START <= --PRUNING_END, got "
+              f"{args.PRUNING_START} and {args.PRUNING_END}")
+    needed = args.PRUNING_END + 1  # lists are indexed by run number
+    for switch, list_name in DYNAMIC_LISTS:
+        values = getattr(args, list_name)
+        if getattr(args, switch) and len(values) < needed:
+            _fail(f"--{list_name} has {len(values)} entries but --{switch}=True needs one "
+                  f"per pruning run up to --PRUNING_END={args.PRUNING_END} "
+                  f"({needed} entries, indexed from 0)")
+    if args.use_subspcreg and len(args.hyper_contr_loosen_factor) < needed:
+        _fail(f"--hyper_contr_loosen_factor has {len(args.hyper_contr_loosen_factor)} entries "
+              f"but --use_subspcreg=True needs one per pruning run up to "
+              f"--PRUNING_END={args.PRUNING_END} ({needed} entries, indexed from 0)")
+    if args.use_dynamic_tempsubsp and min(args.tempsubsp_list[:needed]) <= 0:
+        _fail("--tempsubsp_list must hold positive temperatures (--use_dynamic_tempsubsp=True)")
+
+    if not args.train_middle_model:  # the student is trained and pruned
+        if args.use_adj_mask_aug and args.use_mTea2drop_edges and args.use_tea2drop_edges:
+            _fail("--use_mTea2drop_edges=True and --use_tea2drop_edges=True both choose the "
+                  "edge-scoring model of --use_adj_mask_aug; set one of them to False")
+        if args.distill_from_teacher_model:  # no intermediate model is loaded
+            if args.use_SM_edgeW2aug:
+                _fail("--use_SM_edgeW2aug=True needs the intermediate model's edge weights, but "
+                      "--distill_from_teacher_model=True loads no intermediate model")
+            if args.use_adj_mask_aug and args.use_mTea2drop_edges:
+                _fail("--use_adj_mask_aug=True with --use_mTea2drop_edges=True scores edges with "
+                      "the intermediate model, but --distill_from_teacher_model=True loads none "
+                      "(use --use_mTea2drop_edges=False)")
+
+
+def parse_args(argv=None, stage='main'):
+    """Parse argv (default: sys.argv[1:]) and validate it for `stage` ('main' or 'teacher').
+
+    Bad syntax (an unknown flag, 'maybe' for a boolean) exits through argparse with
+    status 2; a bad combination raises ConfigError. If --gpu is given,
+    CUDA_VISIBLE_DEVICES is set here, before anything can start CUDA.
+    """
+    if stage not in STAGES:
+        raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
+    args = build_parser().parse_args(argv)
+    _expose_gpu(args)
+    return validate(args, stage)
+
+
+def resolve_select_on(args, has_val):
+    """The split that selects checkpoints: --select_on, else 'val' when valMat.pkl exists, else 'test'."""
+    if args.select_on is None:
+        return 'val' if has_val else 'test'
+    if args.select_on == 'val' and not has_val:
+        _fail(f"--select_on=val but there is no valMat.pkl in {dataset_dir(args)}")
+    return args.select_on
+
+
+def dataset_dir(args):
+    """Folder of the dataset: <--data_dir>/sparse_<--dataset>/."""
+    return Path(args.data_dir) / f'sparse_{args.dataset}'
+
+
+# --------------------------------------------------------------------------- running
+
+def run_cli(main_fn, stage, argv=None):
+    """Entry-point wrapper: parse and validate, call main_fn(args) and return its result.
+
+    A UserError (ConfigError, DataError, CheckpointError) is printed as one line
+    ``error: <message>`` on stderr and exits with status 2, without a traceback.
+    KeyboardInterrupt and other exceptions propagate unchanged.
+    """
+    try:
+        args = parse_args(argv, stage=stage)
+        return main_fn(args)
+    except UserError as err:
+        sys.stdout.flush()
+        message = ' '.join(str(err).split()) or type(err).__name__
+        print(f'error: {message}', file=sys.stderr)
+        sys.exit(2)
+
+
+def _expose_gpu(args):
+    """--gpu, when given, replaces CUDA_VISIBLE_DEVICES (the published tool always forced '2')."""
+    if args.gpu is not None:
+        os.environ['CUDA_VISIBLE_DEVICES'] = args.gpu
+
+
+def select_device(args):
+    """Choose the one device of the run (call once, pass the result down).
+
+    Applies --gpu (CUDA_VISIBLE_DEVICES) and --threads first; auto = cuda when available.
+    """
+    _expose_gpu(args)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    if args.device == 'cpu':
+        return torch.device('cpu')
+    available = torch.cuda.is_available()
+    if args.device == 'cuda' and not available:
+        _fail("--device=cuda but CUDA is not available here (use --device=auto or --device=cpu)")
+    return torch.device('cuda' if available else 'cpu')
+
+
+def seed_everything(seed):
+    """Seed python's random, numpy and torch (every CUDA device too, when there is one)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+
+
+def format_args(args):
+    """The published args dump: one 'name....value' line per flag, 80 characters wide.
+
+    A value too long for the padding is printed straight after the name (no dots),
+    exactly as the published tool does.
+    """
+    lines = []
+    for name, value in vars(args).items():
+        lines.append(name + str(value).rjust(ARGS_DUMP_WIDTH - len(name), '.'))
+    return '\n'.join(lines)

@@ -1,0 +1,547 @@
+"""The LightGNN training objective (SPEC §4, §6) as pure functions of tensors.
+
+Every function takes tensors and plain numbers and returns a scalar tensor; none reads
+a configuration object or global state. ``kd_objective`` composes them into the
+published per-batch loss, driven by a plain :class:`KDConfig`.
+
+Conventions checked against the published tool's golden vectors
+(``reference/kd_terms.npz``, ``reference/kd_loss_*.npz``; all match to float32 rounding):
+
+* BPR ("main") is on the trainee's *output* embeddings Ē^S (sum over layers).
+* The weight decay is on the trainee's raw ``uEmbeds``/``iEmbeds`` parameters (the
+  published ``calcRegLoss([uEmbeds, iEmbeds])``), not on the masked E₀ nor on Ē^S, plus
+  ``ereg``·‖``adj_mask1_train``‖² with ``use_ereg``. (In the fixture the stored
+  embeddings are already masked, so raw and masked coincide there.)
+* The auxiliary denominator and the embedding-level KD use the *distinct* users
+  (``torch.unique(ancs)``) and distinct positive items (``torch.unique(poss)``, item ids
+  0..I-1) as anchors; the denominators run over *all* rows of the other table.
+* The embedding-level KD contrasts H = Σ_{l≥2} E^T_l (supervisor layers from 2 on, row
+  split users 0..U-1 / items U..N-1) with the trainee's outputs Ē^S.
+* The subspace term uses Ē^S (or the masked E₀ with ``use_ly0emb4subspcreg``) and the
+  student's ``emb_mask2_fixed`` rows as the binary masks; its soft-target cross-entropy is
+  ``torch.nn.CrossEntropyLoss`` with probability targets, i.e. the sum over candidates
+  divided by the number of anchors (targets are *not* normalised per row).
+* v1 = CE(user anchors vs user anchors) + CE(item anchors vs item anchors);
+  v2 = one CE over the concatenated [user anchors; item anchors] against itself;
+  v3 = four CEs, anchors against *all* users / items.
+
+Memory: the all-node denominators (e.g. 3.6 k anchors × 42.7 k users on Yelp) never form
+an anchors×N matrix. :func:`row_logsumexp_matmul` and :func:`positive_pair_logit_sums` are
+custom autograd functions that compute their forward pass block by block into one
+reused buffer and recompute the blocks in the backward pass (see ``bench/bench_contrastive.py``).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Dict, MutableMapping, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
+
+#: Default block shape (anchors × candidates) of the blocked reductions: a 256×4096
+#: float32 buffer is 4 MiB, small enough to stay in cache between the product and the exp.
+BLOCK_ROWS = 256
+BLOCK_COLS = 4096
+
+#: The constants the published tool adds inside its logarithms.
+INFONCE_EPS = 1e-8
+CONTR_DENO_EPS = 1e-5
+PRED_KD_EPS = 1e-8
+
+SUBSPACE_VERSIONS = ("v1", "v2", "v3")
+
+
+# ---------------------------------------------------------------------------
+# Blocked kernels
+# ---------------------------------------------------------------------------
+
+def _block_view(storage: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+    """A contiguous rows×cols view on the front of a flat reusable buffer."""
+    return storage[: rows * cols].view(rows, cols)
+
+
+class _RowLogSumExpMatmul(torch.autograd.Function):
+    """lse_n = log Σ_m exp(s · a_n·b_m), computed block by block; blocks recomputed in backward.
+
+    Backward, with P_nm = exp(s·a_n·b_m − lse_n) (the row softmax) and upstream g_n:
+    ∂/∂a_n = s·g_n·Σ_m P_nm b_m,   ∂/∂b_m = s·Σ_n g_n P_nm a_n.
+    """
+
+    @staticmethod
+    def forward(ctx, anchors, candidates, scale, block_rows, block_cols):
+        a = anchors.detach() * scale  # scaled once: n×d, small
+        b = candidates.detach()
+        n, m = a.shape[0], b.shape[0]
+        lse = a.new_empty(n)
+        storage = a.new_empty(min(block_rows, n) * min(block_cols, m))
+        for r0 in range(0, n, block_rows):
+            ar = a[r0:r0 + block_rows]
+            nr = ar.shape[0]
+            run_max = None
+            run_sum = None
+            for c0 in range(0, m, block_cols):
+                bc = b[c0:c0 + block_cols]
+                blk = _block_view(storage, nr, bc.shape[0])
+                torch.mm(ar, bc.T, out=blk)
+                blk_max = blk.amax(dim=1)
+                if run_max is None:
+                    run_max = blk_max
+                    blk.sub_(run_max[:, None]).exp_()
+                    run_sum = blk.sum(dim=1)
+                else:
+                    new_max = torch.maximum(run_max, blk_max)
+                    run_sum.mul_(torch.exp(run_max - new_max))
+                    blk.sub_(new_max[:, None]).exp_()
+                    run_sum.add_(blk.sum(dim=1))
+                    run_max = new_max
+            lse[r0:r0 + nr] = run_max + torch.log(run_sum)
+        ctx.save_for_backward(anchors, candidates, lse)
+        ctx.scale, ctx.block_rows, ctx.block_cols = scale, block_rows, block_cols
+        return lse
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_lse):
+        anchors, candidates, lse = ctx.saved_tensors
+        need_a, need_b = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        if not (need_a or need_b):
+            return None, None, None, None, None
+        scale, block_rows, block_cols = ctx.scale, ctx.block_rows, ctx.block_cols
+        a = anchors.detach() * scale
+        b = candidates.detach()
+        n, m = a.shape[0], b.shape[0]
+        grad_lse = grad_lse.contiguous()
+        grad_a = torch.zeros_like(a) if need_a else None
+        grad_b = torch.zeros_like(b) if need_b else None
+        storage = a.new_empty(min(block_rows, n) * min(block_cols, m))
+        for r0 in range(0, n, block_rows):
+            ar = a[r0:r0 + block_rows]
+            nr = ar.shape[0]
+            lse_r = lse[r0:r0 + nr, None]
+            g_r = grad_lse[r0:r0 + nr, None]
+            for c0 in range(0, m, block_cols):
+                bc = b[c0:c0 + block_cols]
+                blk = _block_view(storage, nr, bc.shape[0])
+                torch.mm(ar, bc.T, out=blk)
+                blk.sub_(lse_r).exp_().mul_(g_r)  # g_n · P_nm
+                if need_a:
+                    grad_a[r0:r0 + nr].addmm_(blk, bc)
+                if need_b:
+                    grad_b[c0:c0 + bc.shape[0]].addmm_(blk.T, ar)  # ar already carries s
+        if need_a:
+            grad_a.mul_(scale)
+        return grad_a, grad_b, None, None, None
+
+
+def row_logsumexp_matmul(anchors: torch.Tensor, candidates: torch.Tensor, temp: float, *,
+                         block_rows: int = BLOCK_ROWS, block_cols: int = BLOCK_COLS) -> torch.Tensor:
+    """Row-wise log-sum-exp of the logits (A·Bᵀ)/τ: lse_n = log Σ_m exp(a_n·b_m / τ).
+
+    Exact (max-shifted per row, online over column blocks) and memory-bounded: only one
+    ``block_rows``×``block_cols`` buffer is alive; the backward pass recomputes the blocks.
+    Differentiable w.r.t. both ``anchors`` (n×d) and ``candidates`` (m×d); returns (n,).
+    """
+    if anchors.dim() != 2 or candidates.dim() != 2 or anchors.shape[1] != candidates.shape[1]:
+        raise ValueError(f"expected n×d and m×d, got {tuple(anchors.shape)} and {tuple(candidates.shape)}")
+    if candidates.shape[0] == 0:
+        raise ValueError("row_logsumexp_matmul needs at least one candidate")
+    if anchors.shape[0] == 0:
+        return anchors.new_zeros(0) + 0.0 * candidates.sum()
+    return _RowLogSumExpMatmul.apply(anchors, candidates, 1.0 / float(temp), int(block_rows), int(block_cols))
+
+
+def _positives_block(anc_mask: torch.Tensor, cand_mask: torch.Tensor, anc_thr: torch.Tensor,
+                     cand_thr: torch.Tensor, buf: torch.Tensor) -> torch.Tensor:
+    """0/1 block t_nm = [M_n·M_m ≥ ‖M_n‖₀ − δ] · [M_n·M_m ≥ ‖M_m‖₀ − δ] (thresholds pre-subtracted)."""
+    torch.mm(anc_mask, cand_mask.T, out=buf)
+    pos = torch.ge(buf, anc_thr[:, None])
+    pos &= torch.ge(buf, cand_thr[None, :])
+    return pos.to(buf.dtype)
+
+
+class _PositivePairLogitSums(torch.autograd.Function):
+    """counts_n = Σ_m t_nm and sums_n = Σ_m t_nm a_n·b_m, t built from masks block by block.
+
+    sums = rowsum(A ⊙ (T·B)); ∂/∂A = g ⊙ (T·B) (T·B kept from forward, n×d),
+    ∂/∂B = Tᵀ·(g ⊙ A) (T recomputed block by block).
+    """
+
+    @staticmethod
+    def forward(ctx, anchors, candidates, anc_mask, cand_mask, loosen, block_rows, block_cols):
+        a = anchors.detach()
+        b = candidates.detach()
+        n, m = a.shape[0], b.shape[0]
+        ma = anc_mask.to(a.dtype)
+        mb = cand_mask.to(a.dtype)
+        anc_thr = ma.sum(dim=1) - loosen
+        cand_thr = mb.sum(dim=1) - loosen
+        counts = a.new_zeros(n)
+        tb = torch.zeros_like(a)
+        storage = a.new_empty(min(block_rows, n) * min(block_cols, m))
+        for r0 in range(0, n, block_rows):
+            nr = min(block_rows, n - r0)
+            for c0 in range(0, m, block_cols):
+                nc = min(block_cols, m - c0)
+                t = _positives_block(ma[r0:r0 + nr], mb[c0:c0 + nc], anc_thr[r0:r0 + nr],
+                                     cand_thr[c0:c0 + nc], _block_view(storage, nr, nc))
+                counts[r0:r0 + nr] += t.sum(dim=1)
+                tb[r0:r0 + nr].addmm_(t, b[c0:c0 + nc])
+        sums = (a * tb).sum(dim=1)
+        ctx.save_for_backward(anchors, ma, mb, anc_thr, cand_thr, tb)
+        ctx.m = m
+        ctx.block_rows, ctx.block_cols = block_rows, block_cols
+        ctx.mark_non_differentiable(counts)
+        return counts, sums
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_counts, grad_sums):
+        anchors, ma, mb, anc_thr, cand_thr, tb = ctx.saved_tensors
+        need_a, need_b = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        grad_a = grad_b = None
+        if grad_sums is None:
+            return None, None, None, None, None, None, None
+        if need_a:
+            grad_a = grad_sums[:, None] * tb
+        if need_b:
+            block_rows, block_cols, m = ctx.block_rows, ctx.block_cols, ctx.m
+            ga = grad_sums[:, None] * anchors.detach()
+            n = ga.shape[0]
+            grad_b = ga.new_zeros(m, ga.shape[1])
+            storage = ga.new_empty(min(block_rows, n) * min(block_cols, m))
+            for r0 in range(0, n, block_rows):
+                nr = min(block_rows, n - r0)
+                for c0 in range(0, m, block_cols):
+                    nc = min(block_cols, m - c0)
+                    t = _positives_block(ma[r0:r0 + nr], mb[c0:c0 + nc], anc_thr[r0:r0 + nr],
+                                         cand_thr[c0:c0 + nc], _block_view(storage, nr, nc))
+                    grad_b[c0:c0 + nc].addmm_(t.T, ga[r0:r0 + nr])
+        return grad_a, grad_b, None, None, None, None, None
+
+
+def positive_pair_logit_sums(anc_emb: torch.Tensor, cand_emb: torch.Tensor, anc_mask: torch.Tensor,
+                             cand_mask: torch.Tensor, loosen: float, *, block_rows: int = BLOCK_ROWS,
+                             block_cols: int = BLOCK_COLS) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Subspace positives (SPEC §6) and the summed raw logits over them, without an n×m matrix.
+
+    t_nm = [M_n·M_m ≥ ‖M_n‖₀ − δ] · [M_n·M_m ≥ ‖M_m‖₀ − δ] with binary mask rows M and
+    δ = ``loosen``. Returns ``(counts, sums)``: counts_n = Σ_m t_nm (no gradient) and
+    sums_n = Σ_m t_nm · a_n·b_m (differentiable w.r.t. both embedding tables).
+    """
+    return _PositivePairLogitSums.apply(anc_emb, cand_emb, anc_mask, cand_mask, float(loosen),
+                                        int(block_rows), int(block_cols))
+
+
+def _cached_lse(cache: Optional[MutableMapping], key: str, anchors: torch.Tensor,
+                candidates: torch.Tensor, temp: float) -> torch.Tensor:
+    """row_logsumexp_matmul, memoised in ``cache`` under (key, τ) when a cache is given."""
+    if cache is None:
+        return row_logsumexp_matmul(anchors, candidates, temp)
+    full_key = (key, float(temp))
+    if full_key not in cache:
+        cache[full_key] = row_logsumexp_matmul(anchors, candidates, temp)
+    return cache[full_key]
+
+
+# ---------------------------------------------------------------------------
+# Loss terms
+# ---------------------------------------------------------------------------
+
+def bpr_loss(anc_emb: torch.Tensor, pos_emb: torch.Tensor, neg_emb: torch.Tensor) -> torch.Tensor:
+    """BPR (SPEC §4 and §6 "BPR"): mean_b −log σ(a_b·p_b − a_b·n_b).
+
+    Written as softplus(−x), which equals the published ``-(x).sigmoid().log().mean()``
+    wherever that is finite and stays finite (and exact) for very negative x.
+    """
+    scores = (anc_emb * pos_emb).sum(dim=-1) - (anc_emb * neg_emb).sum(dim=-1)
+    return F.softplus(-scores).mean()
+
+
+def embedding_reg(u_embeds: torch.Tensor, i_embeds: torch.Tensor, reg: float) -> torch.Tensor:
+    """Weight decay (SPEC §4, §6): reg · (‖U‖²_F + ‖I‖²_F) over the whole tables."""
+    return (u_embeds.square().sum() + i_embeds.square().sum()) * reg
+
+
+def edge_weight_reg(edge_weight: torch.Tensor, ereg: float) -> torch.Tensor:
+    """Edge-weight decay (SPEC §6, ``--use_ereg``): ereg · ‖w‖² of ``adj_mask1_train``."""
+    return edge_weight.square().sum() * ereg
+
+
+def pair_score_differences(users: torch.Tensor, items: torch.Tensor, u: torch.Tensor,
+                           i1: torch.Tensor, i2: torch.Tensor) -> torch.Tensor:
+    """ε_k = ŷ(u_k, i1_k) − ŷ(u_k, i2_k) with ŷ(u, i) = Ē_u·Ē_i (item ids 0..I-1)."""
+    ue = users[u]
+    return (ue * items[i1]).sum(dim=-1) - (ue * items[i2]).sum(dim=-1)
+
+
+def prediction_kd_loss(stu_users: torch.Tensor, stu_items: torch.Tensor, tea_users: torch.Tensor,
+                       tea_items: torch.Tensor, rand_users: torch.Tensor, rand_items1: torch.Tensor,
+                       rand_items2: torch.Tensor, temp: float) -> torch.Tensor:
+    """Prediction-level KD (SPEC §6; the published ``KLDiverge``) over random triples (u', i₁, i₂).
+
+    With ε = ŷ(u',i₁) − ŷ(u',i₂), p^T = σ(ε^T/τ), p^S = σ(ε^S/τ):
+    mean of −[p^T·log(p^S + 1e-8) + (1 − p^T)·log(1 − p^S + 1e-8)].
+    The 1e-8 sit inside the logs exactly as published (they bound the loss where σ
+    saturates at τ = 0.03). The teacher side carries no gradient.
+    """
+    with torch.no_grad():
+        p_tea = torch.sigmoid(pair_score_differences(tea_users, tea_items, rand_users,
+                                                     rand_items1, rand_items2) / temp)
+    p_stu = torch.sigmoid(pair_score_differences(stu_users, stu_items, rand_users,
+                                                 rand_items1, rand_items2) / temp)
+    return -(p_tea * torch.log(p_stu + PRED_KD_EPS)
+             + (1 - p_tea) * torch.log(1 - p_stu + PRED_KD_EPS)).mean()
+
+
+def infonce(x_all: torch.Tensor, y_all: torch.Tensor, index: torch.Tensor, temp: float) -> torch.Tensor:
+    """InfoNCE (SPEC §6 "Embedding-level KD"; the published ``infoNCE``).
+
+    x = (X + 1e-8)/‖X + 1e-8‖, y likewise (row-wise, ``F.normalize``);
+    mean over n ∈ index of −log( exp(x_n·y_n/τ) / (Σ_{m over all rows of Y} exp(x_n·y_m/τ) + 1e-8) )
+    = mean_n [ log(exp(lse_n) + 1e-8) − x_n·y_n/τ ],  lse_n from :func:`row_logsumexp_matmul`,
+    the outer 1e-8 added stably with ``logaddexp``.
+    """
+    x = F.normalize(x_all[index] + 1e-8, p=2, dim=1)  # row-wise, so normalising only the picked rows is the same
+    y = F.normalize(y_all + 1e-8, p=2, dim=1)
+    positive = (x * y[index]).sum(dim=-1) / temp
+    lse = row_logsumexp_matmul(x, y, temp)
+    log_deno = torch.logaddexp(lse, lse.new_tensor(math.log(INFONCE_EPS)))
+    return (log_deno - positive).mean()
+
+
+def embedding_kd_loss(tea_high_users: torch.Tensor, tea_high_items: torch.Tensor, stu_users: torch.Tensor,
+                      stu_items: torch.Tensor, uniq_users: torch.Tensor, uniq_items: torch.Tensor,
+                      temp: float) -> torch.Tensor:
+    """Embedding-level KD (SPEC §6), unweighted: InfoNCE(H_users, Ē^S_users, uniq(u)) + InfoNCE(H_items, Ē^S_items, uniq(i)).
+
+    H = Σ_{l≥2} E^T_l of the supervisor, detached here.
+    """
+    return (infonce(tea_high_users.detach(), stu_users, uniq_users, temp)
+            + infonce(tea_high_items.detach(), stu_items, uniq_items, temp))
+
+
+def contrastive_denominator_loss(stu_users: torch.Tensor, stu_items: torch.Tensor, uniq_users: torch.Tensor,
+                                 uniq_items: torch.Tensor, temp: float, *,
+                                 lse_cache: Optional[MutableMapping] = None) -> torch.Tensor:
+    """Auxiliary denominator / uniformity term (SPEC §6, published ``selfContrast``), unweighted.
+
+    Σ over (a, b, n) ∈ {(users, items, uniq(u)), (items, users, uniq(i)), (users, users, uniq(u)),
+    (items, items, uniq(i))} of mean_n log(Σ_m exp(a_n·b_m/τ) + 1e-5), on the raw (not
+    normalised) embeddings; log(S + 1e-5) = logaddexp(lse, log 1e-5).
+
+    ``lse_cache``: an optional dict shared with :func:`subspace_loss` (v3) *for the same
+    embeddings and anchors*; the four row log-sum-exps are then computed once per τ.
+    """
+    log_eps = math.log(CONTR_DENO_EPS)
+    total = stu_users.new_zeros(())
+    for key, a, b, idx in (("ui", stu_users, stu_items, uniq_users), ("iu", stu_items, stu_users, uniq_items),
+                           ("uu", stu_users, stu_users, uniq_users), ("ii", stu_items, stu_items, uniq_items)):
+        lse = _cached_lse(lse_cache, key, a[idx], b, temp)
+        total = total + torch.logaddexp(lse, lse.new_tensor(log_eps)).mean()
+    return total
+
+
+def soft_target_cross_entropy(anc_emb: torch.Tensor, cand_emb: torch.Tensor, anc_mask: torch.Tensor,
+                              cand_mask: torch.Tensor, loosen: float, temp: float, *,
+                              lse: Optional[torch.Tensor] = None, block_rows: int = BLOCK_ROWS,
+                              block_cols: int = BLOCK_COLS) -> torch.Tensor:
+    """One subspace kernel (SPEC §6): mean_n −Σ_m t_nm · log softmax_m(a_n·b_m/τ).
+
+    = mean_n [ (Σ_m t_nm)·lse_n − (Σ_m t_nm a_n·b_m)/τ ], t the mask positives of
+    :func:`positive_pair_logit_sums`; the same value as ``nn.CrossEntropyLoss()(logits, t)``
+    with probability targets (sum over candidates, mean over anchors, t not normalised).
+    ``lse`` may be passed when the row log-sum-exps of (a, b, τ) are already known.
+    """
+    counts, sums = positive_pair_logit_sums(anc_emb, cand_emb, anc_mask, cand_mask, loosen,
+                                            block_rows=block_rows, block_cols=block_cols)
+    if lse is None:
+        lse = row_logsumexp_matmul(anc_emb, cand_emb, temp, block_rows=block_rows, block_cols=block_cols)
+    return (counts * lse - sums / temp).mean()
+
+
+def _random_subset(index: torch.Tensor, ratio: float, generator: Optional[torch.Generator]) -> torch.Tensor:
+    """A uniformly random ⌊ratio·len⌋ (at least 1) share of ``index``, without replacement."""
+    keep = max(1, int(ratio * index.numel()))
+    perm = torch.randperm(index.numel(), generator=generator)[:keep].to(index.device)
+    return index[perm]
+
+
+def subspace_loss(users_emb: torch.Tensor, items_emb: torch.Tensor, user_mask: torch.Tensor,
+                  item_mask: torch.Tensor, uniq_users: torch.Tensor, uniq_items: torch.Tensor,
+                  temp: float, loosen: float, version: str = "v3", *, resample_ratio: Optional[float] = None,
+                  generator: Optional[torch.Generator] = None,
+                  lse_cache: Optional[MutableMapping] = None) -> torch.Tensor:
+    """Subspace uniformity constraint (SPEC §6), unweighted (multiply by ``subspcreg``).
+
+    Positives: (a, b) with M_a·M_b ≥ ‖M_a‖₀ − δ and M_a·M_b ≥ ‖M_b‖₀ − δ, M the rows of
+    ``emb_mask2_fixed`` (``user_mask`` U×d, ``item_mask`` I×d), δ = ``loosen``. Each term is
+    :func:`soft_target_cross_entropy` (mean over anchors of −Σ_m t_nm log softmax_m(a_n·b_m/τ)).
+
+    * v3 (default): (users→all items, anchors uniq(u)) + (items→all users, uniq(i))
+      + (users→all users, uniq(u)) + (items→all items, uniq(i)).
+    * v1: (user anchors → user anchors) + (item anchors → item anchors).
+    * v2: one term over the concatenation [user anchors; item anchors] against itself
+      (users and items compete in one softmax, positives across kinds allowed).
+
+    ``resample_ratio`` (``--hyper_contr_resample`` **[fix]**): keep a uniformly random
+    ⌊ratio·n⌋ of the anchors and, for v3, of all users / all items as candidates
+    (anchors are then still taken from the full tables, so indices stay consistent).
+    ``lse_cache``: see :func:`contrastive_denominator_loss`; ignored when resampling.
+    """
+    if version not in SUBSPACE_VERSIONS:
+        raise ValueError(f"subspcreg_version must be one of {SUBSPACE_VERSIONS}, got {version!r}")
+    if resample_ratio is not None:
+        lse_cache = None
+        uniq_users = _random_subset(uniq_users, resample_ratio, generator)
+        uniq_items = _random_subset(uniq_items, resample_ratio, generator)
+
+    if version == "v1":
+        return (soft_target_cross_entropy(users_emb[uniq_users], users_emb[uniq_users], user_mask[uniq_users],
+                                          user_mask[uniq_users], loosen, temp)
+                + soft_target_cross_entropy(items_emb[uniq_items], items_emb[uniq_items], item_mask[uniq_items],
+                                            item_mask[uniq_items], loosen, temp))
+    if version == "v2":
+        emb = torch.cat([users_emb[uniq_users], items_emb[uniq_items]], dim=0)
+        mask = torch.cat([user_mask[uniq_users], item_mask[uniq_items]], dim=0)
+        return soft_target_cross_entropy(emb, emb, mask, mask, loosen, temp)
+
+    cand_users, cand_items = users_emb, items_emb
+    cand_umask, cand_imask = user_mask, item_mask
+    if resample_ratio is not None:
+        keep_u = _random_subset(torch.arange(users_emb.shape[0], device=users_emb.device), resample_ratio, generator)
+        keep_i = _random_subset(torch.arange(items_emb.shape[0], device=items_emb.device), resample_ratio, generator)
+        cand_users, cand_umask = users_emb[keep_u], user_mask[keep_u]
+        cand_items, cand_imask = items_emb[keep_i], item_mask[keep_i]
+
+    total = users_emb.new_zeros(())
+    for key, a, ma, idx, b, mb in (("ui", users_emb, user_mask, uniq_users, cand_items, cand_imask),
+                                   ("iu", items_emb, item_mask, uniq_items, cand_users, cand_umask),
+                                   ("uu", users_emb, user_mask, uniq_users, cand_users, cand_umask),
+                                   ("ii", items_emb, item_mask, uniq_items, cand_items, cand_imask)):
+        anchors = a[idx]
+        lse = _cached_lse(lse_cache, key, anchors, b, temp)
+        total = total + soft_target_cross_entropy(anchors, b, ma[idx], mb, loosen, temp, lse=lse)
+    return total
+
+
+# ---------------------------------------------------------------------------
+# The composed objective
+# ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class KDConfig:
+    """Weights and switches of the distillation objective (published flag names and defaults).
+
+    ``use_subspcreg`` is the decision for *this* run: the caller folds in the
+    ``hyper_contr_start_prn_run`` ≤ run ≤ ``hyper_contr_end_prn_run`` window and the
+    "student only" rule. ``loosen`` is δ for this run (``hyper_contr_loosen_factor[run]``).
+    ``resample_ratio`` is ``hyper_contr_resample_ratio`` when ``--hyper_contr_resample``, else None.
+    """
+
+    use_pre_level_kd: bool = True
+    softreg: float = 1.0
+    tempsoft: float = 0.03
+    use_emb_level_kd: bool = True
+    cdreg: float = 0.01
+    tempcd: float = 0.1
+    use_contr_deno: bool = True
+    screg: float = 1.0
+    tempsc: float = 1.0
+    reg: float = 1e-7
+    use_ereg: bool = True
+    ereg: float = 1e-8
+    use_subspcreg: bool = False
+    subspcreg: float = 1e-4
+    tempsubsp: float = 1.0
+    subspcreg_version: str = "v3"
+    loosen: float = 0.0
+    use_ly0emb4subspcreg: bool = False
+    resample_ratio: Optional[float] = None
+
+    def __post_init__(self):
+        if self.subspcreg_version not in SUBSPACE_VERSIONS:
+            raise ValueError(f"subspcreg_version must be one of {SUBSPACE_VERSIONS}, got {self.subspcreg_version!r}")
+        if self.resample_ratio is not None and not 0.0 < self.resample_ratio <= 1.0:
+            raise ValueError(f"resample_ratio must be in (0, 1], got {self.resample_ratio}")
+        for name in ("tempsoft", "tempcd", "tempsc", "tempsubsp"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+
+
+def kd_objective(cfg: KDConfig, *, stu_users: torch.Tensor, stu_items: torch.Tensor,
+                 stu_u_embeds: torch.Tensor, stu_i_embeds: torch.Tensor, stu_edge_weight: torch.Tensor,
+                 sup_users: torch.Tensor, sup_items: torch.Tensor, sup_high_users: torch.Tensor,
+                 sup_high_items: torch.Tensor, ancs: torch.Tensor, poss: torch.Tensor, negs: torch.Tensor,
+                 rand_users: torch.Tensor, rand_items1: torch.Tensor, rand_items2: torch.Tensor,
+                 emb_mask: Optional[torch.Tensor] = None,
+                 generator: Optional[torch.Generator] = None) -> Dict[str, torch.Tensor]:
+    """The per-batch loss of stages 2–3 (SPEC §6; published ``Model.calcLoss``).
+
+    total = main + pred_kd + emb_kd + reg + contr_deno + subspace, with
+
+    * main       = BPR on the trainee outputs Ē^S (``stu_users``/``stu_items``);
+    * pred_kd    = softreg · :func:`prediction_kd_loss` (supervisor outputs ``sup_*``, τ = tempsoft);
+    * emb_kd     = cdreg · :func:`embedding_kd_loss` (H = ``sup_high_*`` = Σ_{l≥2} E^T_l, τ = tempcd);
+    * reg        = :func:`embedding_reg` on the raw ``stu_u_embeds``/``stu_i_embeds`` parameters
+                   (+ :func:`edge_weight_reg` of ``stu_edge_weight`` when use_ereg);
+    * contr_deno = screg · :func:`contrastive_denominator_loss` (τ = tempsc);
+    * subspace   = subspcreg · :func:`subspace_loss` when ``cfg.use_subspcreg`` (τ = tempsubsp),
+                   on Ē^S, or on the masked E₀ = [uEmbeds; iEmbeds] ⊙ ``emb_mask`` with
+                   use_ly0emb4subspcreg; masks are the rows of ``emb_mask`` (N×d, required then).
+
+    Anchors are uniq(ancs) and uniq(poss) (``torch.unique``); ``poss``/``negs``/``rand_items*``
+    are item ids 0..I-1. Supervisor tensors are detached here. When the subspace term and
+    the auxiliary denominator see the same embeddings (outputs, no resampling), their
+    row log-sum-exps with equal temperatures (default τ = 1 for both) are computed once.
+    Returns a dict of scalar tensors: total, main, pred_kd, emb_kd, reg, contr_deno, subspace.
+    """
+    zero = stu_users.new_zeros(())
+    uniq_users = torch.unique(ancs)
+    uniq_items = torch.unique(poss)
+    sup_users, sup_items = sup_users.detach(), sup_items.detach()
+
+    main = bpr_loss(stu_users[ancs], stu_items[poss], stu_items[negs])
+
+    pred_kd = zero
+    if cfg.use_pre_level_kd:
+        pred_kd = prediction_kd_loss(stu_users, stu_items, sup_users, sup_items, rand_users, rand_items1,
+                                     rand_items2, cfg.tempsoft) * cfg.softreg
+
+    emb_kd = zero
+    if cfg.use_emb_level_kd:
+        emb_kd = embedding_kd_loss(sup_high_users, sup_high_items, stu_users, stu_items, uniq_users,
+                                   uniq_items, cfg.tempcd) * cfg.cdreg
+
+    reg = embedding_reg(stu_u_embeds, stu_i_embeds, cfg.reg)
+    if cfg.use_ereg:
+        reg = reg + edge_weight_reg(stu_edge_weight, cfg.ereg)
+
+    share_lse = cfg.use_subspcreg and not cfg.use_ly0emb4subspcreg and cfg.resample_ratio is None
+    lse_cache: Optional[dict] = {} if share_lse else None
+
+    contr_deno = zero
+    if cfg.use_contr_deno:
+        contr_deno = contrastive_denominator_loss(stu_users, stu_items, uniq_users, uniq_items, cfg.tempsc,
+                                                  lse_cache=lse_cache) * cfg.screg
+
+    subspace = zero
+    if cfg.use_subspcreg:
+        if emb_mask is None:
+            raise ValueError("the subspace term needs the student's embedding mask (emb_mask2_fixed)")
+        n_users = stu_users.shape[0]
+        mask = emb_mask.detach()
+        if cfg.use_ly0emb4subspcreg:
+            e0 = torch.cat([stu_u_embeds, stu_i_embeds], dim=0) * mask
+            sub_users, sub_items = e0[:n_users], e0[n_users:]
+        else:
+            sub_users, sub_items = stu_users, stu_items
+        subspace = subspace_loss(sub_users, sub_items, mask[:n_users], mask[n_users:], uniq_users, uniq_items,
+                                 cfg.tempsubsp, cfg.loosen, cfg.subspcreg_version,
+                                 resample_ratio=cfg.resample_ratio, generator=generator,
+                                 lse_cache=lse_cache) * cfg.subspcreg
+
+    total = main + pred_kd + reg + contr_deno + emb_kd + subspace
+    return {"total": total, "main": main, "pred_kd": pred_kd, "emb_kd": emb_kd, "reg": reg,
+            "contr_deno": contr_deno, "subspace": subspace}

@@ -1,0 +1,175 @@
+"""The training/evaluation loop and record keeping shared by all three stages.
+
+* :func:`train_epoch` — one pass over freshly sampled, shuffled BPR triples, calling a
+  stage's loss function per batch and stepping the optimiser; returns mean loss parts.
+* :class:`EvalSuite` — propagates ONCE per evaluation and scores every split it holds.
+* :class:`Record` — a "best so far" record: its metrics, epoch, run, sparsity, and the
+  checkpoint it writes when it improves.
+* :class:`RunLog` — console lines in the published format plus a JSON-lines history.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Iterable, Optional
+
+import numpy as np
+import torch
+
+
+# ----------------------------------------------------------------------------- logging
+class RunLog:
+    """Timestamped console lines (the published ``log()`` format) and a history file.
+
+    ``history_path`` receives one JSON object per line per epoch (loss parts, metrics,
+    sparsity, seconds); it is appended to, so a resumed run keeps its past.
+    """
+
+    def __init__(self, history_path: Optional[str] = None, stream=None):
+        self.stream = stream or sys.stdout
+        self.history_path = history_path
+        if history_path:
+            os.makedirs(os.path.dirname(os.path.abspath(history_path)), exist_ok=True)
+
+    def line(self, message: str, stamp: bool = True) -> None:
+        prefix = f"{datetime.datetime.now()}: " if stamp else ""
+        print(prefix + message, file=self.stream, flush=True)
+
+    def progress(self, message: str) -> None:
+        """A transient progress line, only on an interactive terminal (never in a tee'd log)."""
+        if sys.stderr.isatty():
+            print("\r" + message + "\033[K", end="", file=sys.stderr, flush=True)
+
+    def end_progress(self) -> None:
+        if sys.stderr.isatty():
+            print("\r\033[K", end="", file=sys.stderr, flush=True)
+
+    def reset_history(self, rows=()) -> None:
+        """Start the history file afresh, holding ``rows`` (those of a resumed run)."""
+        if self.history_path:
+            with open(self.history_path, "w") as fh:
+                fh.writelines(json.dumps(row) + "\n" for row in rows)
+
+    def record(self, row: Dict) -> None:
+        if not self.history_path:
+            return
+        with open(self.history_path, "a") as fh:
+            fh.write(json.dumps(row) + "\n")
+
+
+def read_history(path: str) -> list:
+    """Rows written by :meth:`RunLog.record` (an empty list when the file is absent)."""
+    if not path or not os.path.exists(path):
+        return []
+    with open(path) as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+# ----------------------------------------------------------------------------- training
+def train_epoch(loss_fn: Callable, batches: Iterable, n_batches: int, optimizer: torch.optim.Optimizer,
+                device, log: Optional[RunLog] = None) -> Dict[str, float]:
+    """One epoch: for each (ancs, poss, negs) batch, ``loss_fn`` returns a dict of scalar
+    tensors with a ``'total'`` entry; step on it. Returns the mean of every part."""
+    sums: Dict[str, float] = {}
+    count = 0
+    for step, (ancs, poss, negs) in enumerate(batches):
+        ancs, poss, negs = (torch.from_numpy(a).to(device) for a in (ancs, poss, negs))
+        parts = loss_fn(ancs, poss, negs)
+        optimizer.zero_grad(set_to_none=True)
+        parts["total"].backward()
+        optimizer.step()
+        for name, value in parts.items():
+            sums[name] = sums.get(name, 0.0) + float(value.detach())
+        count += 1
+        if log is not None:
+            log.progress(f"Step {step + 1}/{n_batches}: loss = {float(parts['total']):.4f}")
+    if log is not None:
+        log.end_progress()
+    return {name: total / max(1, count) for name, total in sums.items()}
+
+
+class EvalSuite:
+    """Evaluators for the test split and, when present, the validation split.
+
+    ``select_on`` names the split whose Recall chooses checkpoints and "best" records.
+    """
+
+    def __init__(self, evaluators: Dict[str, "object"], select_on: str):
+        if select_on not in evaluators:
+            raise ValueError(f"cannot select on {select_on!r}: no such split")
+        self.evaluators = evaluators
+        self.select_on = select_on
+
+    @torch.no_grad()
+    def evaluate(self, embed: Callable) -> Dict[str, Dict[str, float]]:
+        """``embed()`` returns (user_emb, item_emb); it is called once for all splits."""
+        users, items = embed()
+        return {name: ev.evaluate(users, items) for name, ev in self.evaluators.items()}
+
+
+# ----------------------------------------------------------------------------- records
+@dataclass
+class Record:
+    """One "best" record (SPEC §6 Records; stage 1 keeps just one).
+
+    With ``gap`` set it is a "2nd best" record: it accepts the latest point whose metric
+    is ≥ (1 − gap)·best of ``reference`` (the matching best record), favouring sparser models.
+    """
+
+    title: str
+    suffix: str = ""
+    gap: Optional[float] = None
+    reference: Optional["Record"] = None
+    value: float = 0.0
+    metrics: Dict[str, Dict[str, float]] = field(default_factory=dict)
+    epoch: int = 0
+    prn_run: int = 0
+    kind: str = "default"
+    edge_pct: float = 1.0
+    emb_pct: float = 1.0
+    path: Optional[str] = None
+
+    def accepts(self, value: float) -> bool:
+        if self.gap is None:
+            return value >= self.value
+        return value >= (1.0 - self.gap) * self.reference.value
+
+    def update(self, value: float, metrics, epoch: int, prn_run: int = 0, kind: str = "default",
+               edge_pct: float = 100.0, emb_pct: float = 100.0) -> bool:
+        if not self.accepts(value):
+            return False
+        self.value, self.metrics, self.epoch = value, metrics, epoch
+        self.prn_run, self.kind, self.edge_pct, self.emb_pct = prn_run, kind, edge_pct, emb_pct
+        return True
+
+    def as_dict(self) -> Dict:
+        return {"title": self.title, "value": self.value, "metrics": self.metrics, "epoch": self.epoch,
+                "prn_run": self.prn_run, "kind": self.kind, "edge_pct": self.edge_pct,
+                "emb_pct": self.emb_pct, "path": self.path}
+
+
+def timer() -> Callable[[], float]:
+    start = time.perf_counter()
+    return lambda: time.perf_counter() - start
+
+
+def format_metrics(metrics: Dict[str, float]) -> str:
+    return f"Recall = {metrics['Recall']:.4f}, NDCG = {metrics['NDCG']:.4f}"
+
+
+
+
+
+
+def build_eval_suite(dataset, topk: int, batch_users: int, select_on: str, device) -> EvalSuite:
+    """Evaluators for test (always) and validation (when the dataset has it)."""
+    from Utils.Metrics import Evaluator
+
+    evaluators = {"test": Evaluator(dataset.train, dataset.test, topk, batch_users, device)}
+    if dataset.val is not None:
+        evaluators["val"] = Evaluator(dataset.train, dataset.val, topk, batch_users, device)
+    return EvalSuite(evaluators, select_on)

@@ -1,0 +1,89 @@
+"""Stage-1 benchmark on Yelp: one training epoch and one full evaluation of an
+8-layer, 64-d LightGCN teacher (batch 4096), printed as one JSON line.
+
+    python bench/bench_teacher.py [--data_dir ../shared/datasets] [--threads 2]
+
+Reports seconds per epoch and per evaluation, a per-part breakdown of the epoch
+(sampling, forward, backward, optimiser) and the peak RSS of the process.
+"""
+import argparse
+import json
+import os
+import platform
+import resource
+import sys
+import time
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import DataHandler as dh  # noqa: E402
+from Model import LightGCN  # noqa: E402
+from pretrainTeacher import teacher_loss  # noqa: E402
+from Utils.Metrics import Evaluator  # noqa: E402
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data_dir", default=os.path.join(os.path.dirname(__file__), "..", "..", "shared", "datasets"))
+    parser.add_argument("--dataset", default="yelp")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--layers", type=int, default=8)
+    parser.add_argument("--latdim", type=int, default=64)
+    parser.add_argument("--batch", type=int, default=4096)
+    parser.add_argument("--tstBat", type=int, default=64)
+    opts = parser.parse_args()
+    torch.set_num_threads(opts.threads)
+    torch.manual_seed(0)
+    data = dh.load_dataset(opts.data_dir, opts.dataset)
+    graph = dh.Graph.from_scipy(dh.propagation_matrix(data.train))
+    sampler = dh.NegativeSampler(data.train)
+    model = LightGCN(data.n_users, data.n_items, opts.latdim, opts.layers)
+    optimizer = torch.optim.Adam(model.parameters(), lr=4e-4)
+    loss_fn = teacher_loss(model, graph, 1.5e-6)
+    rng = np.random.default_rng(0)
+    parts = {"sampling": 0.0, "forward": 0.0, "backward": 0.0, "optimizer": 0.0}
+
+    def epoch():
+        t = time.perf_counter()
+        batches = list(sampler.epoch_batches(rng, opts.batch))
+        parts["sampling"] += time.perf_counter() - t
+        for ancs, poss, negs in batches:
+            ancs, poss, negs = (torch.from_numpy(a) for a in (ancs, poss, negs))
+            t0 = time.perf_counter()
+            loss = loss_fn(ancs, poss, negs)["total"]
+            t1 = time.perf_counter()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            t2 = time.perf_counter()
+            optimizer.step()
+            t3 = time.perf_counter()
+            parts["forward"] += t1 - t0
+            parts["backward"] += t2 - t1
+            parts["optimizer"] += t3 - t2
+
+    epoch()  # warm-up: Numba compilation, allocator
+    parts = dict.fromkeys(parts, 0.0)
+    t = time.perf_counter()
+    epoch()
+    epoch_s = time.perf_counter() - t
+    evaluator = Evaluator(data.train, data.test, 20, opts.tstBat, "cpu")
+    t = time.perf_counter()
+    with torch.no_grad():
+        users, items = model(graph)
+        prop_s = time.perf_counter() - t
+        metrics = evaluator.evaluate(users, items)
+    eval_s = time.perf_counter() - t
+    print(json.dumps({
+        "bench": "stage1_teacher", "dataset": opts.dataset, "layers": opts.layers, "latdim": opts.latdim,
+        "batch": opts.batch, "tstBat": opts.tstBat, "threads": opts.threads,
+        "train_epoch_s": round(epoch_s, 3), "train_parts_s": {k: round(v, 3) for k, v in parts.items()},
+        "eval_s": round(eval_s, 3), "eval_propagation_s": round(prop_s, 3), "eval_recall": round(metrics["Recall"], 5),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "machine": f"{platform.machine()} {os.cpu_count()} cpus, torch {torch.__version__}",
+    }))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,208 @@
+"""Utils/Pruning.py against the published tool's golden pruning steps (prune_*.npz) and unit checks."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from Utils.Pruning import (
+    PrunedState,
+    closure_weights_on_adj,
+    compute_pruned_state,
+    edge_importance,
+    kept_percent,
+    magnitude_threshold,
+    prune_edges,
+    prune_embeddings,
+    random_prune_edges,
+    random_prune_embeddings,
+)
+
+CASES = ["prune_plain", "prune_plain_keep", "prune_aug_only", "prune_aug_sm", "prune_aug_abs"]
+
+
+def _t(array):
+    return torch.from_numpy(np.ascontiguousarray(array))
+
+
+def _flag(case, name, default=False):
+    return bool(case[name]) if name in case.files else default
+
+
+def _pruned_from_golden_inputs(ref, case):
+    models, graphs, forward = ref("prunable_models.npz"), ref("graphs.npz"), ref("prunable_forward.npz")
+    n_nodes = models["stu_uEmbeds"].shape[0] + models["stu_iEmbeds"].shape[0]
+    adj_row, adj_col = _t(graphs["adj_row"]), _t(graphs["adj_col"])
+    kwargs = {}
+    if _flag(case, "use_adj_mask_aug"):
+        # --use_mTea2drop_edges=True: edges are scored with the intermediate model's outputs.
+        kwargs.update(
+            aug_embeds=torch.cat([_t(forward["mid_out_users"]), _t(forward["mid_out_items"])]),
+            edge_row=adj_row,
+            edge_col=adj_col,
+            beta1=float(case["adj_mask_aug1"]),
+        )
+    if _flag(case, "use_SM_edgeW2aug"):
+        kwargs.update(
+            mid_edge_weight_on_adj=closure_weights_on_adj(
+                adj_row, adj_col, _t(graphs["closure_row"]), _t(graphs["closure_col"]),
+                _t(models["mid_edge_w"]), n_nodes,
+            ),
+            beta2=float(case["adj_mask_aug2"]),
+        )
+    return compute_pruned_state(
+        _t(models["stu_edge_w"]),
+        _t(models["stu_edge_fixed"]),
+        _t(models["stu_uEmbeds"]),
+        _t(models["stu_iEmbeds"]),
+        _t(models["stu_emb_mask"]),
+        edge_pct=float(case["pruning_percent_adj"]),
+        emb_pct=float(case["pruning_percent_emb"]),
+        keep_weights=_flag(case, "keep_adj_weights2next_prn"),
+        use_abs=_flag(case, "adj_weights_abs"),
+        **kwargs,
+    )
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_matches_published_pruning_step(ref, name):
+    case = ref(f"{name}.npz")
+    state = _pruned_from_golden_inputs(ref, case)
+    assert isinstance(state, PrunedState)
+    np.testing.assert_array_equal(state.edge_mask.numpy(), case["adj_mask"])
+    np.testing.assert_array_equal(state.emb_mask.numpy(), case["emb_mask"])
+    np.testing.assert_allclose(state.edge_weight.numpy(), case["edge_w_after"], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(state.u_embeds.numpy(), case["uEmbeds_after"], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(state.i_embeds.numpy(), case["iEmbeds_after"], rtol=1e-4, atol=1e-6)
+    assert state.edge_kept_pct == pytest.approx(float(case["edge_kept_pct"]), rel=1e-6)
+    assert state.emb_kept_pct == pytest.approx(float(case["emb_kept_pct"]), rel=1e-6)
+
+
+def test_golden_cases_differ_so_each_flag_is_exercised(ref):
+    masks = {name: ref(f"{name}.npz")["adj_mask"] for name in CASES}
+    assert not np.array_equal(masks["prune_plain"], masks["prune_aug_only"])
+    assert not np.array_equal(masks["prune_aug_only"], masks["prune_aug_sm"])
+    assert not np.array_equal(masks["prune_aug_sm"], masks["prune_aug_abs"])
+    keep = ref("prune_plain_keep.npz")["edge_w_after"]
+    assert set(np.unique(keep)) - {0.0, 1.0}, "keep case must carry real weight values"
+
+
+def test_threshold_position_is_floor_n_pct_of_nonzeros(ref):
+    # tiny student: 670 live edges; sorted |w| index floor(670*0.15)=100 -> 101 pruned, 569 kept.
+    models = ref("prunable_models.npz")
+    score = _t(models["stu_edge_w"] * models["stu_edge_fixed"])
+    nonzero = np.sort(np.abs(score.numpy()[score.numpy() != 0]))
+    assert nonzero.size == 670
+    assert float(magnitude_threshold(score, 0.15)) == nonzero[100]
+    _, mask = prune_edges(_t(models["stu_edge_w"]), score, 0.15)
+    assert int(mask.sum()) == 569 and kept_percent(mask) == pytest.approx(100 * 569 / 758)
+
+
+def test_magnitude_threshold_edge_cases():
+    values = torch.tensor([0.0, -3.0, 1.0, 0.0, 2.0, -4.0])
+    assert float(magnitude_threshold(values, 0.0)) == 1.0
+    assert float(magnitude_threshold(values, 0.5)) == 3.0  # floor(4*0.5)=2 -> [1,2,3,4][2]
+    assert float(magnitude_threshold(values, 1.0)) == 4.0  # clamped to the largest
+    assert float(magnitude_threshold(torch.zeros(5), 0.3)) == 0.0
+    with pytest.raises(ValueError):
+        magnitude_threshold(values, 1.5)
+
+
+def test_pruned_embeddings_and_edges_never_revive():
+    torch.manual_seed(0)
+    users, items = torch.randn(5, 4), torch.randn(3, 4)
+    mask = (torch.rand(8, 4) > 0.3).float()
+    users_masked = users * mask[:5]
+    u, i, new_mask = prune_embeddings(users, items, mask, 0.2)
+    assert bool((new_mask <= mask).all())
+    assert torch.equal(u, users_masked * new_mask[:5])
+
+    weight = torch.randn(20)
+    edge_mask = (torch.rand(20) > 0.4).float()
+    score = edge_importance(weight, edge_mask, mid_edge_weight_on_adj=torch.rand(20), beta2=5.0)
+    new_weight, new_mask = prune_edges(weight, score, 0.1, keep_weights=True)
+    assert bool((new_mask <= edge_mask).all())
+    assert torch.equal(new_weight, weight * new_mask)
+
+
+def test_edge_importance_terms():
+    weight = torch.tensor([0.5, -2.0, 1.0])
+    edge_mask = torch.tensor([1.0, 1.0, 0.0])
+    embeds = torch.tensor([[1.0, 0.0], [0.0, 2.0], [1.0, 1.0]])
+    row, col = torch.tensor([0, 1, 2]), torch.tensor([2, 2, 0])
+    dots = torch.tensor([1.0, 2.0, 1.0])
+    mid = torch.tensor([0.1, 0.2, 0.3])
+    expected = (weight.abs() + 0.5 * torch.tanh(dots) + 2.0 * mid) * edge_mask
+    got = edge_importance(weight, edge_mask, aug_embeds=embeds, edge_row=row, edge_col=col, beta1=0.5,
+                          use_tanh=True, mid_edge_weight_on_adj=mid, beta2=2.0, use_abs=True)
+    torch.testing.assert_close(got, expected)
+    got = edge_importance(weight, edge_mask, aug_embeds=embeds, edge_row=row, edge_col=col, beta1=0.5)
+    torch.testing.assert_close(got, (weight + 0.5 * torch.sigmoid(dots)) * edge_mask)
+    with pytest.raises(ValueError):
+        edge_importance(weight, edge_mask, aug_embeds=embeds, beta1=0.5)
+
+
+def test_closure_weights_on_adj_lookup_and_missing_edge():
+    n = 4
+    closure_row = torch.tensor([0, 0, 1, 1, 2, 3, 3])
+    closure_col = torch.tensor([0, 2, 1, 3, 2, 1, 3])
+    closure_w = torch.arange(7, dtype=torch.float32)
+    got = closure_weights_on_adj(torch.tensor([0, 1, 3]), torch.tensor([2, 3, 3]),
+                                 closure_row, closure_col, closure_w, n)
+    torch.testing.assert_close(got, torch.tensor([1.0, 3.0, 6.0]))
+    perm = torch.tensor([6, 2, 0, 5, 1, 4, 3])  # unsorted closure is handled too
+    got = closure_weights_on_adj(torch.tensor([0, 1, 3]), torch.tensor([2, 3, 3]),
+                                 closure_row[perm], closure_col[perm], closure_w[perm], n)
+    torch.testing.assert_close(got, torch.tensor([1.0, 3.0, 6.0]))
+    with pytest.raises(ValueError, match="not in the closure"):
+        closure_weights_on_adj(torch.tensor([0, 2]), torch.tensor([2, 3]), closure_row, closure_col, closure_w, n)
+    with pytest.raises(ValueError, match="not in the closure"):  # beyond the last key
+        closure_weights_on_adj(torch.tensor([3]), torch.tensor([4]), closure_row, closure_col, closure_w, 5)
+
+
+def test_every_adj_edge_is_in_the_golden_closure(ref):
+    graphs, models = ref("graphs.npz"), ref("prunable_models.npz")
+    got = closure_weights_on_adj(_t(graphs["adj_row"]), _t(graphs["adj_col"]), _t(graphs["closure_row"]),
+                                 _t(graphs["closure_col"]), _t(models["mid_edge_w"]), 100)
+    assert got.shape == (758,)
+
+
+def test_random_prune_edges_removes_floor_pct_of_survivors_deterministically():
+    edge_mask = torch.ones(1000)
+    edge_mask[::7] = 0  # 857 survivors
+    n_alive = int(edge_mask.sum())
+    first = random_prune_edges(edge_mask, 0.15, torch.Generator().manual_seed(3))
+    again = random_prune_edges(edge_mask, 0.15, torch.Generator().manual_seed(3))
+    other = random_prune_edges(edge_mask, 0.15, torch.Generator().manual_seed(4))
+    assert int(first.sum()) == n_alive - math.floor(0.15 * n_alive)  # floor: 128 removed
+    assert bool((first <= edge_mask).all())
+    assert torch.equal(first, again) and not torch.equal(first, other)
+    assert torch.equal(random_prune_edges(edge_mask, 0.0, torch.Generator().manual_seed(3)), edge_mask)
+
+
+def test_random_prune_embeddings_removes_floor_pct_of_survivors_deterministically():
+    torch.manual_seed(1)
+    users, items = torch.randn(30, 8), torch.randn(20, 8)
+    mask = (torch.rand(50, 8) > 0.25).float()
+    n_alive = int(mask.sum())
+    u, i, new_mask = random_prune_embeddings(users, items, mask, 0.2, torch.Generator().manual_seed(9))
+    u2, i2, new_mask2 = random_prune_embeddings(users, items, mask, 0.2, torch.Generator().manual_seed(9))
+    assert int(new_mask.sum()) == n_alive - math.floor(0.2 * n_alive)
+    assert bool((new_mask <= mask).all())
+    assert torch.equal(new_mask, new_mask2) and torch.equal(u, u2) and torch.equal(i, i2)
+    torch.testing.assert_close(torch.cat([u, i]), torch.cat([users, items]) * new_mask)
+
+
+def test_compute_pruned_state_random_variants_follow_keep_rule():
+    torch.manual_seed(2)
+    weight = torch.randn(100)
+    edge_mask = torch.ones(100)
+    users, items, emb_mask = torch.randn(6, 4), torch.randn(4, 4), torch.ones(10, 4)
+    state = compute_pruned_state(weight, edge_mask, users, items, emb_mask, edge_pct=0.1, emb_pct=0.25,
+                                 random_edges=True, random_embeddings=True,
+                                 generator=torch.Generator().manual_seed(0))
+    assert state.edge_kept_pct == pytest.approx(90.0) and state.emb_kept_pct == pytest.approx(75.0)
+    assert torch.equal(state.edge_weight, state.edge_mask)
+    state = compute_pruned_state(weight, edge_mask, users, items, emb_mask, edge_pct=0.1, emb_pct=0.25,
+                                 keep_weights=True, random_edges=True, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(state.edge_weight, weight * state.edge_mask)
