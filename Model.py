@@ -15,15 +15,7 @@ from typing import List, Tuple
 import torch
 from torch import nn
 
-from Utils.Spmm import spmm
-
-
-def propagate(graph, edge_values: torch.Tensor, e0: torch.Tensor, n_layers: int) -> List[torch.Tensor]:
-    """[E_0, E_1, …, E_L] with E_l = M·E_{l-1}, M the graph with ``edge_values`` as entries."""
-    layers = [e0]
-    for _ in range(n_layers):
-        layers.append(spmm(graph, edge_values, layers[-1]))
-    return layers
+from Utils.Spmm import propagate_layers, propagate_sum
 
 
 class LightGCN(nn.Module):
@@ -47,11 +39,11 @@ class LightGCN(nn.Module):
 
     def layers(self, graph) -> List[torch.Tensor]:
         """Per-layer embeddings [E_0, …, E_L], each N×d."""
-        return propagate(graph, self.edge_values(graph), self.layer0(), self.n_layers)
+        return propagate_layers(graph, self.edge_values(graph), self.layer0(), self.n_layers)
 
     def forward(self, graph) -> Tuple[torch.Tensor, torch.Tensor]:
         """(Ē_users, Ē_items): the sum over layers, split into users and items."""
-        out = torch.stack(self.layers(graph)).sum(0) if self.n_layers else self.layer0()
+        out = propagate_sum(graph, self.edge_values(graph), self.layer0(), self.n_layers)
         return out[: self.n_users], out[self.n_users:]
 
     def embedding_tables(self) -> Tuple[torch.Tensor, torch.Tensor]:

@@ -486,12 +486,35 @@ def select_device(args):
     _expose_gpu(args)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
+    keep_freed_memory()
     if args.device == 'cpu':
         return torch.device('cpu')
     available = torch.cuda.is_available()
     if args.device == 'cuda' and not available:
         _fail("--device=cuda but CUDA is not available here (use --device=auto or --device=cpu)")
     return torch.device('cuda' if available else 'cpu')
+
+
+def keep_freed_memory():
+    """Let glibc reuse freed blocks of up to 1 GiB instead of returning them to the OS.
+
+    Every training step allocates and frees many N×d tensors (17 MB each on Yelp);
+    by default glibc maps each one afresh and pays a page fault per 4 KiB
+    (measured: zeroing one took 19 ms instead of 8 ms). Numbers are unaffected.
+    """
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 1 << 30)  # M_MMAP_THRESHOLD
+        libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD
+    except (OSError, AttributeError):  # not glibc: nothing to tune
+        pass
+
+
+def make_optimizer(params, lr):
+    """Adam with the fused kernel (CPU and CUDA): the same update, several times faster."""
+    return torch.optim.Adam(params, lr=lr, fused=True)
 
 
 def seed_everything(seed):

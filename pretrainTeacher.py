@@ -86,7 +86,7 @@ def main(args) -> int:
         log.line(f"History Loaded: {len(history)} epochs, resuming at epoch {start_epoch}")
     log.line("Model Prepared")
 
-    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
+    optimizer = Params.make_optimizer(model.parameters(), args.lr)
     rng = np.random.default_rng(args.seed)
     loss_fn = teacher_loss(model, graph, args.reg)
     save_path = args.model_save_path + ".mod"

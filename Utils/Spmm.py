@@ -1,17 +1,19 @@
-"""Sparse × dense products over a :class:`DataHandler.Graph`, with gradients for the edge values.
+"""Sparse propagation over a :class:`DataHandler.Graph`, with gradients for the edge values.
 
-``spmm(graph, edge_values, x)`` computes M·x where M has ``graph``'s sparsity pattern
-and ``edge_values`` (one per edge, CSR order) as its entries. Gradients:
+* ``spmm(graph, edge_values, x)``: M·x, M having ``graph``'s pattern and ``edge_values``
+  (one per edge, CSR order) as entries. Gradients: Mᵀ·G for x; G[row_e]·x[col_e] per edge.
+* ``propagate_sum(graph, edge_values, e0, n_layers)``: Ē = Σ_{l=0..L} M^l·E₀ in one
+  autograd node. Backward uses g_L = G, g_l = G + Mᵀ g_{l+1} (so ∂/∂E₀ = g_0) and
+  ∂/∂w_e = Σ_{l≥1} g_l[row_e]·E_{l-1}[col_e]: 2L products per step and no per-layer
+  autograd bookkeeping, the same numbers as chaining L ``spmm`` calls.
 
-* w.r.t. x:            Mᵀ·G, the same product over the transposed pattern;
-* w.r.t. edge values:  (G[row_e] · x[col_e]) for every edge e (a sampled dense-dense product).
-
-On CPU the two kernels are small Numba loops parallel over rows (measured on Yelp's Â,
-0.43 M edges × 64-d, 2 threads: 3.6 ms, against 21 ms for ``torch.sparse.mm`` on CSR
-and 12 ms for SciPy; ``bench/bench_spmm.py``). They sum each row's terms in CSR order, like
-SciPy. On CUDA (or without Numba) the product is ``torch.sparse.mm`` on a CSR tensor.
+On CPU the products are small Numba loops parallel over rows that sum each row's
+terms in CSR order (as SciPy does) into a private buffer; on CUDA, or without Numba,
+they are ``torch.sparse.mm`` on CSR tensors. ``bench/bench_spmm.py`` compares them.
 """
 from __future__ import annotations
+
+from typing import List, Optional
 
 import torch
 
@@ -20,9 +22,12 @@ try:  # Numba is a requirement; the torch path keeps the code importable without
     import numpy as np
 
     @numba.njit(parallel=True, cache=True)
-    def _csr_spmm(indptr, col, values, x, out):
+    def _csr_spmm(indptr, col, values, x, out, base, total):
+        """out = base + M·x (base optional: size-0 array); total += out (optional likewise)."""
         n_rows = indptr.shape[0] - 1
         dim = x.shape[1]
+        has_base = base.shape[0] > 0
+        has_total = total.shape[0] > 0
         for r in numba.prange(n_rows):
             acc = np.zeros(dim, dtype=out.dtype)  # a private row buffer lets the inner loop vectorise
             for k in range(indptr[r], indptr[r + 1]):
@@ -30,11 +35,18 @@ try:  # Numba is a requirement; the torch path keeps the code importable without
                 v = values[k]
                 for j in range(dim):
                     acc[j] += v * x[c, j]
+            if has_base:
+                for j in range(dim):
+                    acc[j] += base[r, j]
             for j in range(dim):
                 out[r, j] = acc[j]
+            if has_total:
+                for j in range(dim):
+                    total[r, j] += acc[j]
 
     @numba.njit(parallel=True, cache=True)
-    def _csr_sampled_dot(indptr, col, g, x, out):
+    def _csr_sampled_dot(indptr, col, g, x, out, accumulate):
+        """out[e] (+)= g[row_e] · x[col_e] for every edge e."""
         n_rows = indptr.shape[0] - 1
         dim = x.shape[1]
         for r in numba.prange(n_rows):
@@ -43,7 +55,10 @@ try:  # Numba is a requirement; the torch path keeps the code importable without
                 acc = 0.0  # float64 accumulator
                 for j in range(dim):
                     acc += g[r, j] * x[c, j]
-                out[k] = acc
+                if accumulate:
+                    out[k] += acc
+                else:
+                    out[k] = acc
 
     HAVE_NUMBA = True
 except ImportError:  # pragma: no cover - exercised only where numba is missing
@@ -54,31 +69,50 @@ def _use_numba(x: torch.Tensor) -> bool:
     return HAVE_NUMBA and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
 
 
-def _product(indptr, col, values, x, n_rows):
-    """M·x for M given in CSR (indptr, col, values)."""
+def _product(indptr, col, values, x, n_rows, base: Optional[torch.Tensor] = None,
+             total: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """base + M·x for M in CSR (indptr, col, values); also adds the result into ``total``."""
     x = x.contiguous()
     values = values.to(x.dtype).contiguous()
     if _use_numba(x):
-        out = torch.zeros((n_rows, x.shape[1]), dtype=x.dtype)
-        _csr_spmm(indptr.numpy(), col.numpy(), values.numpy(), x.numpy(), out.numpy())
+        out = torch.empty((n_rows, x.shape[1]), dtype=x.dtype)
+        empty = np.empty((0, 0), dtype=out.numpy().dtype)
+        _csr_spmm(indptr.numpy(), col.numpy(), values.numpy(), x.numpy(), out.numpy(),
+                  empty if base is None else base.contiguous().numpy(),
+                  empty if total is None else total.numpy())
         return out
     mat = torch.sparse_csr_tensor(indptr, col, values, size=(n_rows, x.shape[0]))
-    return torch.sparse.mm(mat, x)
+    out = torch.sparse.mm(mat, x)
+    if base is not None:
+        out.add_(base)
+    if total is not None:
+        total.add_(out)
+    return out
 
 
-def _sampled_dot(graph, g, x):
-    """(g[row_e] · x[col_e]) for every edge e of ``graph``."""
+def _sampled_dot(graph, g, x, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """(g[row_e] · x[col_e]) for every edge e, added into ``out`` when given."""
     g = g.contiguous()
     x = x.contiguous()
+    accumulate = out is not None
+    if out is None:
+        out = torch.empty(graph.nnz, dtype=x.dtype, device=x.device)
     if _use_numba(x):
-        out = torch.empty(graph.nnz, dtype=x.dtype)
-        _csr_sampled_dot(graph.indptr.numpy(), graph.col.numpy(), g.numpy(), x.numpy(), out.numpy())
+        _csr_sampled_dot(graph.indptr.numpy(), graph.col.numpy(), g.numpy(), x.numpy(), out.numpy(), accumulate)
         return out
-    out = torch.empty(graph.nnz, dtype=x.dtype, device=x.device)
     step = 1 << 20  # bound the gathered (edges × d) temporaries
     for s in range(0, graph.nnz, step):
-        out[s:s + step] = (g[graph.row[s:s + step]] * x[graph.col[s:s + step]]).sum(1)
+        part = (g[graph.row[s:s + step]] * x[graph.col[s:s + step]]).sum(1)
+        if accumulate:
+            out[s:s + step] += part
+        else:
+            out[s:s + step] = part
     return out
+
+
+def _transposed_product(graph, t_values, x, base=None):
+    """base + Mᵀ·x, given Mᵀ's values in its CSR order (``edge_values[graph.transpose_perm]``)."""
+    return _product(graph.t_indptr, graph.t_col, t_values, x, graph.n_nodes, base=base)
 
 
 class _EdgeSpMM(torch.autograd.Function):
@@ -94,8 +128,7 @@ class _EdgeSpMM(torch.autograd.Function):
         graph = ctx.graph
         grad_values = grad_x = None
         if ctx.needs_input_grad[1]:
-            grad_x = _product(graph.t_indptr, graph.t_col, edge_values[graph.transpose_perm], grad_out,
-                              graph.n_nodes)
+            grad_x = _transposed_product(graph, edge_values[graph.transpose_perm], grad_out)
         if ctx.needs_input_grad[0]:
             grad_values = _sampled_dot(graph, grad_out, x).to(edge_values.dtype)
         return grad_values, grad_x, None
@@ -106,3 +139,59 @@ def spmm(graph, edge_values: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     if edge_values.requires_grad or x.requires_grad:
         return _EdgeSpMM.apply(edge_values, x, graph)
     return _product(graph.indptr, graph.col, edge_values, x, graph.n_nodes)
+
+
+def propagate_layers(graph, edge_values: torch.Tensor, e0: torch.Tensor, n_layers: int) -> List[torch.Tensor]:
+    """[E_0, E_1, …, E_L] with E_l = M·E_{l-1} (differentiable, one autograd node per layer)."""
+    layers = [e0]
+    for _ in range(n_layers):
+        layers.append(spmm(graph, edge_values, layers[-1]))
+    return layers
+
+
+class _PropagateSum(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, edge_values, e0, graph, n_layers):
+        e0 = e0.contiguous()
+        total = e0.clone()
+        layers = [e0]
+        for _ in range(n_layers):
+            layers.append(_product(graph.indptr, graph.col, edge_values, layers[-1], graph.n_nodes, total=total))
+        ctx.graph, ctx.n_layers = graph, n_layers
+        # E_L is never needed by the backward pass; keep E_0..E_{L-1} only when w needs a gradient
+        keep = layers[:-1] if ctx.needs_input_grad[0] else []
+        ctx.save_for_backward(edge_values, *keep)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_total):
+        edge_values, *layers = ctx.saved_tensors
+        graph, n_layers = ctx.graph, ctx.n_layers
+        grad_total = grad_total.contiguous()
+        grad_values = torch.zeros_like(edge_values, dtype=grad_total.dtype) if ctx.needs_input_grad[0] else None
+        t_values = edge_values[graph.transpose_perm].to(grad_total.dtype).contiguous()
+        g = grad_total  # g_L
+        for layer in range(n_layers, 0, -1):
+            if grad_values is not None:
+                _sampled_dot(graph, g, layers[layer - 1], out=grad_values)
+            g = _transposed_product(graph, t_values, g, base=grad_total)  # g_{l-1} = G + Mᵀ g_l
+        if grad_values is not None:
+            grad_values = grad_values.to(edge_values.dtype)
+        return grad_values, (g if ctx.needs_input_grad[1] else None), None, None
+
+
+def propagate_sum(graph, edge_values: torch.Tensor, e0: torch.Tensor, n_layers: int) -> torch.Tensor:
+    """Ē = Σ_{l=0..L} M^l·E₀, differentiable in ``edge_values`` and ``e0``."""
+    if edge_values.requires_grad or e0.requires_grad:
+        return _PropagateSum.apply(edge_values, e0, graph, n_layers)
+    with torch.no_grad():
+        return _PropagateSum.forward(_NoCtx(), edge_values, e0, graph, n_layers)
+
+
+class _NoCtx:
+    """A stand-in autograd context for running the forward pass without autograd."""
+
+    needs_input_grad = (False, False, False, False)
+
+    def save_for_backward(self, *tensors):
+        pass
