@@ -448,6 +448,12 @@ def resolve_select_on(args, has_val):
     return args.select_on
 
 
+def history_file(path):
+    """The history file of a --his_save_path / --load_his_tea value (".his" appended when missing)."""
+    path = str(path)
+    return os.path.abspath(path if path.endswith(".his") else path + ".his")
+
+
 def dataset_dir(args):
     """Folder of the dataset: <--data_dir>/sparse_<--dataset>/."""
     return Path(args.data_dir) / f'sparse_{args.dataset}'

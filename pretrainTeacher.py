@@ -19,7 +19,7 @@ import Params
 from Model import LightGCN
 from Utils import Checkpoint
 from Utils.Losses import bpr_loss, embedding_reg
-from Utils.Training import Record, RunLog, build_eval_suite, format_metrics, read_history, timer, train_epoch
+from Utils.Training import Record, RunLog, build_eval_suite, fit, format_metrics, read_history, train_epoch
 
 
 def teacher_loss(model: LightGCN, graph, reg: float):
@@ -42,21 +42,20 @@ def teacher_meta(args, dataset, graph, record: Record) -> dict:
             "flags": vars(args)}
 
 
-def his_file(path: str) -> str:
-    """The history file of a --his_save_path / --load_his_tea value (".his" appended when missing)."""
-    return os.path.abspath(path if path.endswith(".his") else path + ".his")
+def best_line(record: Record) -> str:
+    return (f"Epoch {record.epoch}, selected on {record.title}: "
+            + "; ".join(f"{split}: {format_metrics(m)}" for split, m in record.metrics.items()))
 
 
 def print_best(log: RunLog, title: str, record: Record) -> None:
     log.line(title, stamp=False)
-    log.line(f"Epoch {record.epoch}, selected on {record.title}: "
-             + "; ".join(f"{split}: {format_metrics(m)}" for split, m in record.metrics.items()), stamp=False)
+    log.line(best_line(record), stamp=False)
 
 
 def main(args) -> int:
     device = Params.select_device(args)
     Params.seed_everything(args.seed)
-    log = RunLog(his_file(args.his_save_path))
+    log = RunLog(Params.history_file(args.his_save_path))
     log.line(Params.format_args(args), stamp=False)
     log.line("Start")
     log.line("Load Data")
@@ -75,8 +74,8 @@ def main(args) -> int:
         Checkpoint.check_compatible(ckpt, dataset.n_users, dataset.n_items, args.latdim, what="teacher")
         model.load_state_dict({k: ckpt.tensors[k] for k in ("uEmbeds", "iEmbeds")})
         log.line(f"Model Loaded: {args.load_model_tea}")
-    history = read_history(his_file(args.load_his_tea)) if args.load_his_tea else []
-    if not (args.load_his_tea and his_file(args.load_his_tea) == log.history_path):
+    history = read_history(Params.history_file(args.load_his_tea)) if args.load_his_tea else []
+    if not (args.load_his_tea and Params.history_file(args.load_his_tea) == log.history_path):
         log.reset_history(history)  # the output history restarts, holding the resumed rows first
     for row in history:
         if "metrics" in row:
@@ -90,36 +89,27 @@ def main(args) -> int:
     rng = np.random.default_rng(args.seed)
     loss_fn = teacher_loss(model, graph, args.reg)
     save_path = args.model_save_path + ".mod"
-    n_epochs = args.epoch_tea
-    try:
-        for epoch in range(start_epoch, n_epochs):
-            elapsed = timer()
-            model.train()
-            parts = train_epoch(loss_fn, sampler.epoch_batches(rng, args.batch), sampler.n_batches(args.batch),
-                                optimizer, device, log)
-            train_s = elapsed()
-            log.line(f"Epoch {epoch}/{n_epochs}, Train: Loss = {parts['total']:.4f}, preLoss = {parts['main']:.4f}  ")
-            row = {"stage": "teacher", "epoch": epoch, "loss": parts, "train_seconds": train_s}
-            if epoch % args.tstEpoch == 0:
-                model.eval()
-                results = suite.evaluate(lambda: model(graph))
-                row["metrics"] = results
-                improved = record.update(results[args.select_on]["Recall"], results, epoch)
-                if improved:
-                    Checkpoint.save_checkpoint(save_path, model.state_dict(),
-                                               teacher_meta(args, dataset, graph, record))
-                    log.line(f"Model Saved: {args.model_save_path}")
-                log.line(f"Epoch {epoch}/{n_epochs}, Test: {format_metrics(results['test'])}  ")
-                if args.select_on == "val":
-                    log.line(f"Epoch {epoch}/{n_epochs}, Val: {format_metrics(results['val'])}  ")
-                if improved:
-                    print_best(log, "#################best for now###########################", record)
-            row["seconds"] = elapsed()
-            log.record(row)
-            log.line(f"Epoch {epoch}/{n_epochs}, Time: train {train_s:.1f} s, total {row['seconds']:.1f} s")
+
+    def train_one_epoch():
+        model.train()
+        return train_epoch(loss_fn, sampler.epoch_batches(rng, args.batch), sampler.n_batches(args.batch),
+                           optimizer, device, log)
+
+    def evaluate():
         model.eval()
-        results = suite.evaluate(lambda: model(graph))
-        log.line(f"Epoch {n_epochs}/{n_epochs}, Test: {format_metrics(results['test'])}  ")
+        return suite.evaluate(lambda: model(graph))
+
+    def on_evaluated(epoch, results):
+        if not record.update(results[args.select_on]["Recall"], results, epoch):
+            return []
+        Checkpoint.save_checkpoint(save_path, model.state_dict(), teacher_meta(args, dataset, graph, record))
+        log.line(f"Model Saved: {args.model_save_path}")
+        return ["#################best for now###########################", best_line(record)]
+
+    try:
+        fit(n_epochs=args.epoch_tea, start_epoch=start_epoch, tst_every=args.tstEpoch,
+            train_one_epoch=train_one_epoch, evaluate=evaluate, on_evaluated=on_evaluated, log=log,
+            select_on=args.select_on, row_info={"stage": "teacher"})
     except KeyboardInterrupt:
         log.line("Interrupted: the best checkpoint so far is kept")
         print_best(log, "#########################Final Best Acc###########################", record)

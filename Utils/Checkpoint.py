@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import numbers
+import json
 import os
 import pickle
 import secrets
@@ -145,14 +146,29 @@ def save_checkpoint(
     if not isinstance(payload["meta"], dict):
         raise TypeError(f"checkpoint meta must be a dict or Namespace, got {type(meta).__name__}")
 
+    _atomic_write(path, "wb", lambda handle: torch.save(payload, handle), "checkpoint")
+
+
+def save_json(path: PathLike, obj: Any) -> None:
+    """Write plain data as JSON atomically (the record ``.his`` files)."""
+    text = json.dumps(_plain(obj, "history"), indent=1)
+    _atomic_write(os.fspath(path), "w", lambda handle: handle.write(text), "history")
+
+
+def _atomic_write(path: str, mode: str, write: Any, what: str) -> None:
+    """Write through ``write(handle)`` into a temporary file beside ``path``, then ``os.replace``.
+
+    A reader sees either the previous file or the complete new one; on failure the
+    previous file is untouched and no temporary file remains.
+    """
     directory = os.path.dirname(os.path.abspath(path))
     tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
         os.makedirs(directory, exist_ok=True)
         # O_EXCL: never clobber someone else's file; 0o666 & umask like a normal open()
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(payload, handle)
+        with os.fdopen(fd, mode) as handle:
+            write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -162,7 +178,7 @@ def save_checkpoint(
         except OSError:
             pass
         if isinstance(exc, OSError):
-            raise CheckpointError(f"cannot write checkpoint {path}: {exc.strerror or exc}") from exc
+            raise CheckpointError(f"cannot write {what} {path}: {exc.strerror or exc}") from exc
         raise
 
 

@@ -113,7 +113,7 @@ class _RowLogSumExpMatmul(torch.autograd.Function):
         b = candidates.detach()
         n, m = a.shape[0], b.shape[0]
         grad_lse = grad_lse.contiguous()
-        grad_a = torch.zeros_like(a) if need_a else None
+        grad_a = torch.empty_like(a) if need_a else None
         grad_b = torch.zeros_like(b) if need_b else None
         storage = a.new_empty(min(block_rows, n) * min(block_cols, m))
         for r0 in range(0, n, block_rows):
@@ -121,17 +121,19 @@ class _RowLogSumExpMatmul(torch.autograd.Function):
             nr = ar.shape[0]
             lse_r = lse[r0:r0 + nr, None]
             g_r = grad_lse[r0:r0 + nr, None]
+            gar = ar * g_r  # g_n · s · a_n: the row weights folded into the small factor
+            pb = a.new_zeros(nr, b.shape[1]) if need_a else None  # Σ_m P_nm b_m
             for c0 in range(0, m, block_cols):
                 bc = b[c0:c0 + block_cols]
                 blk = _block_view(storage, nr, bc.shape[0])
                 torch.mm(ar, bc.T, out=blk)
-                blk.sub_(lse_r).exp_().mul_(g_r)  # g_n · P_nm
+                blk.sub_(lse_r).exp_()  # P_nm
                 if need_a:
-                    grad_a[r0:r0 + nr].addmm_(blk, bc)
+                    pb.addmm_(blk, bc)
                 if need_b:
-                    grad_b[c0:c0 + bc.shape[0]].addmm_(blk.T, ar)  # ar already carries s
-        if need_a:
-            grad_a.mul_(scale)
+                    grad_b[c0:c0 + bc.shape[0]].addmm_(blk.T, gar)
+            if need_a:
+                grad_a[r0:r0 + nr] = pb * (g_r * scale)
         return grad_a, grad_b, None, None, None
 
 

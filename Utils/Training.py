@@ -31,7 +31,9 @@ class RunLog:
 
     def __init__(self, history_path: Optional[str] = None, stream=None):
         self.stream = stream or sys.stdout
+        self.interactive = sys.stderr.isatty()  # progress lines only on a terminal, never in a tee'd log
         self.history_path = history_path
+        self.rows: list = []  # this invocation's history rows, also kept in memory
         if history_path:
             os.makedirs(os.path.dirname(os.path.abspath(history_path)), exist_ok=True)
 
@@ -41,20 +43,25 @@ class RunLog:
 
     def progress(self, message: str) -> None:
         """A transient progress line, only on an interactive terminal (never in a tee'd log)."""
-        if sys.stderr.isatty():
+        if self.interactive:
             print("\r" + message + "\033[K", end="", file=sys.stderr, flush=True)
 
     def end_progress(self) -> None:
-        if sys.stderr.isatty():
+        if self.interactive:
             print("\r\033[K", end="", file=sys.stderr, flush=True)
 
     def reset_history(self, rows=()) -> None:
         """Start the history file afresh, holding ``rows`` (those of a resumed run)."""
+        self.rows = list(rows)
         if self.history_path:
             with open(self.history_path, "w") as fh:
                 fh.writelines(json.dumps(row) + "\n" for row in rows)
 
+    def history_rows(self) -> list:
+        return list(self.rows)
+
     def record(self, row: Dict) -> None:
+        self.rows.append(row)
         if not self.history_path:
             return
         with open(self.history_path, "a") as fh:
@@ -85,7 +92,7 @@ def train_epoch(loss_fn: Callable, batches: Iterable, n_batches: int, optimizer:
         for name, value in parts.items():
             sums[name] = sums.get(name, 0.0) + float(value.detach())
         count += 1
-        if log is not None:
+        if log is not None and log.interactive:
             log.progress(f"Step {step + 1}/{n_batches}: loss = {float(parts['total']):.4f}")
     if log is not None:
         log.end_progress()
@@ -109,6 +116,42 @@ class EvalSuite:
         """``embed()`` returns (user_emb, item_emb); it is called once for all splits."""
         users, items = embed()
         return {name: ev.evaluate(users, items) for name, ev in self.evaluators.items()}
+
+
+def fit(*, n_epochs: int, start_epoch: int, tst_every: int, train_one_epoch: Callable[[], Dict[str, float]],
+        evaluate: Callable[[], Dict[str, Dict[str, float]]], on_evaluated: Callable, log: RunLog,
+        select_on: str, row_info: Optional[Dict] = None) -> Dict[str, Dict[str, float]]:
+    """The epoch loop of every stage: train, evaluate every ``tst_every`` epochs, log, record.
+
+    ``on_evaluated(epoch, results)`` keeps the stage's records (and saves checkpoints,
+    logging "Model Saved"); it returns lines printed after the epoch's Test line.
+    Console lines keep the published formats. Returns the results of a final
+    evaluation (reused from the last epoch when that one was evaluated).
+    """
+    results = None
+    for epoch in range(start_epoch, n_epochs):
+        elapsed = timer()
+        parts = train_one_epoch()
+        train_s = elapsed()
+        log.line(f"Epoch {epoch}/{n_epochs}, Train: Loss = {parts['total']:.4f}, preLoss = {parts['main']:.4f}  ")
+        row = dict(row_info or {}, epoch=epoch, loss=parts, train_seconds=train_s)
+        results = None
+        if epoch % tst_every == 0:
+            results = evaluate()
+            row["metrics"] = results
+            after = on_evaluated(epoch, results)
+            log.line(f"Epoch {epoch}/{n_epochs}, Test: {format_metrics(results['test'])}  ")
+            if select_on != "test":
+                log.line(f"Epoch {epoch}/{n_epochs}, Val: {format_metrics(results[select_on])}  ")
+            for text in after:
+                log.line(text, stamp=False)
+        row["seconds"] = elapsed()
+        log.record(row)
+        log.line(f"Epoch {epoch}/{n_epochs}, Time: train {train_s:.1f} s, total {row['seconds']:.1f} s")
+    if results is None:
+        results = evaluate()
+    log.line(f"Epoch {n_epochs}/{n_epochs}, Test: {format_metrics(results['test'])}  ")
+    return results
 
 
 # ----------------------------------------------------------------------------- records
