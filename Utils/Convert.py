@@ -22,6 +22,7 @@ place only when everything is written, so a failure leaves no partial output.
 """
 from __future__ import annotations
 
+import csv
 import json
 import os
 import pickle
@@ -165,9 +166,11 @@ def _read_text(path: str) -> str:
         raise DataError(f"{path}:{line}: not UTF-8 text ({exc.reason})") from None
 
 
-def _lines(text: str, start: int = 0) -> Iterator[Tuple[int, str]]:
-    """(1-based line number, line without its end) for the non-blank lines of ``text``."""
-    for number, line in enumerate(text.split("\n")[start:], start + 1):
+def _lines(text, start: int = 0) -> Iterator[Tuple[int, str]]:
+    """(1-based line number, line without its end) for the non-blank lines of ``text``
+    (a string, or the list of its lines split at ``\\n``)."""
+    physical = text.split("\n") if isinstance(text, str) else text
+    for number, line in enumerate(physical[start:], start + 1):
         if line.strip():
             yield number, line.rstrip("\r")
 
@@ -223,6 +226,9 @@ def _resolve_column(spec: Optional[str], header: Optional[List[str]], role: str,
 
 def _collect(rows: Iterable[Tuple[int, List[str]]], path: str, width: int, cols: Dict[str, int]) -> Interactions:
     """Pick the user/item/rating/time fields out of split rows, checking each row."""
+    for role, index in cols.items():
+        if index >= width:
+            raise ConfigError(f"--{role}_col {index} is out of range: {path} has {width} columns")
     uc, ic = cols["user"], cols["item"]
     rc, tc = cols.get("rating", -1), cols.get("time", -1)
     users: List[str] = []
@@ -341,10 +347,8 @@ def read_csv(path: str, opts: Options) -> Interactions:
     the second line is not numeric on the first. Columns: ``--user_col`` etc. (name or 0-based
     index), else by known names, else by position: user, item, rating, timestamp.
     """
-    import csv
-
-    text = _read_text(path)
-    nonblank = [(n, line) for n, line in _take(_lines(text), 2)]
+    text = _read_text(path).split("\n")
+    nonblank = _take(_lines(text), 2)
     if not nonblank:
         raise DataError(f"{path}: empty file")
     sample = [line for _, line in _take(_lines(text), 50)]
@@ -359,7 +363,7 @@ def read_csv(path: str, opts: Options) -> Interactions:
         split_line = lambda line: next(csv.reader([line], delimiter=sep))  # noqa: E731
 
         def csv_rows() -> Iterator[Tuple[int, List[str]]]:
-            physical = (line[:-1] if line.endswith("\r") else line for line in text.split("\n"))
+            physical = (line[:-1] if line.endswith("\r") else line for line in text)
             reader = csv.reader(physical, delimiter=sep)
             try:
                 for fields in reader:
