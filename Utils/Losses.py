@@ -150,7 +150,7 @@ def row_logsumexp_matmul(anchors: torch.Tensor, candidates: torch.Tensor, temp: 
     if candidates.shape[0] == 0:
         raise ValueError("row_logsumexp_matmul needs at least one candidate")
     if anchors.shape[0] == 0:
-        return anchors.new_zeros(0) + 0.0 * candidates.sum()
+        return anchors.new_zeros(0)
     return _RowLogSumExpMatmul.apply(anchors, candidates, 1.0 / float(temp), int(block_rows), int(block_cols))
 
 
@@ -163,11 +163,29 @@ def _positives_block(anc_mask: torch.Tensor, cand_mask: torch.Tensor, anc_thr: t
     return pos.to(buf.dtype)
 
 
+def _candidate_windows(anc_count: torch.Tensor, cand_count: torch.Tensor, loosen: float, block_rows: int):
+    """For each block of popcount-sorted anchors, the slice of popcount-sorted candidates that can be positive.
+
+    With binary masks M_a·M_b ≤ min(‖M_a‖₀, ‖M_b‖₀), so a positive pair needs
+    |‖M_a‖₀ − ‖M_b‖₀| ≤ δ: anchors with counts in [lo, hi] only meet candidates with counts
+    in [lo − δ, hi + δ]. Returns [(row_start, n_rows, col_start, col_end)].
+    """
+    n = anc_count.shape[0]
+    starts = torch.arange(0, n, block_rows, device=anc_count.device)
+    ends = torch.clamp(starts + block_rows, max=n) - 1
+    col_start = torch.searchsorted(cand_count, anc_count[starts] - loosen, right=False)
+    col_end = torch.searchsorted(cand_count, anc_count[ends] + loosen, right=True)
+    return [(r0, min(block_rows, n - r0), c0, c1)
+            for r0, c0, c1 in zip(starts.tolist(), col_start.tolist(), col_end.tolist())]
+
+
 class _PositivePairLogitSums(torch.autograd.Function):
     """counts_n = Σ_m t_nm and sums_n = Σ_m t_nm a_n·b_m, t built from masks block by block.
 
     sums = rowsum(A ⊙ (T·B)); ∂/∂A = g ⊙ (T·B) (T·B kept from forward, n×d),
-    ∂/∂B = Tᵀ·(g ⊙ A) (T recomputed block by block).
+    ∂/∂B = Tᵀ·(g ⊙ A) (T recomputed block by block). Anchors and candidates are visited
+    in order of mask popcount, and only the candidate windows of :func:`_candidate_windows`
+    are evaluated (exact: every pair outside them has t = 0).
     """
 
     @staticmethod
@@ -175,24 +193,29 @@ class _PositivePairLogitSums(torch.autograd.Function):
         a = anchors.detach()
         b = candidates.detach()
         n, m = a.shape[0], b.shape[0]
-        ma = anc_mask.to(a.dtype)
-        mb = cand_mask.to(a.dtype)
-        anc_thr = ma.sum(dim=1) - loosen
-        cand_thr = mb.sum(dim=1) - loosen
-        counts = a.new_zeros(n)
-        tb = torch.zeros_like(a)
+        ma = anc_mask.detach().to(a.dtype)
+        mb = cand_mask.detach().to(a.dtype)
+        anc_count, perm_a = torch.sort(ma.sum(dim=1))
+        cand_count, perm_b = torch.sort(mb.sum(dim=1))
+        ma, mb, a_s, b_s = ma[perm_a], mb[perm_b], a[perm_a], b[perm_b]
+        anc_thr, cand_thr = anc_count - loosen, cand_count - loosen
+        windows = _candidate_windows(anc_count, cand_count, loosen, block_rows)
+
+        counts_s = a.new_zeros(n)
+        tb_s = torch.zeros_like(a)
         storage = a.new_empty(min(block_rows, n) * min(block_cols, m))
-        for r0 in range(0, n, block_rows):
-            nr = min(block_rows, n - r0)
-            for c0 in range(0, m, block_cols):
-                nc = min(block_cols, m - c0)
+        for r0, nr, c_start, c_end in windows:
+            for c0 in range(c_start, c_end, block_cols):
+                nc = min(block_cols, c_end - c0)
                 t = _positives_block(ma[r0:r0 + nr], mb[c0:c0 + nc], anc_thr[r0:r0 + nr],
                                      cand_thr[c0:c0 + nc], _block_view(storage, nr, nc))
-                counts[r0:r0 + nr] += t.sum(dim=1)
-                tb[r0:r0 + nr].addmm_(t, b[c0:c0 + nc])
+                counts_s[r0:r0 + nr] += t.sum(dim=1)
+                tb_s[r0:r0 + nr].addmm_(t, b_s[c0:c0 + nc])
+        counts = torch.empty_like(counts_s).index_copy_(0, perm_a, counts_s)
+        tb = torch.empty_like(tb_s).index_copy_(0, perm_a, tb_s)
         sums = (a * tb).sum(dim=1)
-        ctx.save_for_backward(anchors, ma, mb, anc_thr, cand_thr, tb)
-        ctx.m = m
+        ctx.save_for_backward(a_s, ma, mb, anc_thr, cand_thr, tb, perm_a, perm_b)
+        ctx.windows, ctx.m = windows, m
         ctx.block_rows, ctx.block_cols = block_rows, block_cols
         ctx.mark_non_differentiable(counts)
         return counts, sums
@@ -200,26 +223,24 @@ class _PositivePairLogitSums(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_counts, grad_sums):
-        anchors, ma, mb, anc_thr, cand_thr, tb = ctx.saved_tensors
+        a_s, ma, mb, anc_thr, cand_thr, tb, perm_a, perm_b = ctx.saved_tensors
         need_a, need_b = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         grad_a = grad_b = None
-        if grad_sums is None:
-            return None, None, None, None, None, None, None
         if need_a:
             grad_a = grad_sums[:, None] * tb
         if need_b:
             block_rows, block_cols, m = ctx.block_rows, ctx.block_cols, ctx.m
-            ga = grad_sums[:, None] * anchors.detach()
-            n = ga.shape[0]
-            grad_b = ga.new_zeros(m, ga.shape[1])
-            storage = ga.new_empty(min(block_rows, n) * min(block_cols, m))
-            for r0 in range(0, n, block_rows):
-                nr = min(block_rows, n - r0)
-                for c0 in range(0, m, block_cols):
-                    nc = min(block_cols, m - c0)
+            ga_s = grad_sums[perm_a, None] * a_s
+            n = ga_s.shape[0]
+            grad_b_s = ga_s.new_zeros(m, ga_s.shape[1])
+            storage = ga_s.new_empty(min(block_rows, n) * min(block_cols, m))
+            for r0, nr, c_start, c_end in ctx.windows:
+                for c0 in range(c_start, c_end, block_cols):
+                    nc = min(block_cols, c_end - c0)
                     t = _positives_block(ma[r0:r0 + nr], mb[c0:c0 + nc], anc_thr[r0:r0 + nr],
                                          cand_thr[c0:c0 + nc], _block_view(storage, nr, nc))
-                    grad_b[c0:c0 + nc].addmm_(t.T, ga[r0:r0 + nr])
+                    grad_b_s[c0:c0 + nc].addmm_(t.T, ga_s[r0:r0 + nr])
+            grad_b = torch.empty_like(grad_b_s).index_copy_(0, perm_b, grad_b_s)
         return grad_a, grad_b, None, None, None, None, None
 
 
@@ -228,10 +249,14 @@ def positive_pair_logit_sums(anc_emb: torch.Tensor, cand_emb: torch.Tensor, anc_
                              block_cols: int = BLOCK_COLS) -> Tuple[torch.Tensor, torch.Tensor]:
     """Subspace positives (SPEC §6) and the summed raw logits over them, without an n×m matrix.
 
-    t_nm = [M_n·M_m ≥ ‖M_n‖₀ − δ] · [M_n·M_m ≥ ‖M_m‖₀ − δ] with binary mask rows M and
+    t_nm = [M_n·M_m ≥ ‖M_n‖₀ − δ] · [M_n·M_m ≥ ‖M_m‖₀ − δ] with binary (0/1) mask rows M and
     δ = ``loosen``. Returns ``(counts, sums)``: counts_n = Σ_m t_nm (no gradient) and
     sums_n = Σ_m t_nm · a_n·b_m (differentiable w.r.t. both embedding tables).
+    Pairs whose popcounts differ by more than δ are skipped without being evaluated.
     """
+    for name, mask in (("anc_mask", anc_mask), ("cand_mask", cand_mask)):
+        if not ((mask == 0) | (mask == 1)).all():
+            raise ValueError(f"{name} must be a 0/1 mask")
     return _PositivePairLogitSums.apply(anc_emb, cand_emb, anc_mask, cand_mask, float(loosen),
                                         int(block_rows), int(block_cols))
 

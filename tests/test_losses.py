@@ -191,6 +191,34 @@ def test_positive_pairs_known_masks():
     close(counts1, [3., 2.])  # [1,1,0] ~ all three at δ=1; [1,1,1] ~ [1,1,0] and itself
 
 
+@pytest.mark.parametrize("loosen", [0, 1, 3, 8])
+def test_positive_pairs_popcount_windows(loosen):
+    """Masks with very different popcounts and blocks smaller than the inputs: windows are exact."""
+    gen = torch.Generator().manual_seed(14)
+    keep = torch.rand(40, 1, generator=gen)  # per-row keep rate: popcounts from ~0 to 12
+    ma = (torch.rand(40, 12, generator=gen) < keep).float()
+    mb = torch.cat([ma[::3], (torch.rand(50, 12, generator=gen) < torch.rand(50, 1, generator=gen)).float()])
+    a = torch.randn(40, 5, generator=gen, requires_grad=True)
+    b = torch.randn(mb.shape[0], 5, generator=gen, requires_grad=True)
+    g = torch.rand(40, generator=gen)
+    counts, sums = L.positive_pair_logit_sums(a, b, ma, mb, loosen, block_rows=6, block_cols=7)
+    (sums * g).sum().backward()
+    t = published_targets(ma, mb, loosen)
+    a_ref, b_ref = a.detach().clone().requires_grad_(), b.detach().clone().requires_grad_()
+    sums_ref = (t * (a_ref @ b_ref.T)).sum(1)
+    (sums_ref * g).sum().backward()
+    assert counts.sum() > 0
+    close(counts, t.sum(1))
+    close(sums, sums_ref)
+    close(a.grad, a_ref.grad)
+    close(b.grad, b_ref.grad)
+
+
+def test_positive_pairs_reject_non_binary_masks():
+    with pytest.raises(ValueError):
+        L.positive_pair_logit_sums(torch.ones(2, 2), torch.ones(3, 2), torch.full((2, 2), 0.5), torch.ones(3, 2), 0)
+
+
 @pytest.mark.parametrize("blocks", [(3, 5), (256, 4096)])
 def test_soft_target_ce_matches_cross_entropy(blocks):
     users, items, um, im, ua, _ = random_problem(4)
