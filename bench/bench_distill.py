@@ -1,0 +1,171 @@
+"""Stage-2 / stage-3 benchmark on Yelp: one training epoch, one evaluation, one pruning step.
+
+    python bench/bench_distill.py --stage 2   # intermediate model, 6 layers on Ĉ, teacher 8 layers on Â
+    python bench/bench_distill.py --stage 3   # student, 2 layers on Â, intermediate 6 layers on Ĉ, run 2
+
+Flags are those of the published Yelp examples (batch 4096, 64-d, topRange 100,000).
+Models start from their random initialisation (timing does not depend on the values);
+stage 3 first prunes the student once (that step is timed) and trains pruning run 2,
+where the subspace term is on. Prints one JSON line: seconds of the whole epoch (the
+real training step of Main.py), of a full evaluation (test and validation), of the
+pruning step, a per-part breakdown measured on the first ``--parts_batches``
+batches (propagation forward/backward, each loss term forward+backward, optimiser,
+sampling), and the process's peak RSS. ``--batches N`` times N batches instead of
+the whole epoch (the JSON says which).
+"""
+import argparse
+import json
+import os
+import platform
+import resource
+import sys
+import time
+
+import numpy as np
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+import DataHandler as dh  # noqa: E402
+import Params  # noqa: E402
+from Main import distill_loss, frozen_outputs, kd_config, run_settings  # noqa: E402
+from Model import LightGCN, LightGCN_sp  # noqa: E402
+from Utils import Losses, Pruning  # noqa: E402
+from Utils.Training import build_eval_suite, train_epoch  # noqa: E402
+
+STAGE_FLAGS = {
+    2: ["--train_middle_model=True", "--distill_from_middle_model=False", "--distill_from_teacher_model=True",
+        "--lr=1e-4", "--reg=1e-6", "--use_ereg=True", "--ereg=1e-10", "--gnn_layer=6"],
+    3: ["--distill_from_middle_model=True", "--lr=1e-4", "--reg=5e-7", "--ereg=1e-9", "--gnn_layer=2",
+        "--use_adj_mask_aug=True", "--use_SM_edgeW2aug=True", "--adj_mask_aug1=1.0", "--adj_mask_aug2=0.05",
+        "--pruning_percent_adj=0.05", "--pruning_percent_emb=0.2"],
+}
+
+
+def rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def timed(fn):
+    start = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - start
+
+
+def part_breakdown(model, graph, sup, cfg, top_range, batches, optimizer, gen):
+    """Time each piece of a training step separately (same work as kd_objective)."""
+    parts = {}
+
+    def add(name, seconds):
+        parts[name] = parts.get(name, 0.0) + seconds
+
+    n_users = model.n_users
+    for ancs, poss, negs in batches:
+        ancs, poss, negs = (torch.from_numpy(a) for a in (ancs, poss, negs))
+        (users, items), t = timed(lambda: model(graph))
+        add("propagation_forward", t)
+        leaf = torch.cat([users, items]).detach().requires_grad_()
+        lu, li = leaf[:n_users], leaf[n_users:]
+        uniq_u, uniq_i = torch.unique(ancs), torch.unique(poss)
+        rand = [torch.randint(0, n, (top_range,), generator=gen) for n in (model.n_users, model.n_items, model.n_items)]
+        cache = {} if cfg.use_subspcreg else None
+        terms = {
+            "bpr": lambda: Losses.bpr_loss(lu[ancs], li[poss], li[negs]),
+            "pred_kd": lambda: Losses.prediction_kd_loss(lu, li, sup.users, sup.items, *rand, cfg.tempsoft),
+            "emb_kd": lambda: Losses.embedding_kd_loss(sup.high_users, sup.high_items, lu, li, uniq_u, uniq_i,
+                                                       cfg.tempcd) * cfg.cdreg,
+            "contr_deno": lambda: Losses.contrastive_denominator_loss(lu, li, uniq_u, uniq_i, cfg.tempsc,
+                                                                      lse_cache=cache) * cfg.screg,
+        }
+        if cfg.use_subspcreg:
+            mask = model.emb_mask2_fixed
+            terms["subspace"] = lambda: Losses.subspace_loss(
+                lu, li, mask[:n_users], mask[n_users:], uniq_u, uniq_i, cfg.tempsubsp, cfg.loosen,
+                cfg.subspcreg_version, lse_cache=cache) * cfg.subspcreg
+        for name, fn in terms.items():
+            loss, t_fwd = timed(fn)
+            _, t_bwd = timed(lambda: loss.backward(retain_graph=True))
+            add(f"{name}_forward", t_fwd)
+            add(f"{name}_backward", t_bwd)
+        optimizer.zero_grad(set_to_none=True)
+        reg, t = timed(lambda: Losses.embedding_reg(model.uEmbeds, model.iEmbeds, cfg.reg)
+                       + Losses.edge_weight_reg(model.adj_mask1_train, cfg.ereg))
+        _, t2 = timed(lambda: reg.backward())
+        add("reg", t + t2)
+        _, t = timed(lambda: torch.cat([users, items]).backward(leaf.grad))
+        add("propagation_backward", t)
+        _, t = timed(optimizer.step)
+        add("optimizer", t)
+    return {k: round(v / len(batches), 4) for k, v in parts.items()}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--stage", type=int, choices=(2, 3), required=True)
+    parser.add_argument("--data_dir", default=os.path.join(ROOT, "..", "shared", "datasets"))
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--batches", type=int, default=0, help="0 = the whole epoch")
+    parser.add_argument("--parts_batches", type=int, default=3)
+    opts = parser.parse_args()
+    args = Params.parse_args(["--dataset=yelp", f"--data_dir={opts.data_dir}", f"--threads={opts.threads}",
+                              "--device=cpu", *STAGE_FLAGS[opts.stage]])
+    device = Params.select_device(args)
+    Params.seed_everything(0)
+    data = dh.load_dataset(args.data_dir, "yelp")
+    adj = dh.Graph.from_scipy(dh.propagation_matrix(data.train))
+    closure, t_closure = timed(lambda: dh.Graph.from_scipy(dh.closure_matrix(data.train, 1)))
+    U, I = data.n_users, data.n_items
+    result = {"bench": f"stage{opts.stage}", "dataset": "yelp", "threads": opts.threads,
+              "adj_edges": adj.nnz, "closure_edges": closure.nnz, "closure_build_s": round(t_closure, 2)}
+    if opts.stage == 2:
+        supervisor, sup_graph = LightGCN(U, I, 64, 8), adj
+        trainee, graph, run = LightGCN_sp(U, I, 64, 6, closure.nnz), closure, 1
+    else:
+        supervisor, sup_graph = LightGCN_sp(U, I, 64, 6, closure.nnz), closure
+        trainee, graph, run = LightGCN_sp(U, I, 64, 2, adj.nnz), adj, 2
+    sup, t = timed(lambda: frozen_outputs(supervisor, sup_graph))
+    result["supervisor_once_s"] = round(t, 3)
+    settings = run_settings(args, run, trainee_is_student=opts.stage == 3)
+    if opts.stage == 3:  # the pruning step that leads into run 2, timed
+        mid_w, t_map = timed(lambda: Pruning.closure_weights_on_adj(adj.row, adj.col, closure.row, closure.col,
+                                                                    supervisor.adj_mask1_train.detach(), adj.n_nodes))
+        state, t_prune = timed(lambda: Pruning.compute_pruned_state(
+            trainee.adj_mask1_train.detach(), trainee.adj_mask2_fixed, trainee.uEmbeds.detach(),
+            trainee.iEmbeds.detach(), trainee.emb_mask2_fixed, edge_pct=args.pruning_percent_adj,
+            emb_pct=args.pruning_percent_emb, aug_embeds=sup.all, edge_row=adj.row, edge_col=adj.col,
+            beta1=settings.beta1, mid_edge_weight_on_adj=mid_w, beta2=settings.beta2))
+        with torch.no_grad():
+            trainee.uEmbeds.copy_(state.u_embeds)
+            trainee.iEmbeds.copy_(state.i_embeds)
+            trainee.adj_mask1_train.copy_(state.edge_weight)
+            trainee.adj_mask2_fixed.copy_(state.edge_mask)
+            trainee.emb_mask2_fixed.copy_(state.emb_mask)
+        result.update(pruning_step_s=round(t_prune, 3), closure_weight_map_once_s=round(t_map, 3),
+                      edge_kept_pct=round(state.edge_kept_pct, 2), emb_kept_pct=round(state.emb_kept_pct, 2))
+    cfg = kd_config(args, settings)
+    result.update(use_subspcreg=cfg.use_subspcreg, loosen=cfg.loosen)
+    sampler = dh.NegativeSampler(data.train)
+    rng = np.random.default_rng(0)
+    gen = torch.Generator().manual_seed(0)
+    optimizer = Params.make_optimizer(trainee.parameters(), args.lr)
+    batches, t_sample = timed(lambda: list(sampler.epoch_batches(rng, args.batch)))
+    result["sampling_s"] = round(t_sample, 3)
+
+    part_breakdown(trainee, graph, sup, cfg, args.topRange, batches[:1], optimizer, gen)  # warm-up, not counted
+    result["parts_per_batch_s"] = part_breakdown(trainee, graph, sup, cfg, args.topRange,
+                                                 batches[1:1 + opts.parts_batches], optimizer, gen)
+    epoch_batches = batches[:opts.batches] if opts.batches else batches
+    loss_fn = distill_loss(trainee, graph, sup, cfg, args.topRange, gen)
+    _, t_epoch = timed(lambda: train_epoch(loss_fn, iter(epoch_batches), len(epoch_batches), optimizer, device))
+    result.update(epoch_batches=len(epoch_batches), full_epoch_batches=len(batches),
+                  train_epoch_s=round(t_epoch, 2), per_batch_s=round(t_epoch / len(epoch_batches), 3))
+    suite = build_eval_suite(data, 20, args.tstBat, "val", device)
+    trainee.eval()
+    _, t_eval = timed(lambda: suite.evaluate(lambda: trainee(graph)))
+    result.update(eval_test_and_val_s=round(t_eval, 3), peak_rss_mb=round(rss_mb(), 1),
+                  machine=f"{platform.machine()} {os.cpu_count()} cpus, torch {torch.__version__}")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
