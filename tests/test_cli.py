@@ -141,3 +141,24 @@ def test_yelp_teacher_first_epoch_matches_published_recall(tmp_path):
     recall = float(re.search(r"Epoch 0/1, Test: Recall = ([\d.]+)", proc.stdout).group(1))
     assert abs(recall - 0.0525) <= 0.1 * 0.0525
     assert torch.load(tmp_path / "t.mod", weights_only=True)["meta"]["n_users"] == 42712
+
+
+def test_teacher_resumes_from_checkpoint_and_history(tmp_path, data_dir):
+    out = tmp_path / "out"
+    flags = [*TINY_TEACHER[:-1], f"--data_dir={data_dir}", f"--model_save_path={out}/tea", f"--his_save_path={out}/tea"]
+    run("pretrainTeacher.py", *flags, "--epoch_tea=2")
+    assert len((out / "tea.his").read_text().splitlines()) == 2
+    resumed = run("pretrainTeacher.py", *flags, "--epoch_tea=4", f"--load_model_tea={out}/tea.mod",
+                  f"--load_his_tea={out}/tea").stdout
+    assert "resuming at epoch 2" in resumed and "Epoch 2/4, Train" in resumed and "Epoch 0/4, Train" not in resumed
+    rows = [json.loads(line) for line in (out / "tea.his").read_text().splitlines()]
+    assert [row["epoch"] for row in rows] == [0, 1, 2, 3]
+
+
+def test_checkpoint_for_another_dataset_shape_is_refused(tmp_path, data_dir):
+    bad = tmp_path / "other.mod"
+    from Utils.Checkpoint import save_checkpoint
+    save_checkpoint(bad, {"uEmbeds": torch.zeros(7, 8), "iEmbeds": torch.zeros(40, 8)}, {"gnn_layer": 3})
+    proc = run("Main.py", *TINY_MID, f"--data_dir={data_dir}", f"--teacher_model={bad}",
+               f"--model_save_path={tmp_path}/m", f"--his_save_path={tmp_path}/m", check=False)
+    _assert_one_line_error(proc, str(bad))

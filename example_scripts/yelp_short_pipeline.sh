@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The short Yelp pipeline of the README's results table: the three published Yelp
+# examples with fewer epochs (teacher 20 epochs -> intermediate 5 -> student 5
+# pruning runs x 5 epochs, 5% of edges and 20% of entries pruned per run).
+#   DATA_DIR=../shared/datasets bash example_scripts/yelp_short_pipeline.sh
+# About 2 hours on a 2-core CPU. Logs: logs/{tea,mid,stu}_yelp_example{3,2,1}_log.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export DATA_DIR=${DATA_DIR:-../shared/datasets}
+bash example_scripts/example_train_teacher_model_yelp.sh --epoch_tea=20
+bash example_scripts/example_train_intermediate_model_lightgnn_yelp.sh --mask_epoch=5
+bash example_scripts/example_train_final_student_lightgnn_yelp.sh --mask_epoch=5 --PRUNING_END=5
