@@ -26,7 +26,7 @@ import torch
 import DataHandler as dh
 import Params
 from Model import LightGCN, LightGCN_sp
-from Utils import Checkpoint, Pruning
+from Utils import Checkpoint, Pruning, Report
 from Utils.Errors import ConfigError
 from Utils.Losses import KDConfig, kd_objective
 from Utils.Training import Record, RunLog, build_eval_suite, fit, format_metrics, train_epoch
@@ -374,6 +374,12 @@ class DistillStage:
                 state = self.carried_state(model, settings)
             else:
                 state = self.train_run(model, run, settings, learn_edges=True, n_epochs=settings.epochs)
+            # the masks do not change within a run: this is the report of the run's best checkpoint
+            Report.log_run_report(model.state_dict(), {"stage": self.role, "model_class": "LightGCN_sp",
+                                                       "dataset": args.dataset, "gnn_layer": args.gnn_layer},
+                                  f"{args.his_save_path}_compression_prn{run}.json",
+                                  lambda line: self.log.line(line, stamp=False),
+                                  title=f"Compression report, pruning run {run}")
             if args.run_no_adj_weights:
                 self.train_fixed_copy(state, run, settings)
 
@@ -395,6 +401,12 @@ def main(args) -> int:
         return 130
     for line in stage.summary():
         log.line(line, stamp=False)
+    if not args.train_middle_model and args.plots:
+        from Utils import Plots  # matplotlib is loaded only when plots are drawn
+
+        Plots.plot_after_training(args.his_save_path,
+                                  args.middle_teacher_model if args.distill_from_middle_model else None,
+                                  args.topk, lambda line: log.line(line, stamp=False))
     return 0
 
 

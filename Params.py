@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from Utils import Spmm
 from Utils.Errors import ConfigError, UserError
 
 STAGES = ('main', 'teacher')
@@ -332,7 +333,11 @@ def build_parser(prog=None):
     ours.add_argument('--device', choices=('auto', 'cpu', 'cuda'), default='auto',
                       help='where to run; auto = cuda when available (default: %(default)s)')
     ours.add_argument('--threads', type=int, default=0, metavar='INT',
-                      help='CPU threads for torch; 0 = torch\'s default (default: %(default)s)')
+                      help='CPU threads for torch and the Numba kernels; 0 = the libraries\' default '
+                           '(default: %(default)s)')
+    ours.add_argument('--plots', type=str2bool, default=True, metavar='BOOL',
+                      help='stage 3: draw <his_save_path>_training.png and _tradeoff.png at the end '
+                           '(default: %(default)s)')
     return parser
 
 
@@ -492,6 +497,7 @@ def select_device(args):
     _expose_gpu(args)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
+        Spmm.set_threads(args.threads)
     keep_freed_memory()
     if args.device == 'cpu':
         return torch.device('cpu')

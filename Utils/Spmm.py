@@ -65,6 +65,12 @@ except ImportError:  # pragma: no cover - exercised only where numba is missing
     HAVE_NUMBA = False
 
 
+def set_threads(n: int) -> None:
+    """Use ``n`` threads in the Numba kernels (at most the number Numba started with)."""
+    if HAVE_NUMBA and n > 0:
+        numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+
+
 def _use_numba(x: torch.Tensor) -> bool:
     return HAVE_NUMBA and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
 

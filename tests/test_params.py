@@ -355,8 +355,8 @@ def test_format_args_published_lines():
     assert break_point == "break_point" + Params._BREAK_POINT  # too long: no dots
     assert "esc_train_prn_run" + "." * 61 + "-1" in lines
     assert "adj_mask_aug2" + "." * 66 + "1" in lines
-    assert lines[-4:] == ["data_dir" + "." * 62 + "./Datasets", "select_on" + "." * 67 + "None",
-                          "device" + "." * 70 + "auto", "threads" + "." * 72 + "0"]
+    assert lines[-5:] == ["data_dir" + "." * 62 + "./Datasets", "select_on" + "." * 67 + "None",
+                          "device" + "." * 70 + "auto", "threads" + "." * 72 + "0", "plots" + "." * 71 + "True"]
 
 
 def test_format_args_matches_published_log(no_cuda_env):
@@ -369,7 +369,8 @@ def test_format_args_matches_published_log(no_cuda_env):
                               "--dataset=yelp", "--gpu=2", "--device=cpu"], stage="teacher")
     ours = Params.format_args(args).splitlines()
     assert ours[:len(published)] == published
-    assert len(ours) == len(published) + 4
+    assert [line.split(".")[0] for line in ours[len(published):]] == ["data_dir", "select_on", "device",
+                                                                       "threads", "plots"]  # our additions
 
 
 def test_seed_everything():
