@@ -46,6 +46,10 @@ class LightGCN(nn.Module):
         out = propagate_sum(graph, self.edge_values(graph), self.layer0(), self.n_layers)
         return out[: self.n_users], out[self.n_users:]
 
+    def forward_rows(self, graph, nodes: torch.Tensor) -> torch.Tensor:
+        """Ē[nodes] for ascending node ids, computing only what those rows need (same numbers)."""
+        return propagate_sum(graph, self.edge_values(graph), self.layer0(), self.n_layers, rows=nodes)
+
     def embedding_tables(self) -> Tuple[torch.Tensor, torch.Tensor]:
         """The parameters the weight decay acts on."""
         return self.uEmbeds, self.iEmbeds

@@ -26,8 +26,11 @@ def teacher_loss(model: LightGCN, graph, reg: float):
     """Stage-1 objective: BPR on the batch + reg·(‖uEmbeds‖² + ‖iEmbeds‖²) (SPEC §4)."""
 
     def loss_fn(ancs, poss, negs):
-        users, items = model(graph)
-        main = bpr_loss(users[ancs], items[poss], items[negs])
+        # only the batch's rows of Ē are needed: propagate for those (same numbers as model(graph))
+        nodes, where = torch.unique(torch.cat([ancs, poss + model.n_users, negs + model.n_users]),
+                                    return_inverse=True)
+        anc_emb, pos_emb, neg_emb = model.forward_rows(graph, nodes)[where].split(ancs.numel())
+        main = bpr_loss(anc_emb, pos_emb, neg_emb)
         reg_loss = embedding_reg(model.uEmbeds, model.iEmbeds, reg)
         return {"total": main + reg_loss, "main": main, "reg": reg_loss}
 

@@ -60,6 +60,43 @@ try:  # Numba is a requirement; the torch path keeps the code importable without
                 else:
                     out[k] = acc
 
+    @numba.njit(parallel=True, cache=True)
+    def _csr_spmm_rows(rows, indptr, col, values, x, out):
+        """out[k] = (M·x)[rows[k]]: the product restricted to some rows."""
+        dim = x.shape[1]
+        for k in numba.prange(rows.shape[0]):
+            r = rows[k]
+            acc = np.zeros(dim, dtype=out.dtype)
+            for e in range(indptr[r], indptr[r + 1]):
+                c = col[e]
+                v = values[e]
+                for j in range(dim):
+                    acc[j] += v * x[c, j]
+            for j in range(dim):
+                out[k, j] = acc[j]
+
+    @numba.njit(parallel=True, cache=True)
+    def _csr_scatter_rows(rows, indptr, col, values, g, out):
+        """out += Mᵀ·G for G non-zero only on ``rows`` (ascending; g[k] is row rows[k]).
+
+        out[c] receives M[r, c]·g[r] for r in ascending order, the order in which a CSR
+        product over Mᵀ sums row c, so the result is bit-identical to it. Threads split
+        the feature columns, so no two write the same entry.
+        """
+        dim = g.shape[1]
+        n_parts = 2 if dim >= 16 else 1
+        step = (dim + n_parts - 1) // n_parts
+        for part in numba.prange(n_parts):
+            lo = part * step
+            hi = min(dim, lo + step)
+            for k in range(rows.shape[0]):
+                r = rows[k]
+                for e in range(indptr[r], indptr[r + 1]):
+                    c = col[e]
+                    v = values[e]
+                    for j in range(lo, hi):
+                        out[c, j] += v * g[k, j]
+
     HAVE_NUMBA = True
 except ImportError:  # pragma: no cover - exercised only where numba is missing
     HAVE_NUMBA = False
@@ -186,12 +223,83 @@ class _PropagateSum(torch.autograd.Function):
         return grad_values, (g if ctx.needs_input_grad[1] else None), None, None
 
 
-def propagate_sum(graph, edge_values: torch.Tensor, e0: torch.Tensor, n_layers: int) -> torch.Tensor:
-    """Ē = Σ_{l=0..L} M^l·E₀, differentiable in ``edge_values`` and ``e0``."""
+def propagate_sum(graph, edge_values: torch.Tensor, e0: torch.Tensor, n_layers: int,
+                  rows: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Ē = Σ_{l=0..L} M^l·E₀, differentiable in ``edge_values`` and ``e0``.
+
+    With ``rows`` (ascending node ids) only Ē[rows] is returned and computed where it
+    can be: the last layer for those rows alone, the layer sum gathered from them, and
+    in backward the first step as a scatter from those rows. Same numbers, bit for bit,
+    as indexing the full result; about 40 % less work for a BPR batch (stage 1). The
+    edge values are then constants (no gradient).
+    """
+    if rows is not None:
+        if edge_values.requires_grad:
+            raise ValueError("propagate_sum(rows=...) treats the edge values as constants")
+        return _PropagateSumRows.apply(e0, graph, edge_values, n_layers, rows)
     if edge_values.requires_grad or e0.requires_grad:
         return _PropagateSum.apply(edge_values, e0, graph, n_layers)
     with torch.no_grad():
         return _PropagateSum.forward(_NoCtx(), edge_values, e0, graph, n_layers)
+
+
+def _rows_product(graph, edge_values, x, rows):
+    """(M·x)[rows]."""
+    if _use_numba(x):
+        out = torch.empty((rows.numel(), x.shape[1]), dtype=x.dtype)
+        _csr_spmm_rows(rows.numpy(), graph.indptr.numpy(), graph.col.numpy(),
+                       edge_values.to(x.dtype).contiguous().numpy(), x.contiguous().numpy(), out.numpy())
+        return out
+    return _product(graph.indptr, graph.col, edge_values, x, graph.n_nodes)[rows]
+
+
+def _rows_transposed_product(graph, edge_values, g_rows, rows):
+    """Mᵀ·G for G non-zero only on ``rows`` (its rows given as ``g_rows``)."""
+    if _use_numba(g_rows):
+        out = torch.zeros((graph.n_nodes, g_rows.shape[1]), dtype=g_rows.dtype)
+        _csr_scatter_rows(rows.numpy(), graph.indptr.numpy(), graph.col.numpy(),
+                          edge_values.to(g_rows.dtype).contiguous().numpy(), g_rows.contiguous().numpy(),
+                          out.numpy())
+        return out
+    full = torch.zeros((graph.n_nodes, g_rows.shape[1]), dtype=g_rows.dtype, device=g_rows.device)
+    full[rows] = g_rows
+    t_values = edge_values[graph.transpose_perm].to(g_rows.dtype).contiguous()
+    return _transposed_product(graph, t_values, full)
+
+
+class _PropagateSumRows(torch.autograd.Function):
+    """Ē[rows] with constant edge values: see :func:`propagate_sum`."""
+
+    @staticmethod
+    def forward(ctx, e0, graph, edge_values, n_layers, rows):
+        x = e0.contiguous()
+        total = x[rows]  # Σ_l E_l[rows], summed in the order l = 0..L like the full version
+        for layer in range(1, n_layers + 1):
+            if layer < n_layers:
+                x = _product(graph.indptr, graph.col, edge_values, x, graph.n_nodes)
+                total += x[rows]
+            else:
+                total += _rows_product(graph, edge_values, x, rows)
+        ctx.graph, ctx.n_layers = graph, n_layers
+        ctx.save_for_backward(edge_values, rows)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_rows):
+        edge_values, rows = ctx.saved_tensors
+        graph, n_layers = ctx.graph, ctx.n_layers
+        grad_rows = grad_rows.contiguous()
+        if n_layers == 0:
+            g = torch.zeros((graph.n_nodes, grad_rows.shape[1]), dtype=grad_rows.dtype, device=grad_rows.device)
+            g[rows] = grad_rows
+            return g, None, None, None, None
+        g = _rows_transposed_product(graph, edge_values, grad_rows, rows)  # Mᵀ g_L, g_L = G on rows
+        g[rows] += grad_rows  # g_{L-1} = G + Mᵀ g_L
+        t_values = edge_values[graph.transpose_perm].to(grad_rows.dtype).contiguous()
+        for _ in range(n_layers - 1):
+            g = _transposed_product(graph, t_values, g)
+            g[rows] += grad_rows
+        return g, None, None, None, None
 
 
 class _NoCtx:

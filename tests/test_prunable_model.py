@@ -100,3 +100,23 @@ def test_frozen_outputs_of_a_one_layer_model_have_zero_high_part(tiny):
     model = LightGCN_sp(60, 40, 8, 1, tiny["adj"].nnz)
     out = frozen_outputs(model, tiny["adj"])
     assert isinstance(out, FrozenOutputs) and float(out.high_users.abs().sum()) == 0.0
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_row_restricted_propagation_is_bit_identical(tiny, dtype):
+    """Stage 1 propagates only for the batch's rows: values and gradients equal the full path exactly."""
+    graph = tiny["adj"]
+    gen = torch.Generator().manual_seed(1)
+    e0 = torch.randn(graph.n_nodes, 8, dtype=dtype, generator=gen, requires_grad=True)
+    rows = torch.unique(torch.randint(0, graph.n_nodes, (40,), generator=gen))
+    weight = torch.randn(rows.numel(), 8, dtype=dtype, generator=gen)
+    values = graph.values.to(dtype)
+    for layers in (0, 1, 3):
+        restricted = propagate_sum(graph, values, e0, layers, rows=rows)
+        (restricted * weight).sum().backward()
+        grad = e0.grad.clone()
+        e0.grad = None
+        full = propagate_sum(graph, values, e0, layers)[rows]
+        (full * weight).sum().backward()
+        assert torch.equal(restricted, full) and torch.equal(grad, e0.grad), layers
+        e0.grad = None
