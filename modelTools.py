@@ -30,7 +30,7 @@ import Params
 from Model import LightGCN, LightGCN_sp
 from Utils import Checkpoint, Plots, Report
 from Utils.Errors import CheckpointError, ConfigError, DataError, UserError
-from Utils.Metrics import Evaluator
+from Utils.Metrics import Evaluator, popularity_embeddings
 
 PRUNABLE_KEYS = ("uEmbeds", "iEmbeds", "adj_mask1_train", "adj_mask2_fixed", "emb_mask2_fixed")
 
@@ -303,10 +303,15 @@ def cmd_evaluate(args) -> int:
     if recorded and topk == int(loaded.flags.get("topk", topk)):
         print(f"{args.split} as logged in training: Recall@{topk} = {recorded['Recall']:.5f}, "
               f"NDCG@{topk} = {recorded['NDCG']:.5f}")
+    popularity = None
+    if args.baseline == "popularity":
+        popularity = evaluator.evaluate(*popularity_embeddings(dataset.train, device))
+        print(f"{args.split}, popularity ranking: Recall@{topk} = {popularity['Recall']:.5f}, "
+              f"NDCG@{topk} = {popularity['NDCG']:.5f}")
     if args.json:
         Report.save_report(args.json, {"checkpoint": loaded.ckpt.path, "split": args.split, "topk": topk,
                                        "users": n_users, "Recall": result["Recall"], "NDCG": result["NDCG"],
-                                       "recorded": recorded})
+                                       "recorded": recorded, "popularity": popularity})
     return 0
 
 
@@ -374,6 +379,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--tstBat", type=int, default=None,
                            help="users per evaluation batch (default: the checkpoint's --tstBat, else 64)")
             p.add_argument("--json", metavar="OUT", default=None, help="also write the metrics as JSON")
+            p.add_argument("--baseline", choices=("none", "popularity"), default="none",
+                           help="also evaluate a baseline ranking on the same split (default: %(default)s)")
             p.set_defaults(func=cmd_evaluate)
     return parser
 

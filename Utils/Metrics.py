@@ -79,3 +79,9 @@ class Evaluator:
             ndcg_sum += float(ndcg.sum())
         n = max(1, self.users.numel())
         return {"Recall": recall_sum / n, "NDCG": ndcg_sum / n}
+
+
+def popularity_embeddings(train: sp.csr_matrix, device="cpu"):
+    """One-dimensional "embeddings" whose scores rank items by train popularity (a baseline)."""
+    counts = np.asarray(sp.csr_matrix(train).sum(axis=0), dtype=np.float32).reshape(-1, 1)
+    return torch.ones(train.shape[0], 1, device=device), torch.from_numpy(counts).to(device)

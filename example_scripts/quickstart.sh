@@ -28,3 +28,7 @@ python Main.py $COMMON --distill_from_middle_model=True --middle_teacher_model=$
     --gnn_layer=2 --mask_epoch=3 --lr=5e-3 --reg=1e-6 --topRange=20000 --PRUNING_START=1 --PRUNING_END=4 \
     --pruning_percent_adj=0.15 --pruning_percent_emb=0.2 --use_adj_mask_aug=True --use_SM_edgeW2aug=True \
     --model_save_path=$OUT/stu --his_save_path=$OUT/stu | tee logs/quickstart_stu.log
+
+# The final student (global best record) against a popularity ranking, on the demo test split
+STU=$(ls -t $OUT/stu_best_global_*.mod | head -1)
+python modelTools.py evaluate "$STU" --split test --baseline popularity | tee logs/quickstart_eval.log

@@ -253,3 +253,21 @@ def test_errors_are_one_line(trained, capsys, tmp_path):
         modelTools.main(["recommend", str(trained["stu"])])  # --users missing: argparse, one line too
     assert exit_info.value.code == 2
     _one_line_error(capsys.readouterr().err, "--users")
+
+
+def test_popularity_baseline_is_evaluated_on_the_same_users(trained, capsys, tmp_path):
+    rc, out, _ = tool(capsys, "evaluate", trained["stu"], "--split", "test", "--baseline", "popularity",
+                      "--json", tmp_path / "p.json")
+    assert rc == 0 and "popularity ranking: Recall@20 = " in out
+    result = json.loads((tmp_path / "p.json").read_text())
+    # brute force: rank items by train counts (torch.topk's order among ties), train items excluded, SPEC §5
+    data = dh.load_dataset(str(trained["data"]), "tiny")
+    train, test = data.train.toarray() > 0, data.test.toarray() > 0
+    counts = torch.from_numpy(train.sum(0).astype(np.float32))
+    recalls = []
+    for user in np.flatnonzero(test.any(1)):
+        scores = counts.clone()
+        scores[torch.from_numpy(train[user])] = float("-inf")
+        top = torch.topk(scores[None], 20, dim=1).indices[0].numpy()
+        recalls.append(test[user][top].sum() / test[user].sum())
+    assert result["popularity"]["Recall"] == pytest.approx(np.mean(recalls), rel=1e-9)
