@@ -29,7 +29,7 @@ from Model import LightGCN, LightGCN_sp
 from Utils import Checkpoint, Pruning, Report
 from Utils.Errors import ConfigError
 from Utils.Losses import KDConfig, kd_objective
-from Utils.Training import Record, RunLog, build_eval_suite, fit, format_metrics, train_epoch
+from Utils.Training import Record, RunLog, build_eval_suite, fit, train_epoch
 
 PRUNABLE_KEYS = ("uEmbeds", "iEmbeds", "adj_mask1_train", "adj_mask2_fixed", "emb_mask2_fixed")
 

@@ -17,7 +17,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterable, Optional
 
-import numpy as np
 import torch
 
 

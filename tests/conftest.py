@@ -1,4 +1,5 @@
 """Shared fixtures: paths to ../shared (golden vectors, Yelp) that skip cleanly when absent."""
+import subprocess
 import sys
 from pathlib import Path
 
@@ -36,3 +37,23 @@ def tiny_dir():
     if not path.is_dir():
         pytest.skip("../shared/reference/tiny is not available")
     return path
+
+
+# The three stages on the tiny split, as the CLI tests run them (later flags override earlier ones)
+TINY_TEACHER = ["--dataset=tiny", "--batch=64", "--latdim=8", "--gnn_layer=3", "--epoch_tea=3"]
+TINY_MID = ["--dataset=tiny", "--batch=64", "--latdim=8", "--gnn_layer=2", "--mask_epoch=2", "--topRange=500",
+            "--train_middle_model=True", "--distill_from_middle_model=False", "--distill_from_teacher_model=True",
+            "--PRUNING_START=1", "--PRUNING_END=1"]
+TINY_STU = ["--dataset=tiny", "--batch=64", "--latdim=8", "--gnn_layer=2", "--mask_epoch=3", "--topRange=500",
+            "--distill_from_middle_model=True", "--PRUNING_START=1", "--PRUNING_END=3",
+            "--pruning_percent_adj=0.15", "--pruning_percent_emb=0.2", "--use_adj_mask_aug=True",
+            "--use_SM_edgeW2aug=True", "--adj_mask_aug1=0.05", "--adj_mask_aug2=1.0"]
+
+
+def run_script(script, *flags, check=True):
+    """Run an entry point of the project in a subprocess; raise with its output when it fails."""
+    proc = subprocess.run([sys.executable, str(ROOT / script), *map(str, flags)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{script} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc

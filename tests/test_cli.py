@@ -3,32 +3,16 @@ import json
 import os
 import pickle
 import re
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import scipy.sparse as sp
 import torch
 
-from conftest import REF, ROOT, YELP
-
-TINY_TEACHER = ["--dataset=tiny", "--batch=64", "--latdim=8", "--gnn_layer=3", "--epoch_tea=3"]
-TINY_MID = ["--dataset=tiny", "--batch=64", "--latdim=8", "--gnn_layer=2", "--mask_epoch=2", "--topRange=500",
-            "--train_middle_model=True", "--distill_from_middle_model=False", "--distill_from_teacher_model=True",
-            "--PRUNING_START=1", "--PRUNING_END=1"]
-TINY_STU = ["--dataset=tiny", "--batch=64", "--latdim=8", "--gnn_layer=2", "--mask_epoch=3", "--topRange=500",
-            "--distill_from_middle_model=True", "--PRUNING_START=1", "--PRUNING_END=3",
-            "--pruning_percent_adj=0.15", "--pruning_percent_emb=0.2", "--use_adj_mask_aug=True",
-            "--use_SM_edgeW2aug=True", "--adj_mask_aug1=0.05", "--adj_mask_aug2=1.0"]
-
+from conftest import REF, TINY_MID, TINY_STU, TINY_TEACHER, YELP, run_script
 
 def run(script, *flags, check=True):
-    proc = subprocess.run([sys.executable, str(ROOT / script), *flags], cwd=ROOT, capture_output=True, text=True,
-                          timeout=600)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{script} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return proc
+    return run_script(script, *flags, check=check)
 
 
 @pytest.fixture

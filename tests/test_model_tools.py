@@ -12,29 +12,20 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from conftest import REF, ROOT
+from conftest import REF, ROOT, TINY_MID, TINY_STU, TINY_TEACHER, run_script
 
 import DataHandler as dh
 import modelTools
 from Utils import Plots, Report
 from Utils.Checkpoint import load_checkpoint
 
-TEACHER = ["--dataset=tiny", "--batch=64", "--latdim=8", "--gnn_layer=3", "--epoch_tea=2"]
-MID = ["--dataset=tiny", "--batch=64", "--latdim=8", "--gnn_layer=2", "--mask_epoch=1", "--topRange=500",
-       "--train_middle_model=True", "--distill_from_middle_model=False", "--distill_from_teacher_model=True",
-       "--PRUNING_START=1", "--PRUNING_END=1"]
-STUDENT = ["--dataset=tiny", "--batch=64", "--latdim=8", "--gnn_layer=2", "--mask_epoch=2", "--topRange=500",
-           "--distill_from_middle_model=True", "--PRUNING_START=1", "--PRUNING_END=3",
-           "--pruning_percent_adj=0.15", "--pruning_percent_emb=0.2", "--use_adj_mask_aug=True",
-           "--use_SM_edgeW2aug=True", "--adj_mask_aug1=0.05", "--adj_mask_aug2=1.0"]
+TEACHER = [*TINY_TEACHER, "--epoch_tea=2"]
+MID = [*TINY_MID, "--mask_epoch=1"]
+STUDENT = [*TINY_STU, "--mask_epoch=2"]
 
 
 def _run(script, *flags):
-    proc = subprocess.run([sys.executable, str(ROOT / script), *flags], cwd=ROOT, capture_output=True, text=True,
-                          timeout=600)
-    if proc.returncode != 0:
-        raise AssertionError(f"{script} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return proc.stdout
+    return run_script(script, *flags).stdout
 
 
 @pytest.fixture(scope="module")
