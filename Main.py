@@ -187,7 +187,7 @@ class DistillStage:
                 args.adj_aug_sample_random, args.seed)).to(device)
         self.graph = self.closure if args.train_middle_model else self.adj
         self.sampler = dh.NegativeSampler(self.dataset.train)
-        self.suite = build_eval_suite(self.dataset, args.topk, args.tstBat, args.select_on, device)
+        self.suite = build_eval_suite(self.dataset, args.topk, args.tstBat, args.select_on, device, log)
         self.records = make_records(args)
         self.rng = np.random.default_rng(args.seed)
         self.generator = torch.Generator().manual_seed(args.seed)

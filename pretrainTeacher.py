@@ -67,7 +67,7 @@ def main(args) -> int:
     log.line(dataset.summary(), stamp=False)
     graph = dh.Graph.from_scipy(dh.propagation_matrix(dataset.train)).to(device)
     sampler = dh.NegativeSampler(dataset.train)
-    suite = build_eval_suite(dataset, args.topk, args.tstBat, args.select_on, device)
+    suite = build_eval_suite(dataset, args.topk, args.tstBat, args.select_on, device, log)
 
     model = LightGCN(dataset.n_users, dataset.n_items, args.latdim, args.gnn_layer).to(device)
     record = Record(title=args.select_on)

@@ -61,8 +61,11 @@ class Evaluator:
         self.n_truth = torch.from_numpy(np.diff(split.indptr).astype(np.int64)).to(device)
 
     @torch.no_grad()
-    def evaluate(self, user_emb: torch.Tensor, item_emb: torch.Tensor) -> Dict[str, float]:
-        """Mean Recall@K and NDCG@K given the propagated user and item embeddings."""
+    def evaluate(self, user_emb: torch.Tensor, item_emb: torch.Tensor, progress=None) -> Dict[str, float]:
+        """Mean Recall@K and NDCG@K given the propagated user and item embeddings.
+
+        ``progress(done, total)``, when given, is called after each batch of users.
+        """
         recall_sum = ndcg_sum = 0.0
         item_t = item_emb.t().contiguous()
         for start in range(0, self.users.numel(), self.batch_users):
@@ -77,6 +80,8 @@ class Evaluator:
             recall, ndcg = recall_ndcg_from_ranking(toplocs, truth, self.n_truth[users], self.topk)
             recall_sum += float(recall.sum())
             ndcg_sum += float(ndcg.sum())
+            if progress is not None:
+                progress(start + users.numel(), self.users.numel())
         n = max(1, self.users.numel())
         return {"Recall": recall_sum / n, "NDCG": ndcg_sum / n}
 

@@ -104,17 +104,27 @@ class EvalSuite:
     ``select_on`` names the split whose Recall chooses checkpoints and "best" records.
     """
 
-    def __init__(self, evaluators: Dict[str, "object"], select_on: str):
+    def __init__(self, evaluators: Dict[str, "object"], select_on: str, log: Optional[RunLog] = None):
         if select_on not in evaluators:
             raise ValueError(f"cannot select on {select_on!r}: no such split")
         self.evaluators = evaluators
         self.select_on = select_on
+        self.log = log
 
     @torch.no_grad()
     def evaluate(self, embed: Callable) -> Dict[str, Dict[str, float]]:
         """``embed()`` returns (user_emb, item_emb); it is called once for all splits."""
         users, items = embed()
-        return {name: ev.evaluate(users, items) for name, ev in self.evaluators.items()}
+        results = {}
+        for name, ev in self.evaluators.items():
+            progress = None
+            if self.log is not None and self.log.interactive:
+                progress = lambda done, total, name=name: self.log.progress(  # noqa: E731
+                    f"Evaluating {name}: {done}/{total} users")
+            results[name] = ev.evaluate(users, items, progress)
+        if self.log is not None:
+            self.log.end_progress()
+        return results
 
 
 def fit(*, n_epochs: int, start_epoch: int, tst_every: int, train_one_epoch: Callable[[], Dict[str, float]],
@@ -207,11 +217,12 @@ def format_metrics(metrics: Dict[str, float]) -> str:
 
 
 
-def build_eval_suite(dataset, topk: int, batch_users: int, select_on: str, device) -> EvalSuite:
+def build_eval_suite(dataset, topk: int, batch_users: int, select_on: str, device,
+                     log: Optional[RunLog] = None) -> EvalSuite:
     """Evaluators for test (always) and validation (when the dataset has it)."""
     from Utils.Metrics import Evaluator
 
     evaluators = {"test": Evaluator(dataset.train, dataset.test, topk, batch_users, device)}
     if dataset.val is not None:
         evaluators["val"] = Evaluator(dataset.train, dataset.val, topk, batch_users, device)
-    return EvalSuite(evaluators, select_on)
+    return EvalSuite(evaluators, select_on, log)

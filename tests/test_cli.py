@@ -99,6 +99,7 @@ def test_three_stages_chain_through_their_own_checkpoints(tmp_path, data_dir):
             assert int(100 * float((mask != 0).float().mean())) == e
             assert int(100 * float((state["tensors"]["emb_mask2_fixed"] != 0).float().mean())) == m
     assert "Best results for now" in stu
+    assert "\r" not in stu  # progress lines go to a terminal only, never into a piped (tee'd) log
 
     # determinism: the same flags and seed give the same log (timestamps and timings aside)
     again = run("Main.py", *TINY_STU, f"--data_dir={data_dir}", f"--middle_teacher_model={mid}",
