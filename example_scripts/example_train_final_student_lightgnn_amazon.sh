@@ -1,15 +1,13 @@
 #!/usr/bin/env bash
-# Published example: example_train_final_student_lightgnn_amazon (flags as published).
-# Run from anywhere: CUDA_VISIBLE_DEVICES=0 bash example_scripts/example_train_final_student_lightgnn_amazon.sh
-# The GPU is the one CUDA_VISIBLE_DEVICES names (CPU when none); data: $DATA_DIR/sparse_amazon/.
+# Published example example_train_final_student_lightgnn_amazon, with the published flags.
+# Run from anywhere: CUDA_VISIBLE_DEVICES=0 bash example_scripts/example_train_final_student_lightgnn_amazon.sh [more flags]
+# The GPU is the one CUDA_VISIBLE_DEVICES names (CPU when none); data: $DATA_DIR/sparse_amazon/ (default ./Datasets).
 # Reads the intermediate model written by example_train_intermediate_model_lightgnn_amazon.sh
 # (override with MIDDLE=path; a published .mod file works too).
-set -euo pipefail
-cd "$(dirname "$0")/.."
-DATA_DIR=${DATA_DIR:-./Datasets}
+source "$(dirname "$0")/common.sh"
 MIDDLE=${MIDDLE:-./outModels/amazon/example2/mid_tea_ckpts/mid_teacher_amazon_best_global_100_100.mod}
-mkdir -p logs ./outModels/amazon/example1/fnl_student_ckpts ./outModels/amazon/example1/fnl_student_his
-python Main.py --dataset=amazon \
+run_stage Main.py stu amazon example1 fnl_student_ckpts fnl_student_his student_amazon \
+    --dataset=amazon \
     --mask_epoch=200 \
     --lr=0.001 \
     --reg=1e-6 \
@@ -29,7 +27,6 @@ python Main.py --dataset=amazon \
     --PRUNING_END=13 \
     --pruning_percent_adj=0.15 \
     --pruning_percent_emb=0.2 \
-    --distill_from_middle_model=True --middle_teacher_model="$MIDDLE" --data_dir="$DATA_DIR" \
-    --model_save_path=./outModels/amazon/example1/fnl_student_ckpts/student_amazon \
-    --his_save_path=./outModels/amazon/example1/fnl_student_his/student_amazon \
-    "$@" | tee ./logs/stu_amazon_example1_log
+    --distill_from_middle_model=True \
+    --middle_teacher_model="$MIDDLE" \
+    "$@"

@@ -1,15 +1,13 @@
 #!/usr/bin/env bash
-# Published example: example_train_final_student_lightgnn_gowalla (flags as published).
-# Run from anywhere: CUDA_VISIBLE_DEVICES=0 bash example_scripts/example_train_final_student_lightgnn_gowalla.sh
-# The GPU is the one CUDA_VISIBLE_DEVICES names (CPU when none); data: $DATA_DIR/sparse_gowalla/.
+# Published example example_train_final_student_lightgnn_gowalla, with the published flags.
+# Run from anywhere: CUDA_VISIBLE_DEVICES=0 bash example_scripts/example_train_final_student_lightgnn_gowalla.sh [more flags]
+# The GPU is the one CUDA_VISIBLE_DEVICES names (CPU when none); data: $DATA_DIR/sparse_gowalla/ (default ./Datasets).
 # Reads the intermediate model written by example_train_intermediate_model_lightgnn_gowalla.sh
 # (override with MIDDLE=path; a published .mod file works too).
-set -euo pipefail
-cd "$(dirname "$0")/.."
-DATA_DIR=${DATA_DIR:-./Datasets}
+source "$(dirname "$0")/common.sh"
 MIDDLE=${MIDDLE:-./outModels/gowalla/example2/mid_tea_ckpts/mid_teacher_gowalla_best_global_100_100.mod}
-mkdir -p logs ./outModels/gowalla/example1/fnl_student_ckpts ./outModels/gowalla/example1/fnl_student_his
-python Main.py --dataset=gowalla \
+run_stage Main.py stu gowalla example1 fnl_student_ckpts fnl_student_his student_gowalla \
+    --dataset=gowalla \
     --mask_epoch=300 \
     --lr=0.001 \
     --reg=1e-8 \
@@ -27,7 +25,6 @@ python Main.py --dataset=gowalla \
     --PRUNING_END=13 \
     --pruning_percent_adj=0.15 \
     --pruning_percent_emb=0.2 \
-    --distill_from_middle_model=True --middle_teacher_model="$MIDDLE" --data_dir="$DATA_DIR" \
-    --model_save_path=./outModels/gowalla/example1/fnl_student_ckpts/student_gowalla \
-    --his_save_path=./outModels/gowalla/example1/fnl_student_his/student_gowalla \
-    "$@" | tee ./logs/stu_gowalla_example1_log
+    --distill_from_middle_model=True \
+    --middle_teacher_model="$MIDDLE" \
+    "$@"

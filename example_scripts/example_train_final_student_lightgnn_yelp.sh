@@ -1,15 +1,13 @@
 #!/usr/bin/env bash
-# Published example: example_train_final_student_lightgnn_yelp (flags as published).
-# Run from anywhere: CUDA_VISIBLE_DEVICES=0 bash example_scripts/example_train_final_student_lightgnn_yelp.sh
-# The GPU is the one CUDA_VISIBLE_DEVICES names (CPU when none); data: $DATA_DIR/sparse_yelp/.
+# Published example example_train_final_student_lightgnn_yelp, with the published flags.
+# Run from anywhere: CUDA_VISIBLE_DEVICES=0 bash example_scripts/example_train_final_student_lightgnn_yelp.sh [more flags]
+# The GPU is the one CUDA_VISIBLE_DEVICES names (CPU when none); data: $DATA_DIR/sparse_yelp/ (default ./Datasets).
 # Reads the intermediate model written by example_train_intermediate_model_lightgnn_yelp.sh
 # (override with MIDDLE=path; a published .mod file works too).
-set -euo pipefail
-cd "$(dirname "$0")/.."
-DATA_DIR=${DATA_DIR:-./Datasets}
+source "$(dirname "$0")/common.sh"
 MIDDLE=${MIDDLE:-./outModels/yelp/example2/mid_tea_ckpts/mid_teacher_yelp_best_global_100_100.mod}
-mkdir -p logs ./outModels/yelp/example1/fnl_student_ckpts ./outModels/yelp/example1/fnl_student_his
-python Main.py --dataset=yelp \
+run_stage Main.py stu yelp example1 fnl_student_ckpts fnl_student_his student_yelp \
+    --dataset=yelp \
     --mask_epoch=600 \
     --lr=0.0001 \
     --reg=5e-7 \
@@ -28,7 +26,6 @@ python Main.py --dataset=yelp \
     --PRUNING_END=13 \
     --pruning_percent_adj=0.05 \
     --pruning_percent_emb=0.2 \
-    --distill_from_middle_model=True --middle_teacher_model="$MIDDLE" --data_dir="$DATA_DIR" \
-    --model_save_path=./outModels/yelp/example1/fnl_student_ckpts/student_yelp \
-    --his_save_path=./outModels/yelp/example1/fnl_student_his/student_yelp \
-    "$@" | tee ./logs/stu_yelp_example1_log
+    --distill_from_middle_model=True \
+    --middle_teacher_model="$MIDDLE" \
+    "$@"

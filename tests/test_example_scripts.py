@@ -1,0 +1,39 @@
+"""The published example scripts: valid bash, and every flag they pass is accepted by the parser."""
+import json
+import re
+import subprocess
+
+import pytest
+
+import Params
+from conftest import REF, ROOT
+
+SCRIPTS = sorted((ROOT / "example_scripts").glob("example_train_*.sh"))
+
+
+def _flags(path):
+    return re.findall(r"^\s+(--\w+=[^\s\\]+)", path.read_text(), flags=re.M)
+
+
+def test_there_are_nine_published_examples():
+    assert len(SCRIPTS) == 9
+
+
+@pytest.mark.parametrize("path", SCRIPTS, ids=lambda p: p.stem)
+def test_example_script_parses_and_its_flags_are_valid(path):
+    assert subprocess.run(["bash", "-n", str(path)]).returncode == 0
+    stage = "teacher" if "teacher_model" in path.stem else "main"
+    flags = [f.replace('"$TEACHER"', "t.mod").replace('"$MIDDLE"', "m.mod") for f in _flags(path)]
+    args = Params.parse_args(flags, stage=stage)
+    assert args.dataset in path.stem
+
+
+def test_examples_carry_the_published_flags():
+    published = REF / "published_examples.md"
+    if not published.exists():
+        pytest.skip("no ../shared/reference")
+    blocks = dict(re.findall(r"## (example_\w+)\n\n```\n(.*?)\n```", published.read_text(), re.S))
+    for name, flags in blocks.items():
+        ours = _flags(ROOT / "example_scripts" / f"{name}.sh")
+        for flag in flags.replace("'", "").split():
+            assert flag in ours, (name, flag)
