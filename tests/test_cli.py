@@ -101,6 +101,20 @@ def test_three_stages_chain_through_their_own_checkpoints(tmp_path, data_dir):
     assert "Best results for now" in stu
     assert "\r" not in stu  # progress lines go to a terminal only, never into a piped (tee'd) log
 
+    # a break point restarts from a saved student with its masks; run 4's training is skipped; frozen copies train
+    resumed = run("Main.py", *TINY_STU, f"--data_dir={data_dir}", f"--middle_teacher_model={mid}",
+                  "--train_stu_from_break_point=True", f"--break_point={out}/stu_best_global_72_63.mod",
+                  "--PRUNING_START=3", "--PRUNING_END=4", "--esc_train_prn_run=4", "--run_no_adj_weights=True",
+                  "--fix_epoch=1", "--mask_epoch=1", f"--model_save_path={out}/bp", f"--his_save_path={out}/bp").stdout
+    sparsity = re.findall(r"Sparsity: Adj:\[([\d.]+)%\] \| Emb:\[([\d.]+)%\]", resumed)
+    # frozen copy before run 3, run 3, then the frozen copy after run 3 trains on the pruned state run 4 starts
+    # from; run 4 is not trained but still pruned, and the last frozen copy trains on that state
+    assert sparsity == [("72.16", "63.88")] * 2 + [("61.21", "51.00")] * 2 + [("51.98", "40.75")]
+    assert "Skipping the training of pruning run 4" in resumed
+    assert re.search(r"^Best without Edge Weights,  Recall:\[0\.[1-9]", resumed.split("Best results for now")[-1],
+                     flags=re.M)
+    assert sorted(out.glob("bp_best_wo_edge_wei_*.mod"))
+
     # determinism: the same flags and seed give the same log (timestamps and timings aside)
     again = run("Main.py", *TINY_STU, f"--data_dir={data_dir}", f"--middle_teacher_model={mid}",
                 f"--model_save_path={out}/stu2", f"--his_save_path={out}/stu2").stdout
