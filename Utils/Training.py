@@ -25,7 +25,8 @@ class RunLog:
     """Timestamped console lines (the published ``log()`` format) and a history file.
 
     ``history_path`` receives one JSON object per line per epoch (loss parts, metrics,
-    sparsity, seconds); it is appended to, so a resumed run keeps its past.
+    sparsity, seconds). :meth:`reset_history` starts it afresh (holding a resumed run's
+    rows first); :meth:`record` appends one row per epoch.
     """
 
     def __init__(self, history_path: Optional[str] = None, stream=None):

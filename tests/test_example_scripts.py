@@ -1,5 +1,4 @@
 """The published example scripts: valid bash, and every flag they pass is accepted by the parser."""
-import json
 import re
 import subprocess
 
