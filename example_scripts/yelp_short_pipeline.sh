@@ -4,9 +4,20 @@
 # pruning runs x 5 epochs, 5% of edges and 20% of entries pruned per run).
 #   DATA_DIR=../shared/datasets bash example_scripts/yelp_short_pipeline.sh
 # About 2 hours on a 2-core CPU. Logs: logs/{tea,mid,stu}_yelp_example{3,2,1}_log.
+# FROM=intermediate or FROM=student starts at that stage and reuses the checkpoints
+# the earlier stages of this script left under ./outModels/yelp/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export DATA_DIR=${DATA_DIR:-../shared/datasets}
-bash example_scripts/example_train_teacher_model_yelp.sh --epoch_tea=20
-bash example_scripts/example_train_intermediate_model_lightgnn_yelp.sh --mask_epoch=5
+FROM=${FROM:-teacher}
+case $FROM in
+    teacher|intermediate|student) ;;
+    *) echo "yelp_short_pipeline.sh: FROM must be teacher, intermediate or student, not '$FROM'" >&2; exit 2 ;;
+esac
+if [ "$FROM" = teacher ]; then
+    bash example_scripts/example_train_teacher_model_yelp.sh --epoch_tea=20
+fi
+if [ "$FROM" != student ]; then
+    bash example_scripts/example_train_intermediate_model_lightgnn_yelp.sh --mask_epoch=5
+fi
 bash example_scripts/example_train_final_student_lightgnn_yelp.sh --mask_epoch=5 --PRUNING_END=5
