@@ -36,3 +36,10 @@ def test_examples_carry_the_published_flags():
         ours = _flags(ROOT / "example_scripts" / f"{name}.sh")
         for flag in flags.replace("'", "").split():
             assert flag in ours, (name, flag)
+
+
+def test_short_pipeline_rejects_an_unknown_start_stage():
+    script = ROOT / "example_scripts" / "yelp_short_pipeline.sh"
+    proc = subprocess.run(["bash", str(script)], env={"FROM": "middle", "PATH": "/usr/bin:/bin"},
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "FROM must be teacher, intermediate or student" in proc.stderr
