@@ -144,6 +144,7 @@ class Graph:
     t_indptr: torch.Tensor
     t_col: torch.Tensor
     transpose_perm: torch.Tensor
+    t_values: torch.Tensor  # values[transpose_perm]: Mᵀ's values in its CSR order
 
     @property
     def nnz(self) -> int:
@@ -163,17 +164,19 @@ class Graph:
         cols = csr.indices.astype(np.int64)
         # CSR of the transpose: order edges by (col, row) and remember where each came from
         perm = np.lexsort((rows, cols))
+        values = csr.data.astype(np.float32)
         t_indptr = np.zeros(n + 1, dtype=np.int64)
         np.cumsum(np.bincount(cols, minlength=n), out=t_indptr[1:])
         return cls(
             indptr=torch.from_numpy(csr.indptr.astype(np.int64)),
             col=torch.from_numpy(cols),
             row=torch.from_numpy(rows),
-            values=torch.from_numpy(csr.data.astype(np.float32)),
+            values=torch.from_numpy(values),
             n_nodes=n,
             t_indptr=torch.from_numpy(t_indptr),
             t_col=torch.from_numpy(rows[perm]),
             transpose_perm=torch.from_numpy(perm.astype(np.int64)),
+            t_values=torch.from_numpy(values[perm]),
         )
 
 

@@ -13,7 +13,8 @@ they are ``torch.sparse.mm`` on CSR tensors. ``bench/bench_spmm.py`` compares th
 """
 from __future__ import annotations
 
-from typing import List, Optional
+import warnings
+from typing import List, Optional, Tuple
 
 import torch
 
@@ -22,12 +23,18 @@ try:  # Numba is a requirement; the torch path keeps the code importable without
     import numpy as np
 
     @numba.njit(parallel=True, cache=True)
-    def _csr_spmm(indptr, col, values, x, out, base, total):
-        """out = base + M·x (base optional: size-0 array); total += out (optional likewise)."""
+    def _csr_spmm(indptr, col, values, x, out, base, total, slot, picked, picked_into_out):
+        """out = base + M·x; total += out. Optional arguments are size-0 arrays when unused.
+
+        With ``slot`` (N,) and ``picked`` (K×d), rows r with slot[r] ≥ 0 also do
+        out[r] += picked[slot[r]] (``picked_into_out``) or picked[slot[r]] += out[r]:
+        the row-restricted propagation's gathers and adds, without a pass over memory.
+        """
         n_rows = indptr.shape[0] - 1
         dim = x.shape[1]
         has_base = base.shape[0] > 0
         has_total = total.shape[0] > 0
+        has_slot = slot.shape[0] > 0
         for r in numba.prange(n_rows):
             acc = np.zeros(dim, dtype=out.dtype)  # a private row buffer lets the inner loop vectorise
             for k in range(indptr[r], indptr[r + 1]):
@@ -38,11 +45,18 @@ try:  # Numba is a requirement; the torch path keeps the code importable without
             if has_base:
                 for j in range(dim):
                     acc[j] += base[r, j]
+            s = slot[r] if has_slot else -1
+            if s >= 0 and picked_into_out:
+                for j in range(dim):
+                    acc[j] += picked[s, j]
             for j in range(dim):
                 out[r, j] = acc[j]
             if has_total:
                 for j in range(dim):
                     total[r, j] += acc[j]
+            if s >= 0 and not picked_into_out:
+                for j in range(dim):
+                    picked[s, j] += acc[j]
 
     @numba.njit(parallel=True, cache=True)
     def _csr_sampled_dot(indptr, col, g, x, out, accumulate):
@@ -62,7 +76,7 @@ try:  # Numba is a requirement; the torch path keeps the code importable without
 
     @numba.njit(parallel=True, cache=True)
     def _csr_spmm_rows(rows, indptr, col, values, x, out):
-        """out[k] = (M·x)[rows[k]]: the product restricted to some rows."""
+        """out[k] += (M·x)[rows[k]]: the product restricted to some rows, added into ``out``."""
         dim = x.shape[1]
         for k in numba.prange(rows.shape[0]):
             r = rows[k]
@@ -73,15 +87,15 @@ try:  # Numba is a requirement; the torch path keeps the code importable without
                 for j in range(dim):
                     acc[j] += v * x[c, j]
             for j in range(dim):
-                out[k, j] = acc[j]
+                out[k, j] += acc[j]
 
     @numba.njit(parallel=True, cache=True)
     def _csr_scatter_rows(rows, indptr, col, values, g, out):
-        """out += Mᵀ·G for G non-zero only on ``rows`` (ascending; g[k] is row rows[k]).
+        """out = Mᵀ·G + G for G non-zero only on ``rows`` (ascending; g[k] is row rows[k]); out starts at 0.
 
         out[c] receives M[r, c]·g[r] for r in ascending order, the order in which a CSR
-        product over Mᵀ sums row c, so the result is bit-identical to it. Threads split
-        the feature columns, so no two write the same entry.
+        product over Mᵀ sums row c, then G is added: bit-identical to the full product
+        with G as its base. Threads split the feature columns, so no two write the same entry.
         """
         dim = g.shape[1]
         n_parts = 2 if dim >= 16 else 1
@@ -96,6 +110,10 @@ try:  # Numba is a requirement; the torch path keeps the code importable without
                     v = values[e]
                     for j in range(lo, hi):
                         out[c, j] += v * g[k, j]
+            for k in range(rows.shape[0]):
+                r = rows[k]
+                for j in range(lo, hi):
+                    out[r, j] += g[k, j]
 
     HAVE_NUMBA = True
 except ImportError:  # pragma: no cover - exercised only where numba is missing
@@ -113,23 +131,42 @@ def _use_numba(x: torch.Tensor) -> bool:
 
 
 def _product(indptr, col, values, x, n_rows, base: Optional[torch.Tensor] = None,
-             total: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """base + M·x for M in CSR (indptr, col, values); also adds the result into ``total``."""
+             total: Optional[torch.Tensor] = None, out: Optional[torch.Tensor] = None,
+             picked: Optional[Tuple[torch.Tensor, torch.Tensor, bool]] = None) -> torch.Tensor:
+    """base + M·x for M in CSR (indptr, col, values); also adds the result into ``total``.
+
+    ``out``: where to write the result on CPU (a new tensor when None, and always elsewhere).
+    ``picked`` = (slot, P, into_out): for the rows r with slot[r] ≥ 0, add P[slot[r]] into
+    the result (``into_out``) or the result's row into P[slot[r]].
+    """
     x = x.contiguous()
     values = values.to(x.dtype).contiguous()
     if _use_numba(x):
-        out = torch.empty((n_rows, x.shape[1]), dtype=x.dtype)
+        if out is None:
+            out = torch.empty((n_rows, x.shape[1]), dtype=x.dtype)
         empty = np.empty((0, 0), dtype=out.numpy().dtype)
+        slot, picked_rows, into_out = picked if picked is not None else (None, None, False)
         _csr_spmm(indptr.numpy(), col.numpy(), values.numpy(), x.numpy(), out.numpy(),
                   empty if base is None else base.contiguous().numpy(),
-                  empty if total is None else total.numpy())
+                  empty if total is None else total.numpy(),
+                  np.empty(0, dtype=np.int64) if slot is None else slot.numpy(),
+                  empty if picked_rows is None else picked_rows.numpy(), into_out)
         return out
-    mat = torch.sparse_csr_tensor(indptr, col, values, size=(n_rows, x.shape[0]))
+    with warnings.catch_warnings():  # "sparse CSR support is in beta", once per process
+        warnings.simplefilter("ignore", UserWarning)
+        mat = torch.sparse_csr_tensor(indptr, col, values, size=(n_rows, x.shape[0]), check_invariants=False)
     out = torch.sparse.mm(mat, x)
     if base is not None:
         out.add_(base)
     if total is not None:
         total.add_(out)
+    if picked is not None:
+        slot, picked_rows, into_out = picked
+        rows = torch.nonzero(slot >= 0).squeeze(1)
+        if into_out:
+            out[rows] += picked_rows[slot[rows]]
+        else:
+            picked_rows[slot[rows]] += out[rows]
     return out
 
 
@@ -153,9 +190,9 @@ def _sampled_dot(graph, g, x, out: Optional[torch.Tensor] = None) -> torch.Tenso
     return out
 
 
-def _transposed_product(graph, t_values, x, base=None):
+def _transposed_product(graph, t_values, x, base=None, out=None, picked=None):
     """base + Mᵀ·x, given Mᵀ's values in its CSR order (``edge_values[graph.transpose_perm]``)."""
-    return _product(graph.t_indptr, graph.t_col, t_values, x, graph.n_nodes, base=base)
+    return _product(graph.t_indptr, graph.t_col, t_values, x, graph.n_nodes, base=base, out=out, picked=picked)
 
 
 class _EdgeSpMM(torch.autograd.Function):
@@ -243,28 +280,33 @@ def propagate_sum(graph, edge_values: torch.Tensor, e0: torch.Tensor, n_layers: 
         return _PropagateSum.forward(_NoCtx(), edge_values, e0, graph, n_layers)
 
 
-def _rows_product(graph, edge_values, x, rows):
-    """(M·x)[rows]."""
+def _row_slots(rows: torch.Tensor, n_nodes: int) -> torch.Tensor:
+    """slot[r] = k where rows[k] = r, −1 for the other nodes."""
+    slot = torch.full((n_nodes,), -1, dtype=torch.int64, device=rows.device)
+    slot[rows] = torch.arange(rows.numel(), device=rows.device)
+    return slot
+
+
+def _add_rows_product(graph, values, x, rows, total):
+    """total += (M·x)[rows]."""
     if _use_numba(x):
-        out = torch.empty((rows.numel(), x.shape[1]), dtype=x.dtype)
-        _csr_spmm_rows(rows.numpy(), graph.indptr.numpy(), graph.col.numpy(),
-                       edge_values.to(x.dtype).contiguous().numpy(), x.contiguous().numpy(), out.numpy())
-        return out
-    return _product(graph.indptr, graph.col, edge_values, x, graph.n_nodes)[rows]
+        _csr_spmm_rows(rows.numpy(), graph.indptr.numpy(), graph.col.numpy(), values.numpy(),
+                       x.contiguous().numpy(), total.numpy())
+    else:
+        total += _product(graph.indptr, graph.col, values, x, graph.n_nodes)[rows]
 
 
-def _rows_transposed_product(graph, edge_values, g_rows, rows):
-    """Mᵀ·G for G non-zero only on ``rows`` (its rows given as ``g_rows``)."""
-    if _use_numba(g_rows):
-        out = torch.zeros((graph.n_nodes, g_rows.shape[1]), dtype=g_rows.dtype)
-        _csr_scatter_rows(rows.numpy(), graph.indptr.numpy(), graph.col.numpy(),
-                          edge_values.to(g_rows.dtype).contiguous().numpy(), g_rows.contiguous().numpy(),
-                          out.numpy())
+def _rows_transposed_product(graph, values, t_values, g_rows, rows):
+    """G + Mᵀ·G for G non-zero only on ``rows`` (its rows given as ``g_rows``)."""
+    out = torch.zeros((graph.n_nodes, g_rows.shape[1]), dtype=g_rows.dtype, device=g_rows.device)
+    if _use_numba(g_rows):  # a scatter along M's rows: only the rows' edges are visited
+        _csr_scatter_rows(rows.numpy(), graph.indptr.numpy(), graph.col.numpy(), values.numpy(),
+                          g_rows.numpy(), out.numpy())
         return out
-    full = torch.zeros((graph.n_nodes, g_rows.shape[1]), dtype=g_rows.dtype, device=g_rows.device)
-    full[rows] = g_rows
-    t_values = edge_values[graph.transpose_perm].to(g_rows.dtype).contiguous()
-    return _transposed_product(graph, t_values, full)
+    out[rows] = g_rows
+    out = _transposed_product(graph, t_values, out)
+    out[rows] += g_rows
+    return out
 
 
 class _PropagateSumRows(torch.autograd.Function):
@@ -273,32 +315,37 @@ class _PropagateSumRows(torch.autograd.Function):
     @staticmethod
     def forward(ctx, e0, graph, edge_values, n_layers, rows):
         x = e0.contiguous()
+        values = edge_values.to(x.dtype).contiguous()
         total = x[rows]  # Σ_l E_l[rows], summed in the order l = 0..L like the full version
-        for layer in range(1, n_layers + 1):
-            if layer < n_layers:
-                x = _product(graph.indptr, graph.col, edge_values, x, graph.n_nodes)
-                total += x[rows]
-            else:
-                total += _rows_product(graph, edge_values, x, rows)
+        slot = _row_slots(rows, graph.n_nodes)
+        buffers = [torch.empty_like(x), torch.empty_like(x)] if _use_numba(x) and n_layers > 2 else [None, None]
+        for layer in range(1, n_layers):
+            x = _product(graph.indptr, graph.col, values, x, graph.n_nodes, out=buffers[layer % 2],
+                         picked=(slot, total, False))  # E_l, and total += E_l[rows]
+        if n_layers > 0:
+            _add_rows_product(graph, values, x, rows, total)  # E_L for the rows alone
         ctx.graph, ctx.n_layers = graph, n_layers
-        ctx.save_for_backward(edge_values, rows)
+        # Mᵀ's values in its CSR order: computed once per graph for its own constant values
+        ctx.t_values = graph.t_values if values is graph.values else values[graph.transpose_perm]
+        ctx.save_for_backward(values, rows, slot)
         return total
 
     @staticmethod
     def backward(ctx, grad_rows):
-        edge_values, rows = ctx.saved_tensors
-        graph, n_layers = ctx.graph, ctx.n_layers
+        values, rows, slot = ctx.saved_tensors
+        graph, n_layers, t_values = ctx.graph, ctx.n_layers, ctx.t_values
         grad_rows = grad_rows.contiguous()
         if n_layers == 0:
             g = torch.zeros((graph.n_nodes, grad_rows.shape[1]), dtype=grad_rows.dtype, device=grad_rows.device)
             g[rows] = grad_rows
             return g, None, None, None, None
-        g = _rows_transposed_product(graph, edge_values, grad_rows, rows)  # Mᵀ g_L, g_L = G on rows
-        g[rows] += grad_rows  # g_{L-1} = G + Mᵀ g_L
-        t_values = edge_values[graph.transpose_perm].to(grad_rows.dtype).contiguous()
-        for _ in range(n_layers - 1):
-            g = _transposed_product(graph, t_values, g)
-            g[rows] += grad_rows
+        values = values.to(grad_rows.dtype).contiguous()
+        t_values = t_values.to(grad_rows.dtype).contiguous()
+        g = _rows_transposed_product(graph, values, t_values, grad_rows, rows)  # g_{L-1} = G + Mᵀ g_L, g_L = G on rows
+        buffers = [torch.empty_like(g), torch.empty_like(g)] if _use_numba(g) and n_layers > 2 else [None, None]
+        for step in range(n_layers - 1):
+            g = _transposed_product(graph, t_values, g, out=buffers[step % 2],
+                                    picked=(slot, grad_rows, True))  # g_{l-1} = Mᵀ g_l + G on rows
         return g, None, None, None, None
 
 
