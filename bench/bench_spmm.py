@@ -6,7 +6,6 @@ the median of --repeat runs, in milliseconds.
 
     python bench/bench_spmm.py [--data_dir ../shared/datasets] [--threads 2]
 """
-import argparse
 import json
 import os
 import platform
@@ -21,6 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import DataHandler as dh  # noqa: E402
 import Params  # noqa: E402
 from Utils import Spmm  # noqa: E402
+from bench_teacher import teacher_parser  # noqa: E402  (bench/ is on the path as the script's folder)
 
 
 def median_ms(fn, repeat):
@@ -34,13 +34,7 @@ def median_ms(fn, repeat):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data_dir", default=os.path.join(os.path.dirname(__file__), "..", "..", "shared", "datasets"))
-    parser.add_argument("--dataset", default="yelp")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--layers", type=int, default=8)
-    parser.add_argument("--latdim", type=int, default=64)
-    parser.add_argument("--batch", type=int, default=4096, help="BPR triples of the teacher step")
+    parser = teacher_parser(__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=7)
     opts = parser.parse_args()
     torch.set_num_threads(opts.threads)

@@ -25,14 +25,20 @@ from pretrainTeacher import teacher_loss  # noqa: E402
 from Utils.Metrics import Evaluator  # noqa: E402
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def teacher_parser(description: str) -> argparse.ArgumentParser:
+    """The options of the stage-1 benches (this one and bench_spmm.py): data, threads, teacher shape."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--data_dir", default=os.path.join(os.path.dirname(__file__), "..", "..", "shared", "datasets"))
     parser.add_argument("--dataset", default="yelp")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--layers", type=int, default=8)
     parser.add_argument("--latdim", type=int, default=64)
-    parser.add_argument("--batch", type=int, default=4096)
+    parser.add_argument("--batch", type=int, default=4096, help="BPR triples per step")
+    return parser
+
+
+def main():
+    parser = teacher_parser(__doc__.splitlines()[0])
     parser.add_argument("--tstBat", type=int, default=64)
     opts = parser.parse_args()
     torch.set_num_threads(opts.threads)
