@@ -1,7 +1,7 @@
 """Sparse-product benchmark on Yelp's Â (434,248 edges, 64-d): one product with
-torch.sparse.mm (CSR), SciPy and the Numba kernel of Utils/Spmm.py, the 8-layer
-propagation of an evaluation, and the propagation of one stage-1 teacher step
-(forward + backward restricted to a batch's rows). Prints one JSON line; times are
+torch.sparse.mm (CSR), SciPy and the Numba kernel of Utils/Spmm.py (into a new and
+into a reused output), the 8-layer propagation of an evaluation, and the propagation
+of one stage-1 teacher step (forward + backward restricted to a batch's rows). Prints one JSON line; times are
 the median of --repeat runs, in milliseconds.
 
     python bench/bench_spmm.py [--data_dir ../shared/datasets] [--threads 2]
@@ -50,6 +50,7 @@ def main():
                                   check_invariants=False)
     adj32 = adj.astype(np.float32)
     x_np = x.numpy()
+    out = torch.empty_like(x)
     result = {
         "bench": "spmm", "dataset": opts.dataset, "edges": graph.nnz, "latdim": opts.latdim,
         "layers": opts.layers, "threads": opts.threads,
@@ -57,6 +58,9 @@ def main():
             "torch_sparse_csr": median_ms(lambda: torch.sparse.mm(csr, x), opts.repeat),
             "scipy": median_ms(lambda: adj32 @ x_np, opts.repeat),
             "numba": median_ms(lambda: Spmm._product(graph.indptr, graph.col, values, x, graph.n_nodes), opts.repeat),
+            # as inside a propagation chain, where the output buffer is reused (no fresh pages)
+            "numba_reused_output": median_ms(
+                lambda: Spmm._product(graph.indptr, graph.col, values, x, graph.n_nodes, out=out), opts.repeat),
         },
     }
     # one teacher step's propagation: the distinct users, positives and negatives of a batch
