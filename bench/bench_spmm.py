@@ -1,8 +1,8 @@
 """Sparse-product benchmark on Yelp's Â (434,248 edges, 64-d): one product with
 torch.sparse.mm (CSR), SciPy and the Numba kernel of Utils/Spmm.py (into a new and
 into a reused output), the 8-layer propagation of an evaluation, and the propagation
-of one stage-1 teacher step (forward + backward restricted to a batch's rows). Prints one JSON line; times are
-the median of --repeat runs, in milliseconds.
+of one stage-1 teacher step (forward + backward restricted to a batch's rows).
+Prints one JSON line; times are the median of --repeat runs, in milliseconds.
 
     python bench/bench_spmm.py [--data_dir ../shared/datasets] [--threads 2]
 """
