@@ -8,8 +8,9 @@
   autograd bookkeeping, the same numbers as chaining L ``spmm`` calls.
 
 On CPU the products are small Numba loops parallel over rows that sum each row's
-terms in CSR order (as SciPy does) into a private buffer; on CUDA, or without Numba,
-they are ``torch.sparse.mm`` on CSR tensors. ``bench/bench_spmm.py`` compares them.
+terms in CSR order (as SciPy does) into a private buffer, prefetching the rows of x
+they will gather a few edges ahead; on CUDA, or without Numba, they are
+``torch.sparse.mm`` on CSR tensors. ``bench/bench_spmm.py`` compares them.
 """
 from __future__ import annotations
 
