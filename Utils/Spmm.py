@@ -26,7 +26,6 @@ try:  # Numba is a requirement; the torch path keeps the code importable without
     from numba.extending import intrinsic
 
     PREFETCH_EDGES = 32  # how far ahead, in edges, the products prefetch the rows they will gather
-    PREFETCH_ROWS = 4  # the same for the row-restricted product, in rows
 
     @intrinsic
     def _prefetch(typingctx, address):
@@ -54,6 +53,12 @@ try:  # Numba is a requirement; the torch path keeps the code importable without
         for offset in range(0, x.strides[0], 64):
             _prefetch(start + offset)
 
+    @numba.njit(inline="always")
+    def _prefetch_ahead(x, col, k):
+        """Prefetch the row of x that edge k + PREFETCH_EDGES (in CSR order) will gather."""
+        if k + PREFETCH_EDGES < col.shape[0]:
+            _prefetch_row(x, col[k + PREFETCH_EDGES])
+
     @numba.njit(parallel=True, cache=True)
     def _csr_spmm(indptr, col, values, x, out, base, total, slot, picked, picked_into_out):
         """out = base + M·x; total += out. Optional arguments are size-0 arrays when unused.
@@ -67,12 +72,10 @@ try:  # Numba is a requirement; the torch path keeps the code importable without
         has_base = base.shape[0] > 0
         has_total = total.shape[0] > 0
         has_slot = slot.shape[0] > 0
-        nnz = col.shape[0]
         for r in numba.prange(n_rows):
             acc = np.zeros(dim, dtype=out.dtype)  # a private row buffer lets the inner loop vectorise
             for k in range(indptr[r], indptr[r + 1]):
-                if k + PREFETCH_EDGES < nnz:
-                    _prefetch_row(x, col[k + PREFETCH_EDGES])
+                _prefetch_ahead(x, col, k)
                 c = col[k]
                 v = values[k]
                 for j in range(dim):
@@ -98,11 +101,9 @@ try:  # Numba is a requirement; the torch path keeps the code importable without
         """out[e] (+)= g[row_e] · x[col_e] for every edge e."""
         n_rows = indptr.shape[0] - 1
         dim = x.shape[1]
-        nnz = col.shape[0]
         for r in numba.prange(n_rows):
             for k in range(indptr[r], indptr[r + 1]):
-                if k + PREFETCH_EDGES < nnz:
-                    _prefetch_row(x, col[k + PREFETCH_EDGES])
+                _prefetch_ahead(x, col, k)
                 c = col[k]
                 acc = 0.0  # float64 accumulator
                 for j in range(dim):
@@ -116,12 +117,7 @@ try:  # Numba is a requirement; the torch path keeps the code importable without
     def _csr_spmm_rows(rows, indptr, col, values, x, out):
         """out[k] += (M·x)[rows[k]]: the product restricted to some rows, added into ``out``."""
         dim = x.shape[1]
-        n_picked = rows.shape[0]
-        for k in numba.prange(n_picked):
-            if k + PREFETCH_ROWS < n_picked:  # the rows are not contiguous: prefetch a later row's neighbours
-                ahead = rows[k + PREFETCH_ROWS]
-                for e in range(indptr[ahead], indptr[ahead + 1]):
-                    _prefetch_row(x, col[e])
+        for k in numba.prange(rows.shape[0]):  # 0.6 ms on a Yelp batch, prefetching or not
             r = rows[k]
             acc = np.zeros(dim, dtype=out.dtype)
             for e in range(indptr[r], indptr[r + 1]):
