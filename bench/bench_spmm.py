@@ -50,7 +50,7 @@ def main():
                                   check_invariants=False)
     adj32 = adj.astype(np.float32)
     x_np = x.numpy()
-    out = torch.empty_like(x)
+    reused = torch.empty_like(x)
     result = {
         "bench": "spmm", "dataset": opts.dataset, "edges": graph.nnz, "latdim": opts.latdim,
         "layers": opts.layers, "threads": opts.threads,
@@ -60,7 +60,7 @@ def main():
             "numba": median_ms(lambda: Spmm._product(graph.indptr, graph.col, values, x, graph.n_nodes), opts.repeat),
             # as inside a propagation chain, where the output buffer is reused (no fresh pages)
             "numba_reused_output": median_ms(
-                lambda: Spmm._product(graph.indptr, graph.col, values, x, graph.n_nodes, out=out), opts.repeat),
+                lambda: Spmm._product(graph.indptr, graph.col, values, x, graph.n_nodes, out=reused), opts.repeat),
         },
     }
     # one teacher step's propagation: the distinct users, positives and negatives of a batch
