@@ -117,7 +117,8 @@ def kd_config(args, settings: RunSettings) -> KDConfig:
         use_ereg=args.use_ereg, ereg=args.ereg, use_subspcreg=settings.use_subspcreg,
         subspcreg=settings.subspcreg, tempsubsp=settings.tempsubsp, subspcreg_version=args.subspcreg_version,
         loosen=settings.loosen, use_ly0emb4subspcreg=args.use_ly0emb4subspcreg,
-        resample_ratio=args.hyper_contr_resample_ratio if args.hyper_contr_resample else None)
+        resample_ratio=args.hyper_contr_resample_ratio if args.hyper_contr_resample else None,
+        contrast_candidates=args.contrast_candidates)
 
 
 def distill_loss(model: LightGCN_sp, graph, sup: FrozenOutputs, cfg: KDConfig, top_range: int,
@@ -206,6 +207,7 @@ class DistillStage:
             self.middle = load_prunable(args.middle_teacher_model, self.dataset, self.closure, "middle_teacher",
                                         self.device, latdim=args.latdim).eval()
             self.middle_out = frozen_outputs(self.middle, self.closure)
+            middle_e0 = torch.cat([self.middle.uEmbeds, self.middle.iEmbeds], dim=0) * self.middle.emb_mask2_fixed
             log.line("Use the middle teacher (Intermediate KD model) to direct the training of student", stamp=False)
         if args.distill_from_teacher_model or (self.trainee_is_student and args.use_adj_mask_aug
                                                and args.use_tea2drop_edges):
@@ -214,8 +216,11 @@ class DistillStage:
                 raise ConfigError(f"--latdim={args.latdim} but the teacher {args.teacher_model} has "
                                   f"{teacher.uEmbeds.shape[1]}-d embeddings")
             self.teacher_out = frozen_outputs(teacher, self.adj)
+            teacher_e0 = torch.cat([teacher.uEmbeds, teacher.iEmbeds], dim=0)
             log.line("Use the teacher to direct the training", stamp=False)
         self.supervisor = self.middle_out if args.distill_from_middle_model else self.teacher_out
+        # the supervisor's layer-0 embeddings, for --init_from_supervisor
+        self.supervisor_e0 = (middle_e0 if args.distill_from_middle_model else teacher_e0).detach().clone()
         self.mid_weight_on_adj = None
         if self.trainee_is_student and args.use_SM_edgeW2aug:
             self.mid_weight_on_adj = Pruning.closure_weights_on_adj(
@@ -256,9 +261,18 @@ class DistillStage:
         return model
 
     def initial_state(self) -> Optional[Dict[str, torch.Tensor]]:
+        """The first run's starting state: a break point, the supervisor's E₀, or None (fresh)."""
         args = self.args
         if not (self.trainee_is_student and args.train_stu_from_break_point):
-            return None
+            if not args.init_from_supervisor:
+                return None
+            state = {k: v.detach().clone() for k, v in self.build_trainee(None).state_dict().items()}
+            n_users = self.dataset.n_users
+            state["uEmbeds"] = self.supervisor_e0[:n_users].clone()
+            state["iEmbeds"] = self.supervisor_e0[n_users:].clone()
+            self.log.line("Trainee embeddings initialised from the supervisor's layer-0 embeddings "
+                          "(--init_from_supervisor)")
+            return state
         model = load_prunable(args.break_point, self.dataset, self.graph, "student", self.device,
                               latdim=args.latdim, n_layers=args.gnn_layer)
         self.log.line(f"Model Loaded: {args.break_point}")
@@ -336,7 +350,7 @@ class DistillStage:
         fit(n_epochs=n_epochs, start_epoch=0, tst_every=args.tstEpoch, train_one_epoch=train_one_epoch,
             evaluate=evaluate, on_evaluated=on_evaluated, log=log, select_on=args.select_on,
             row_info={"stage": self.role, "prn_run": run, "kind": kind, "edge_kept_pct": edge_pct,
-                      "emb_kept_pct": emb_pct})
+                      "emb_kept_pct": emb_pct}, patience=args.patience)
         if "state" not in best:  # nothing was evaluated in this run: carry the final model
             best["state"] = self.carried_state(model, settings)
         return best["state"]

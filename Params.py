@@ -338,6 +338,21 @@ def build_parser(prog=None):
     ours.add_argument('--plots', type=str2bool, default=True, metavar='BOOL',
                       help='stage 3: draw <his_save_path>_training.png and _tradeoff.png at the end '
                            '(default: %(default)s)')
+    fast = parser.add_argument_group(
+        'time-to-quality levers (each off by default; the defaults are the published method)')
+    fast.add_argument('--patience', type=int, default=0, metavar='N',
+                      help='end stage-1 training, or a stage-2/3 pruning run, after N evaluations without '
+                           'a new best on the selection split; the best point is what is kept and carried '
+                           '(0 = off, every epoch runs; default: %(default)s)')
+    fast.add_argument('--contrast_candidates', type=int, default=0, metavar='K',
+                      help='stages 2-3: estimate every sum over a whole user/item table in the embedding-'
+                           'level KD, auxiliary denominator and subspace (v3) terms from K rows drawn per '
+                           'batch, scaled by table size / K (unbiased); K >= the table size is exact '
+                           '(0 = exact, the published objective; default: %(default)s)')
+    fast.add_argument('--init_from_supervisor', type=str2bool, default=False, metavar='BOOL',
+                      help='stages 2-3: the first pruning run starts the trainee\'s layer-0 embeddings from '
+                           'the supervisor\'s (teacher or intermediate model, masked) instead of Xavier '
+                           'initialisation; ignored when a break point is loaded (default: %(default)s)')
     return parser
 
 
@@ -375,6 +390,10 @@ def validate(args, stage='main'):
         _fail(f"--subspcreg_version must be v1, v2 or v3, got {args.subspcreg_version!r}")
     if args.threads < 0:
         _fail(f"--threads must be >= 0 (0 = torch's default), got {args.threads}")
+    if args.patience < 0:
+        _fail(f"--patience must be >= 0 (0 = off), got {args.patience}")
+    if args.contrast_candidates < 0:
+        _fail(f"--contrast_candidates must be >= 0 (0 = exact sums), got {args.contrast_candidates}")
     if args.device == 'cuda':
         _expose_gpu(args)  # before the first CUDA query, which fixes the visible devices
         if not torch.cuda.is_available():

@@ -112,7 +112,7 @@ def main(args) -> int:
     try:
         fit(n_epochs=args.epoch_tea, start_epoch=start_epoch, tst_every=args.tstEpoch,
             train_one_epoch=train_one_epoch, evaluate=evaluate, on_evaluated=on_evaluated, log=log,
-            select_on=args.select_on, row_info={"stage": "teacher"})
+            select_on=args.select_on, row_info={"stage": "teacher"}, patience=args.patience)
     except KeyboardInterrupt:
         log.line("Interrupted: the best checkpoint so far is kept")
         print_best(log, "#########################Final Best Acc###########################", record)

@@ -40,6 +40,8 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
+from Utils import MaskPairs
+
 #: Default block shape (anchors × candidates) of the blocked reductions: a 256×4096
 #: float32 buffer is 4 MiB, small enough to stay in cache between the product and the exp.
 BLOCK_ROWS = 256
@@ -246,29 +248,86 @@ class _PositivePairLogitSums(torch.autograd.Function):
 
 def positive_pair_logit_sums(anc_emb: torch.Tensor, cand_emb: torch.Tensor, anc_mask: torch.Tensor,
                              cand_mask: torch.Tensor, loosen: float, *, block_rows: int = BLOCK_ROWS,
-                             block_cols: int = BLOCK_COLS) -> Tuple[torch.Tensor, torch.Tensor]:
+                             block_cols: int = BLOCK_COLS, sparse_pairs: bool = True
+                             ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Subspace positives (SPEC §6) and the summed raw logits over them, without an n×m matrix.
 
     t_nm = [M_n·M_m ≥ ‖M_n‖₀ − δ] · [M_n·M_m ≥ ‖M_m‖₀ − δ] with binary (0/1) mask rows M and
     δ = ``loosen``. Returns ``(counts, sums)``: counts_n = Σ_m t_nm (no gradient) and
     sums_n = Σ_m t_nm · a_n·b_m (differentiable w.r.t. both embedding tables).
     Pairs whose popcounts differ by more than δ are skipped without being evaluated.
+    On CPU, when the positives are few (:data:`Utils.MaskPairs.MAX_PAIRS`), they are listed
+    from bit-packed masks and summed directly (``sparse_pairs=False`` forces the dense,
+    blocked route); the pairs are the same, the sums differ only by float rounding.
     """
     for name, mask in (("anc_mask", anc_mask), ("cand_mask", cand_mask)):
         if not ((mask == 0) | (mask == 1)).all():
             raise ValueError(f"{name} must be a 0/1 mask")
+    pairs = MaskPairs.positive_pairs(anc_mask, cand_mask, loosen) if sparse_pairs else None
+    if pairs is not None:  # few positives: sum over their list, plain autograd
+        n_idx, m_idx = (p.to(anc_emb.device) for p in pairs)
+        counts = torch.bincount(n_idx, minlength=anc_emb.shape[0]).to(anc_emb.dtype)
+        logits = (anc_emb[n_idx] * cand_emb[m_idx]).sum(dim=1)
+        return counts, anc_emb.new_zeros(anc_emb.shape[0]).index_add(0, n_idx, logits)
     return _PositivePairLogitSums.apply(anc_emb, cand_emb, anc_mask, cand_mask, float(loosen),
                                         int(block_rows), int(block_cols))
 
 
+@dataclass(frozen=True)
+class ContrastSample:
+    """The rows of each table that one batch's all-node sums run over (``--contrast_candidates``).
+
+    ``users``/``items`` are row indices (drawn uniformly without replacement) or ``None``
+    for "every row" (the exact sum). One sample is shared by every all-node term of a batch.
+    """
+
+    users: Optional[torch.Tensor] = None
+    items: Optional[torch.Tensor] = None
+
+
+EXACT = ContrastSample()
+
+
+def draw_contrast_sample(n_users: int, n_items: int, k: int, generator: Optional[torch.Generator] = None,
+                         device=None) -> ContrastSample:
+    """K users and K items uniformly without replacement; a table of ≤ K rows is kept whole (exact)."""
+    if k <= 0:
+        return EXACT
+
+    def draw(n: int) -> Optional[torch.Tensor]:
+        if k >= n:
+            return None
+        return torch.randperm(n, generator=generator)[:k].to(device)
+
+    return ContrastSample(draw(n_users), draw(n_items))
+
+
+def table_logsumexp(anchors: torch.Tensor, table: torch.Tensor, temp: float,
+                    sample: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """log Σ_{m ∈ T} exp(a_n·b_m / τ) over a whole table T, exactly or estimated from a sample.
+
+    With ``sample`` S ⊂ T (K rows drawn uniformly without replacement, K < |T|), the sum is
+    replaced by its unbiased estimate (docs: "Sampled all-node terms")::
+
+        Σ_{m ∈ T} exp(a_n·b_m/τ)  ≈  (|T| / K) · Σ_{m ∈ S} exp(a_n·b_m/τ),
+        so  lse_n ≈ log(|T| / K) + log Σ_{m ∈ S} exp(a_n·b_m/τ).
+
+    E_S[(|T|/K) Σ_{m∈S} x_m] = Σ_{m∈T} x_m because every row is in S with probability K/|T|.
+    Gradients reach only the sampled rows of ``table``. ``sample=None`` is the exact sum.
+    """
+    if sample is None:
+        return row_logsumexp_matmul(anchors, table, temp)
+    return row_logsumexp_matmul(anchors, table[sample], temp) + math.log(table.shape[0] / sample.numel())
+
+
 def _cached_lse(cache: Optional[MutableMapping], key: str, anchors: torch.Tensor,
-                candidates: torch.Tensor, temp: float) -> torch.Tensor:
-    """row_logsumexp_matmul, memoised in ``cache`` under (key, τ) when a cache is given."""
+                candidates: torch.Tensor, temp: float, sample: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """:func:`table_logsumexp`, memoised in ``cache`` under (key, τ) when a cache is given."""
     if cache is None:
-        return row_logsumexp_matmul(anchors, candidates, temp)
+        return table_logsumexp(anchors, candidates, temp, sample)
     full_key = (key, float(temp))
     if full_key not in cache:
-        cache[full_key] = row_logsumexp_matmul(anchors, candidates, temp)
+        cache[full_key] = table_logsumexp(anchors, candidates, temp, sample)
     return cache[full_key]
 
 
@@ -322,36 +381,40 @@ def prediction_kd_loss(stu_users: torch.Tensor, stu_items: torch.Tensor, tea_use
              + (1 - p_tea) * torch.log(1 - p_stu + PRED_KD_EPS)).mean()
 
 
-def infonce(x_all: torch.Tensor, y_all: torch.Tensor, index: torch.Tensor, temp: float) -> torch.Tensor:
+def infonce(x_all: torch.Tensor, y_all: torch.Tensor, index: torch.Tensor, temp: float,
+            sample: Optional[torch.Tensor] = None) -> torch.Tensor:
     """InfoNCE (SPEC §6 "Embedding-level KD"; the published ``infoNCE``).
 
     x = (X + 1e-8)/‖X + 1e-8‖, y likewise (row-wise, ``F.normalize``);
     mean over n ∈ index of −log( exp(x_n·y_n/τ) / (Σ_{m over all rows of Y} exp(x_n·y_m/τ) + 1e-8) )
     = mean_n [ log(exp(lse_n) + 1e-8) − x_n·y_n/τ ],  lse_n from :func:`row_logsumexp_matmul`,
     the outer 1e-8 added stably with ``logaddexp``.
+    ``sample``: rows of Y the denominator is estimated from (:func:`table_logsumexp`); the
+    positive pair x_n·y_n stays exact.
     """
     x = F.normalize(x_all[index] + 1e-8, p=2, dim=1)  # row-wise, so normalising only the picked rows is the same
     y = F.normalize(y_all + 1e-8, p=2, dim=1)
     positive = (x * y[index]).sum(dim=-1) / temp
-    lse = row_logsumexp_matmul(x, y, temp)
+    lse = table_logsumexp(x, y, temp, sample)
     log_deno = torch.logaddexp(lse, lse.new_tensor(math.log(INFONCE_EPS)))
     return (log_deno - positive).mean()
 
 
 def embedding_kd_loss(tea_high_users: torch.Tensor, tea_high_items: torch.Tensor, stu_users: torch.Tensor,
                       stu_items: torch.Tensor, uniq_users: torch.Tensor, uniq_items: torch.Tensor,
-                      temp: float) -> torch.Tensor:
+                      temp: float, sample: ContrastSample = EXACT) -> torch.Tensor:
     """Embedding-level KD (SPEC §6), unweighted: InfoNCE(H_users, Ē^S_users, uniq(u)) + InfoNCE(H_items, Ē^S_items, uniq(i)).
 
-    H = Σ_{l≥2} E^T_l of the supervisor, detached here.
+    H = Σ_{l≥2} E^T_l of the supervisor, detached here. ``sample``: see :class:`ContrastSample`.
     """
-    return (infonce(tea_high_users.detach(), stu_users, uniq_users, temp)
-            + infonce(tea_high_items.detach(), stu_items, uniq_items, temp))
+    return (infonce(tea_high_users.detach(), stu_users, uniq_users, temp, sample.users)
+            + infonce(tea_high_items.detach(), stu_items, uniq_items, temp, sample.items))
 
 
 def contrastive_denominator_loss(stu_users: torch.Tensor, stu_items: torch.Tensor, uniq_users: torch.Tensor,
                                  uniq_items: torch.Tensor, temp: float, *,
-                                 lse_cache: Optional[MutableMapping] = None) -> torch.Tensor:
+                                 lse_cache: Optional[MutableMapping] = None,
+                                 sample: ContrastSample = EXACT) -> torch.Tensor:
     """Auxiliary denominator / uniformity term (SPEC §6, published ``selfContrast``), unweighted.
 
     Σ over (a, b, n) ∈ {(users, items, uniq(u)), (items, users, uniq(i)), (users, users, uniq(u)),
@@ -360,12 +423,15 @@ def contrastive_denominator_loss(stu_users: torch.Tensor, stu_items: torch.Tenso
 
     ``lse_cache``: an optional dict shared with :func:`subspace_loss` (v3) *for the same
     embeddings and anchors*; the four row log-sum-exps are then computed once per τ.
+    ``sample``: each Σ_m over a table is estimated from its sampled rows (:func:`table_logsumexp`).
     """
     log_eps = math.log(CONTR_DENO_EPS)
     total = stu_users.new_zeros(())
-    for key, a, b, idx in (("ui", stu_users, stu_items, uniq_users), ("iu", stu_items, stu_users, uniq_items),
-                           ("uu", stu_users, stu_users, uniq_users), ("ii", stu_items, stu_items, uniq_items)):
-        lse = _cached_lse(lse_cache, key, a[idx], b, temp)
+    for key, a, b, idx, rows in (("ui", stu_users, stu_items, uniq_users, sample.items),
+                                 ("iu", stu_items, stu_users, uniq_items, sample.users),
+                                 ("uu", stu_users, stu_users, uniq_users, sample.users),
+                                 ("ii", stu_items, stu_items, uniq_items, sample.items)):
+        lse = _cached_lse(lse_cache, key, a[idx], b, temp, rows)
         total = total + torch.logaddexp(lse, lse.new_tensor(log_eps)).mean()
     return total
 
@@ -399,7 +465,7 @@ def subspace_loss(users_emb: torch.Tensor, items_emb: torch.Tensor, user_mask: t
                   item_mask: torch.Tensor, uniq_users: torch.Tensor, uniq_items: torch.Tensor,
                   temp: float, loosen: float, version: str = "v3", *, resample_ratio: Optional[float] = None,
                   generator: Optional[torch.Generator] = None,
-                  lse_cache: Optional[MutableMapping] = None) -> torch.Tensor:
+                  lse_cache: Optional[MutableMapping] = None, sample: ContrastSample = EXACT) -> torch.Tensor:
     """Subspace uniformity constraint (SPEC §6), unweighted (multiply by ``subspcreg``).
 
     Positives: (a, b) with M_a·M_b ≥ ‖M_a‖₀ − δ and M_a·M_b ≥ ‖M_b‖₀ − δ, M the rows of
@@ -416,6 +482,9 @@ def subspace_loss(users_emb: torch.Tensor, items_emb: torch.Tensor, user_mask: t
     ⌊ratio·n⌋ of the anchors and, for v3, of all users / all items as candidates
     (anchors are then still taken from the full tables, so indices stay consistent).
     ``lse_cache``: see :func:`contrastive_denominator_loss`; ignored when resampling.
+    ``sample`` (v3 without resampling): each softmax denominator over a whole table is
+    estimated from the sampled rows (:func:`table_logsumexp`); the positives t_nm and
+    Σ_m t_nm a_n·b_m still run over the whole table, exactly.
     """
     if version not in SUBSPACE_VERSIONS:
         raise ValueError(f"subspcreg_version must be one of {SUBSPACE_VERSIONS}, got {version!r}")
@@ -437,18 +506,20 @@ def subspace_loss(users_emb: torch.Tensor, items_emb: torch.Tensor, user_mask: t
     cand_users, cand_items = users_emb, items_emb
     cand_umask, cand_imask = user_mask, item_mask
     if resample_ratio is not None:
+        sample = EXACT  # the candidates are already the resampled subsets
         keep_u = _random_subset(torch.arange(users_emb.shape[0], device=users_emb.device), resample_ratio, generator)
         keep_i = _random_subset(torch.arange(items_emb.shape[0], device=items_emb.device), resample_ratio, generator)
         cand_users, cand_umask = users_emb[keep_u], user_mask[keep_u]
         cand_items, cand_imask = items_emb[keep_i], item_mask[keep_i]
 
     total = users_emb.new_zeros(())
-    for key, a, ma, idx, b, mb in (("ui", users_emb, user_mask, uniq_users, cand_items, cand_imask),
-                                   ("iu", items_emb, item_mask, uniq_items, cand_users, cand_umask),
-                                   ("uu", users_emb, user_mask, uniq_users, cand_users, cand_umask),
-                                   ("ii", items_emb, item_mask, uniq_items, cand_items, cand_imask)):
+    for key, a, ma, idx, b, mb, rows in (
+            ("ui", users_emb, user_mask, uniq_users, cand_items, cand_imask, sample.items),
+            ("iu", items_emb, item_mask, uniq_items, cand_users, cand_umask, sample.users),
+            ("uu", users_emb, user_mask, uniq_users, cand_users, cand_umask, sample.users),
+            ("ii", items_emb, item_mask, uniq_items, cand_items, cand_imask, sample.items)):
         anchors = a[idx]
-        lse = _cached_lse(lse_cache, key, anchors, b, temp)
+        lse = _cached_lse(lse_cache, key, anchors, b, temp, rows)
         total = total + soft_target_cross_entropy(anchors, b, ma[idx], mb, loosen, temp, lse=lse)
     return total
 
@@ -465,6 +536,7 @@ class KDConfig:
     ``hyper_contr_start_prn_run`` ≤ run ≤ ``hyper_contr_end_prn_run`` window and the
     "student only" rule. ``loosen`` is δ for this run (``hyper_contr_loosen_factor[run]``).
     ``resample_ratio`` is ``hyper_contr_resample_ratio`` when ``--hyper_contr_resample``, else None.
+    ``contrast_candidates`` is K of ``--contrast_candidates`` (0 = the exact all-node sums).
     """
 
     use_pre_level_kd: bool = True
@@ -486,8 +558,11 @@ class KDConfig:
     loosen: float = 0.0
     use_ly0emb4subspcreg: bool = False
     resample_ratio: Optional[float] = None
+    contrast_candidates: int = 0
 
     def __post_init__(self):
+        if self.contrast_candidates < 0:
+            raise ValueError(f"contrast_candidates must be >= 0 (0 = exact), got {self.contrast_candidates}")
         if self.subspcreg_version not in SUBSPACE_VERSIONS:
             raise ValueError(f"subspcreg_version must be one of {SUBSPACE_VERSIONS}, got {self.subspcreg_version!r}")
         if self.resample_ratio is not None and not 0.0 < self.resample_ratio <= 1.0:
@@ -503,7 +578,8 @@ def kd_objective(cfg: KDConfig, *, stu_users: torch.Tensor, stu_items: torch.Ten
                  sup_high_items: torch.Tensor, ancs: torch.Tensor, poss: torch.Tensor, negs: torch.Tensor,
                  rand_users: torch.Tensor, rand_items1: torch.Tensor, rand_items2: torch.Tensor,
                  emb_mask: Optional[torch.Tensor] = None,
-                 generator: Optional[torch.Generator] = None) -> Dict[str, torch.Tensor]:
+                 generator: Optional[torch.Generator] = None,
+                 sample: Optional[ContrastSample] = None) -> Dict[str, torch.Tensor]:
     """The per-batch loss of stages 2–3 (SPEC §6; published ``Model.calcLoss``).
 
     total = main + pred_kd + emb_kd + reg + contr_deno + subspace, with
@@ -522,12 +598,18 @@ def kd_objective(cfg: KDConfig, *, stu_users: torch.Tensor, stu_items: torch.Ten
     are item ids 0..I-1. Supervisor tensors are detached here. When the subspace term and
     the auxiliary denominator see the same embeddings (outputs, no resampling), their
     row log-sum-exps with equal temperatures (default τ = 1 for both) are computed once.
+    ``sample``: the rows every all-node sum of this batch runs over; when None it is drawn
+    here from ``generator`` by :func:`draw_contrast_sample` with K = ``cfg.contrast_candidates``
+    (K = 0: no draw, exact sums).
     Returns a dict of scalar tensors: total, main, pred_kd, emb_kd, reg, contr_deno, subspace.
     """
     zero = stu_users.new_zeros(())
     uniq_users = torch.unique(ancs)
     uniq_items = torch.unique(poss)
     sup_users, sup_items = sup_users.detach(), sup_items.detach()
+    if sample is None:
+        sample = draw_contrast_sample(stu_users.shape[0], stu_items.shape[0], cfg.contrast_candidates,
+                                      generator, stu_users.device)
 
     main = bpr_loss(stu_users[ancs], stu_items[poss], stu_items[negs])
 
@@ -539,7 +621,7 @@ def kd_objective(cfg: KDConfig, *, stu_users: torch.Tensor, stu_items: torch.Ten
     emb_kd = zero
     if cfg.use_emb_level_kd:
         emb_kd = embedding_kd_loss(sup_high_users, sup_high_items, stu_users, stu_items, uniq_users,
-                                   uniq_items, cfg.tempcd) * cfg.cdreg
+                                   uniq_items, cfg.tempcd, sample) * cfg.cdreg
 
     reg = embedding_reg(stu_u_embeds, stu_i_embeds, cfg.reg)
     if cfg.use_ereg:
@@ -551,7 +633,7 @@ def kd_objective(cfg: KDConfig, *, stu_users: torch.Tensor, stu_items: torch.Ten
     contr_deno = zero
     if cfg.use_contr_deno:
         contr_deno = contrastive_denominator_loss(stu_users, stu_items, uniq_users, uniq_items, cfg.tempsc,
-                                                  lse_cache=lse_cache) * cfg.screg
+                                                  lse_cache=lse_cache, sample=sample) * cfg.screg
 
     subspace = zero
     if cfg.use_subspcreg:
@@ -567,7 +649,7 @@ def kd_objective(cfg: KDConfig, *, stu_users: torch.Tensor, stu_items: torch.Ten
         subspace = subspace_loss(sub_users, sub_items, mask[:n_users], mask[n_users:], uniq_users, uniq_items,
                                  cfg.tempsubsp, cfg.loosen, cfg.subspcreg_version,
                                  resample_ratio=cfg.resample_ratio, generator=generator,
-                                 lse_cache=lse_cache) * cfg.subspcreg
+                                 lse_cache=lse_cache, sample=sample) * cfg.subspcreg
 
     total = main + pred_kd + reg + contr_deno + emb_kd + subspace
     return {"total": total, "main": main, "pred_kd": pred_kd, "emb_kd": emb_kd, "reg": reg,

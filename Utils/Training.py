@@ -130,15 +130,21 @@ class EvalSuite:
 
 def fit(*, n_epochs: int, start_epoch: int, tst_every: int, train_one_epoch: Callable[[], Dict[str, float]],
         evaluate: Callable[[], Dict[str, Dict[str, float]]], on_evaluated: Callable, log: RunLog,
-        select_on: str, row_info: Optional[Dict] = None) -> Dict[str, Dict[str, float]]:
+        select_on: str, row_info: Optional[Dict] = None, patience: int = 0) -> Dict[str, Dict[str, float]]:
     """The epoch loop of every stage: train, evaluate every ``tst_every`` epochs, log, record.
 
     ``on_evaluated(epoch, results)`` keeps the stage's records (and saves checkpoints,
     logging "Model Saved"); it returns lines printed after the epoch's Test line.
     Console lines keep the published formats. Returns the results of a final
     evaluation (reused from the last epoch when that one was evaluated).
+
+    ``patience`` > 0 (``--patience``): stop after that many evaluations in a row without a
+    new best Recall on ``select_on`` (a new best is ≥ the best so far of this call, the
+    rule of the records); one line says so. The stage's records and carried state are
+    kept by ``on_evaluated`` at the best point, so stopping early loses nothing.
     """
     results = None
+    stopper = EarlyStopper(patience)
     for epoch in range(start_epoch, n_epochs):
         elapsed = timer()
         parts = train_one_epoch()
@@ -158,10 +164,31 @@ def fit(*, n_epochs: int, start_epoch: int, tst_every: int, train_one_epoch: Cal
         row["seconds"] = elapsed()
         log.record(row)
         log.line(f"Epoch {epoch}/{n_epochs}, Time: train {train_s:.1f} s, total {row['seconds']:.1f} s")
+        if results is not None and stopper.should_stop(results[select_on]["Recall"], epoch):
+            log.line(f"Early stop after epoch {epoch}/{n_epochs}: no new best {select_on} Recall in "
+                     f"{stopper.patience} evaluations (best {stopper.best:.5f} at epoch {stopper.best_epoch})")
+            break
     if results is None:
         results = evaluate()
     log.line(f"Epoch {n_epochs}/{n_epochs}, Test: {format_metrics(results['test'])}  ")
     return results
+
+
+class EarlyStopper:
+    """``--patience``: counts evaluations since the last new best (≥ the best so far)."""
+
+    def __init__(self, patience: int):
+        self.patience = patience
+        self.best: Optional[float] = None
+        self.best_epoch = -1
+        self.since_best = 0
+
+    def should_stop(self, value: float, epoch: int) -> bool:
+        if self.best is None or value >= self.best:
+            self.best, self.best_epoch, self.since_best = value, epoch, 0
+            return False
+        self.since_best += 1
+        return 0 < self.patience <= self.since_best
 
 
 # ----------------------------------------------------------------------------- records

@@ -12,7 +12,13 @@ pruning step, a per-part breakdown measured on the first ``--parts_batches``
 batches (propagation forward/backward, each loss term forward+backward, optimiser,
 sampling), and the process's peak RSS. ``--batches N`` times N batches instead of
 the whole epoch (the JSON says which).
+
+``--contrast_candidates 0,2048`` times the same batches once per K (0 = the exact
+objective) from the same starting weights and prints one JSON line per K, each with its
+speed-up against the first K; ``--patience``/``--init_from_supervisor`` do not change
+the cost of a batch, so they are not benched here.
 """
+import copy
 import argparse
 import json
 import os
@@ -69,19 +75,20 @@ def part_breakdown(model, graph, sup, cfg, top_range, batches, optimizer, gen):
         uniq_u, uniq_i = torch.unique(ancs), torch.unique(poss)
         rand = [torch.randint(0, n, (top_range,), generator=gen) for n in (model.n_users, model.n_items, model.n_items)]
         cache = {} if cfg.use_subspcreg else None
+        sample = Losses.draw_contrast_sample(model.n_users, model.n_items, cfg.contrast_candidates, gen)
         terms = {
             "bpr": lambda: Losses.bpr_loss(lu[ancs], li[poss], li[negs]),
             "pred_kd": lambda: Losses.prediction_kd_loss(lu, li, sup.users, sup.items, *rand, cfg.tempsoft),
             "emb_kd": lambda: Losses.embedding_kd_loss(sup.high_users, sup.high_items, lu, li, uniq_u, uniq_i,
-                                                       cfg.tempcd) * cfg.cdreg,
+                                                       cfg.tempcd, sample) * cfg.cdreg,
             "contr_deno": lambda: Losses.contrastive_denominator_loss(lu, li, uniq_u, uniq_i, cfg.tempsc,
-                                                                      lse_cache=cache) * cfg.screg,
+                                                                      lse_cache=cache, sample=sample) * cfg.screg,
         }
         if cfg.use_subspcreg:
             mask = model.emb_mask2_fixed
             terms["subspace"] = lambda: Losses.subspace_loss(
                 lu, li, mask[:n_users], mask[n_users:], uniq_u, uniq_i, cfg.tempsubsp, cfg.loosen,
-                cfg.subspcreg_version, lse_cache=cache) * cfg.subspcreg
+                cfg.subspcreg_version, lse_cache=cache, sample=sample) * cfg.subspcreg
         for name, fn in terms.items():
             loss, t_fwd = timed(fn)
             _, t_bwd = timed(lambda: loss.backward(retain_graph=True))
@@ -106,7 +113,10 @@ def main():
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batches", type=int, default=0, help="0 = the whole epoch")
     parser.add_argument("--parts_batches", type=int, default=3)
+    parser.add_argument("--contrast_candidates", default="0",
+                        help="comma-separated K values of --contrast_candidates to time in turn (0 = exact)")
     opts = parser.parse_args()
+    ks = [int(k) for k in opts.contrast_candidates.split(",")]
     args = Params.parse_args(["--dataset=yelp", f"--data_dir={opts.data_dir}", f"--threads={opts.threads}",
                               "--device=cpu", *STAGE_FLAGS[opts.stage]])
     device = Params.select_device(args)
@@ -142,29 +152,36 @@ def main():
             trainee.emb_mask2_fixed.copy_(state.emb_mask)
         result.update(pruning_step_s=round(t_prune, 3), closure_weight_map_once_s=round(t_map, 3),
                       edge_kept_pct=round(state.edge_kept_pct, 2), emb_kept_pct=round(state.emb_kept_pct, 2))
-    cfg = kd_config(args, settings)
-    result.update(use_subspcreg=cfg.use_subspcreg, loosen=cfg.loosen)
     sampler = dh.NegativeSampler(data.train)
     rng = np.random.default_rng(0)
-    gen = torch.Generator().manual_seed(0)
-    optimizer = Params.make_optimizer(trainee.parameters(), args.lr)
     batches, t_sample = timed(lambda: list(sampler.epoch_batches(rng, args.batch)))
     result["sampling_s"] = round(t_sample, 3)
-
-    part_breakdown(trainee, graph, sup, cfg, args.topRange, batches[:1], optimizer, gen)  # warm-up, not counted
-    result["parts_per_batch_s"] = part_breakdown(trainee, graph, sup, cfg, args.topRange,
-                                                 batches[1:1 + opts.parts_batches], optimizer, gen)
+    start_state = copy.deepcopy(trainee.state_dict())
     epoch_batches = batches[:opts.batches] if opts.batches else batches
-    loss_fn = distill_loss(trainee, graph, sup, cfg, args.topRange, gen)
-    _, t_epoch = timed(lambda: train_epoch(loss_fn, iter(epoch_batches), len(epoch_batches), optimizer, device))
-    result.update(epoch_batches=len(epoch_batches), full_epoch_batches=len(batches),
-                  train_epoch_s=round(t_epoch, 2), per_batch_s=round(t_epoch / len(epoch_batches), 3))
-    suite = build_eval_suite(data, 20, args.tstBat, "val", device)
-    trainee.eval()
-    _, t_eval = timed(lambda: suite.evaluate(lambda: trainee(graph)))
-    result.update(eval_test_and_val_s=round(t_eval, 3), peak_rss_mb=round(rss_mb(), 1),
-                  machine=f"{platform.machine()} {os.cpu_count()} cpus, torch {torch.__version__}")
-    print(json.dumps(result))
+    first_per_batch = None
+    for k in ks:  # the same batches from the same weights, once per K
+        trainee.load_state_dict(start_state)
+        cfg = kd_config(args, settings)
+        cfg = Losses.KDConfig(**{**cfg.__dict__, "contrast_candidates": k})
+        gen = torch.Generator().manual_seed(0)
+        optimizer = Params.make_optimizer(trainee.parameters(), args.lr)
+        row = dict(result, contrast_candidates=k, use_subspcreg=cfg.use_subspcreg, loosen=cfg.loosen)
+        part_breakdown(trainee, graph, sup, cfg, args.topRange, batches[:1], optimizer, gen)  # warm-up, not counted
+        row["parts_per_batch_s"] = part_breakdown(trainee, graph, sup, cfg, args.topRange,
+                                                  batches[1:1 + opts.parts_batches], optimizer, gen)
+        loss_fn = distill_loss(trainee, graph, sup, cfg, args.topRange, gen)
+        _, t_epoch = timed(lambda: train_epoch(loss_fn, iter(epoch_batches), len(epoch_batches), optimizer, device))
+        per_batch = t_epoch / len(epoch_batches)
+        first_per_batch = first_per_batch or per_batch
+        row.update(epoch_batches=len(epoch_batches), full_epoch_batches=len(batches),
+                   train_epoch_s=round(t_epoch, 2), per_batch_s=round(per_batch, 3),
+                   speedup_vs_first=round(first_per_batch / per_batch, 2))
+        suite = build_eval_suite(data, 20, args.tstBat, "val", device)
+        trainee.eval()
+        _, t_eval = timed(lambda: suite.evaluate(lambda: trainee(graph)))
+        row.update(eval_test_and_val_s=round(t_eval, 3), peak_rss_mb=round(rss_mb(), 1),
+                   machine=f"{platform.machine()} {os.cpu_count()} cpus, torch {torch.__version__}")
+        print(json.dumps(row), flush=True)
 
 
 if __name__ == "__main__":
