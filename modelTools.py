@@ -242,6 +242,12 @@ def cmd_plot(args) -> int:
     return 0
 
 
+def cmd_summary(args) -> int:
+    for line in Plots.summary_table(Plots.load_histories(args.histories), args.select_on):
+        print(line)
+    return 0
+
+
 def cmd_export(args) -> int:
     loaded = load_model_file(args.checkpoint, args.role)
     if loaded.compact is not None:
@@ -352,6 +358,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--topk", type=int, default=20, help="K in the axis labels (default: %(default)s)")
     p.add_argument("--prefix", default="", help="prefix of the PNG file names")
     p.set_defaults(func=cmd_plot)
+
+    p = sub.add_parser("summary", help="table of each stage and pruning run from history files: best epoch, "
+                                       "kept %%, val/test metrics, wall time (Markdown)")
+    p.add_argument("histories", nargs="+", metavar="HISTORY", help=".his files, in pipeline order")
+    p.add_argument("--select_on", choices=("val", "test"), default=None,
+                   help="split that picks each run's best epoch (default: val when logged, else test)")
+    p.set_defaults(func=cmd_summary)
 
     p = sub.add_parser("export", help="write the compact export (surviving edges + non-zero entries)")
     p.add_argument("checkpoint", metavar="CHECKPOINT")

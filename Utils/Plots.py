@@ -189,6 +189,35 @@ def run_bests(rows: Rows, select_on: Optional[str] = None) -> List[dict]:
     return [_best_row(groups[k], split) for k in sorted(groups, key=lambda k: (k[1], k[2], k[0]))]
 
 
+def summary_table(histories: Histories, select_on: Optional[str] = None) -> List[str]:
+    """A Markdown table, one line per stage / pruning run / kind of each history: the best
+    epoch on the selection split, its kept percentages, validation and test Recall/NDCG,
+    the epochs run and their wall time (training + evaluation), and the running total."""
+    lines = ["| history | model | edges kept | entries kept | best epoch | val Recall | val NDCG "
+             "| test Recall | test NDCG | epochs run | wall time | cumulative |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    cumulative = 0.0
+    fmt = lambda m, k: f"{m[k]:.4f}" if m else "–"  # noqa: E731
+    for label, rows in _as_histories(histories).items():
+        groups: Dict[tuple, Rows] = {}
+        for row in rows:
+            groups.setdefault(_series_key(row), []).append(row)
+        for key, group in groups.items():
+            seconds = sum(r.get("seconds", 0.0) for r in group)
+            cumulative += seconds
+            evaluated = [r for r in group if "metrics" in r]
+            if not evaluated:
+                continue
+            best = _best_row(evaluated, _selection_split(evaluated, select_on))
+            val, test = best["metrics"].get("val"), best["metrics"]["test"]
+            lines.append(
+                f"| {label} | {_series_name('', key)[2:]} | {best.get('edge_kept_pct', 100.0):.2f} % "
+                f"| {best.get('emb_kept_pct', 100.0):.2f} % | {best['epoch']} | {fmt(val, 'Recall')} "
+                f"| {fmt(val, 'NDCG')} | {fmt(test, 'Recall')} | {fmt(test, 'NDCG')} | {len(group)} "
+                f"| {seconds / 60:.1f} min | {cumulative / 60:.1f} min |")
+    return lines
+
+
 def _reference_lines(histories: Mapping[str, Rows], split: str) -> List[Tuple[str, float]]:
     """Test Recall at the best epoch (on ``split``) of the teacher and intermediate histories."""
     out = []

@@ -262,3 +262,19 @@ def test_popularity_baseline_is_evaluated_on_the_same_users(trained, capsys, tmp
         top = torch.topk(scores[None], 20, dim=1).indices[0].numpy()
         recalls.append(test[user][top].sum() / test[user].sum())
     assert result["popularity"]["Recall"] == pytest.approx(np.mean(recalls), rel=1e-9)
+
+
+def test_summary_has_one_line_per_stage_and_run_at_its_best_validation_epoch(trained, capsys):
+    out = trained["out"]
+    rc, text, _ = tool(capsys, "summary", out / "tea.his", out / "mid.his", out / "stu.his")
+    assert rc == 0
+    lines = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| history")]
+    assert [line.split(" | ")[1] for line in lines] == ["teacher", "intermediate run 1", "student run 1",
+                                                        "student run 2", "student run 3"]
+    bests = Plots.run_bests(Plots.load_history(str(out / "stu.his")))
+    for line, best in zip(lines[2:], bests):
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert cells[4] == str(best["epoch"])
+        assert cells[5] == f"{best['metrics']['val']['Recall']:.4f}"
+        assert cells[7] == f"{best['metrics']['test']['Recall']:.4f}"
+        assert cells[2] == f"{best['edge_kept_pct']:.2f} %"
