@@ -38,8 +38,7 @@ if [ "$FROM" = teacher ]; then
 fi
 if [ "$FROM" != student ]; then
     timed intermediate bash example_scripts/example_train_intermediate_model_lightgnn_yelp.sh \
-        --contrast_candidates=2048 --init_from_supervisor=True --lr=MID_LR --mask_epoch=MID_EPOCHS --patience=MID_PATIENCE
+        --contrast_candidates=2048 --init_from_supervisor=True --lr=5e-4 --mask_epoch=20 --patience=3
 fi
 timed student bash example_scripts/example_train_final_student_lightgnn_yelp.sh \
-    --PRUNING_END=6 --contrast_candidates=2048 --init_from_supervisor=True --lr=STU_LR --mask_epoch=STU_EPOCHS \
-    --patience=STU_PATIENCE
+    --PRUNING_END=6 --contrast_candidates=2048 --init_from_supervisor=True --lr=5e-4 --mask_epoch=8 --patience=2

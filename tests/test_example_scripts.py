@@ -38,8 +38,26 @@ def test_examples_carry_the_published_flags():
             assert flag in ours, (name, flag)
 
 
-def test_short_pipeline_rejects_an_unknown_start_stage():
-    script = ROOT / "example_scripts" / "yelp_short_pipeline.sh"
+@pytest.mark.parametrize("name", ["yelp_short_pipeline.sh", "yelp_reproduce.sh"])
+def test_pipeline_rejects_an_unknown_start_stage(name):
+    script = ROOT / "example_scripts" / name
     proc = subprocess.run(["bash", str(script)], env={"FROM": "middle", "PATH": "/usr/bin:/bin"},
                           capture_output=True, text=True)
     assert proc.returncode == 2 and "FROM must be teacher, intermediate or student" in proc.stderr
+
+
+def test_reproduce_flags_are_valid_on_top_of_the_published_examples():
+    """Each stage of yelp_reproduce.sh: the published example's flags plus the script's own."""
+    text = (ROOT / "example_scripts" / "yelp_reproduce.sh").read_text()
+    for stage, example, entry in (("teacher", "teacher_model_yelp", "teacher"),
+                                  ("intermediate", "intermediate_model_lightgnn_yelp", "main"),
+                                  ("student", "final_student_lightgnn_yelp", "main")):
+        command = re.search(rf"^\s*timed {stage} bash .*?(?<!\\)\n", text, flags=re.M | re.S).group(0)
+        extra = re.findall(r"(--\w+=[^\s\\]+)", command)
+        assert extra, stage
+        base = [f.replace('"$TEACHER"', "t.mod").replace('"$MIDDLE"', "m.mod")
+                for f in _flags(ROOT / "example_scripts" / f"example_train_{example}.sh")]
+        args = Params.parse_args(base + extra, stage=entry)
+        if stage != "teacher":
+            assert args.contrast_candidates > 0 and args.patience > 0 and args.init_from_supervisor
+    assert "--PRUNING_END=6" in text
