@@ -23,24 +23,82 @@ from Utils.Errors import DataError
 
 
 # ----------------------------------------------------------------------------- splits
+#: The only globals a split pickle may name: SciPy's sparse matrix/array classes and what
+#: NumPy needs to rebuild their arrays. Anything else (``os.system``, ``builtins.eval``…) is refused.
+_SPARSE_CLASSES = frozenset(f"{fmt}_{kind}" for fmt in ("coo", "csr", "csc", "bsr", "dia", "dok", "lil")
+                            for kind in ("matrix", "array"))
+_NUMPY_GLOBALS = frozenset({("numpy", "ndarray"), ("numpy", "dtype"),
+                            ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+                            ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+                            ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+                            ("copyreg", "_reconstructor"), ("builtins", "object"), ("builtins", "dict"),
+                            ("_codecs", "encode")})  # bytes in protocols 0-2; dok_matrix is a dict
+_PY2_NAMES = {"copy_reg": "copyreg", "__builtin__": "builtins"}  # protocols 0-2 spell these the Python 2 way
+
+
+class _SplitUnpickler(pickle.Unpickler):
+    """Unpickles a sparse matrix without running any other code the file names."""
+
+    def find_class(self, module: str, name: str):
+        module = _PY2_NAMES.get(module, module)
+        allowed = ((module, name) in _NUMPY_GLOBALS
+                   or (module.split(".")[:2] == ["scipy", "sparse"] and name in _SPARSE_CLASSES)
+                   or (module.startswith("numpy.dtypes") and name.endswith("DType")))
+        if not allowed:
+            raise pickle.UnpicklingError(f"it names {module}.{name}, which a sparse-matrix pickle never needs "
+                                         f"(only SciPy sparse classes and NumPy arrays are loaded)")
+        return super().find_class(module, name)
+
+
+def _checked_csr(mat, where: str) -> sp.csr_matrix:
+    """CSR of an unpickled sparse matrix whose indices were checked against its shape first
+    (a pickle bypasses SciPy's constructor checks, and converting out-of-range indices is unsafe)."""
+    n_rows, n_cols = mat.shape
+    try:
+        if mat.format == "coo":
+            for name, idx, bound in (("user", mat.row, n_rows), ("item", mat.col, n_cols)):
+                if idx.size and (idx.min() < 0 or idx.max() >= bound):
+                    raise DataError(f"{where}: a {name} index lies outside the matrix's shape {n_rows}x{n_cols}")
+            if not (mat.row.size == mat.col.size == mat.data.size):
+                raise DataError(f"{where}: its row, column and value arrays differ in length")
+        elif mat.format in ("csr", "csc", "bsr"):
+            mat.check_format(full_check=True)
+        return sp.csr_matrix(mat)
+    except DataError:
+        raise
+    except Exception as exc:
+        raise DataError(f"{where} holds an inconsistent sparse matrix: {exc}") from None
+
+
 def load_split(path: str, what: str = "split") -> sp.csr_matrix:
     """Read one pickled sparse matrix and return it binarised as float32 CSR.
 
-    Raises :class:`DataError` (one line naming the file) when the file is missing,
-    is not a readable pickle, or does not hold a 2-D SciPy sparse matrix.
+    The pickle is read by :class:`_SplitUnpickler`, so a file cannot run code. Raises
+    :class:`DataError` (one line naming the file) when the file is missing, is not a
+    readable pickle, names anything but SciPy sparse / NumPy classes, does not hold a
+    2-D SciPy sparse matrix, or holds a stored value that is negative, NaN or infinite
+    (an interaction is a positive value; explicit zeros are dropped).
     """
     if not os.path.isfile(path):
         raise DataError(f"{what} file not found: {path}")
     try:
         with open(path, "rb") as fh:
-            mat = pickle.load(fh)
+            mat = _SplitUnpickler(fh).load()
     except Exception as exc:  # any unpickling failure is a data problem for the user
         raise DataError(f"cannot read {what} file {path}: {type(exc).__name__}: {exc}") from None
     if isinstance(mat, np.ndarray) and mat.ndim == 2:
         mat = sp.csr_matrix(mat)
     if not sp.issparse(mat) or len(mat.shape) != 2:
         raise DataError(f"{what} file {path} holds {type(mat).__name__}, expected a 2-D SciPy sparse matrix")
-    mat = sp.csr_matrix(mat)
+    mat = _checked_csr(mat, f"{what} file {path}")
+    values = np.asarray(mat.data)
+    if values.dtype.kind not in "biuf":
+        raise DataError(f"{what} file {path} holds {values.dtype} values, expected numbers")
+    bad = ~np.isfinite(values) | (values < 0)
+    if bad.any():
+        row = int(np.searchsorted(mat.indptr, np.flatnonzero(bad)[0], side="right") - 1)
+        raise DataError(f"{what} file {path}: {int(bad.sum())} stored values are negative, NaN or infinite "
+                        f"(first at user {row}); interactions must be positive numbers")
     mat.eliminate_zeros()
     mat.sum_duplicates()
     mat.sort_indices()
