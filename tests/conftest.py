@@ -1,4 +1,5 @@
-"""Shared fixtures: paths to ../shared (golden vectors, Yelp) that skip cleanly when absent."""
+"""Shared fixtures: the golden vectors in tests/data/reference, and ../shared/datasets (the Yelp
+split) for the few tests that need it; those skip cleanly when it is absent."""
 import subprocess
 import sys
 from pathlib import Path
@@ -7,9 +8,8 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
-REF = SHARED / "reference"
-YELP = SHARED / "datasets"
+REF = ROOT / "tests" / "data" / "reference"  # numbers computed by the published tool (tests/data/README.md)
+YELP = ROOT.parent / "shared" / "datasets"
 
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
@@ -17,9 +17,9 @@ if str(ROOT) not in sys.path:
 
 @pytest.fixture
 def ref():
-    """Return a loader for ../shared/reference/<name>.npz, skipping when it is absent."""
+    """Return a loader for tests/data/reference/<name>.npz, skipping when it is absent."""
     if not REF.is_dir():
-        pytest.skip("../shared/reference is not available")
+        pytest.skip("tests/data/reference is not available")
 
     def load(name):
         path = REF / name
@@ -35,7 +35,7 @@ def tiny_dir():
     """Directory holding the tiny reference split (trnMat/valMat/tstMat.pkl)."""
     path = REF / "tiny"
     if not path.is_dir():
-        pytest.skip("../shared/reference/tiny is not available")
+        pytest.skip("tests/data/reference/tiny is not available")
     return path
 
 

@@ -26,7 +26,7 @@ def data_dir(tmp_path, tiny_dir):
 
 @pytest.mark.parametrize("script", ["Main.py", "pretrainTeacher.py"])
 def test_help_lists_every_published_flag_with_its_default(script):
-    flags = json.loads((REF / "published_flags.json").read_text()) if REF.is_dir() else pytest.skip("no ../shared")
+    flags = json.loads((REF / "published_flags.json").read_text()) if REF.is_dir() else pytest.skip("no tests/data/reference")
     help_text = run(script, "--help").stdout
     entries = {}  # flag -> its description, joined over the wrapped lines
     for block in re.split(r"\n(?=  -)", help_text[help_text.index("options:"):]):
@@ -161,3 +161,54 @@ def test_checkpoint_for_another_dataset_shape_is_refused(tmp_path, data_dir):
     proc = run("Main.py", *TINY_MID, f"--data_dir={data_dir}", f"--teacher_model={bad}",
                f"--model_save_path={tmp_path}/m", f"--his_save_path={tmp_path}/m", check=False)
     _assert_one_line_error(proc, str(bad))
+
+
+def _early_stop(stdout):
+    """(stop epoch, best epoch) of each 'Early stop after epoch E/N ... at epoch B' line."""
+    return [(int(m.group(1)), int(m.group(2)))
+            for m in re.finditer(r"Early stop after epoch (\d+)/\d+: .* at epoch (\d+)\)", stdout)]
+
+
+def test_teacher_patience_stops_and_keeps_the_best_epoch(tmp_path, data_dir):
+    """--patience=2 on the tiny teacher: it stops two evaluations after its best epoch B, and
+    its checkpoint is bit-identical to the one of a run told to train B + 1 epochs."""
+    from Utils.Checkpoint import load_checkpoint
+
+    common = [*TINY_TEACHER, f"--data_dir={data_dir}", "--plots=False"]
+    early = run("pretrainTeacher.py", *common, "--epoch_tea=40", "--patience=2",
+                f"--model_save_path={tmp_path}/early", f"--his_save_path={tmp_path}/early")
+    [(stop, best)] = _early_stop(early.stdout)
+    assert stop == best + 2 < 39
+    cut = run("pretrainTeacher.py", *common, f"--epoch_tea={best + 1}",
+              f"--model_save_path={tmp_path}/cut", f"--his_save_path={tmp_path}/cut")
+    assert not _early_stop(cut.stdout)
+    a, b = load_checkpoint(tmp_path / "early.mod"), load_checkpoint(tmp_path / "cut.mod")
+    assert a.meta["epoch"] == b.meta["epoch"] == best
+    for key in ("uEmbeds", "iEmbeds"):
+        assert torch.equal(a.tensors[key], b.tensors[key])
+
+
+def test_student_patience_carries_the_best_state_to_the_next_run(tmp_path, data_dir):
+    """Stage 3 with --patience: the pruning run that stops early carries the state of its best
+    epoch, so the next run starts exactly as after a run told to end at the stop epoch."""
+    teacher = tmp_path / "tea"
+    run("pretrainTeacher.py", *TINY_TEACHER, f"--data_dir={data_dir}", f"--model_save_path={teacher}",
+        f"--his_save_path={teacher}")
+    mid = tmp_path / "mid"
+    run("Main.py", *TINY_MID, f"--data_dir={data_dir}", f"--teacher_model={teacher}.mod",
+        f"--model_save_path={mid}", f"--his_save_path={mid}")
+    common = [*TINY_STU, f"--data_dir={data_dir}", f"--middle_teacher_model={mid}_best_global_100_100.mod",
+              "--PRUNING_END=2", "--plots=False", "--lr=0.01"]
+    early = run("Main.py", *common, "--mask_epoch=30", "--patience=1",
+                f"--model_save_path={tmp_path}/early", f"--his_save_path={tmp_path}/early")
+    stops = _early_stop(early.stdout)
+    assert stops and stops[0][0] == stops[0][1] + 1
+    # run 1 of the cut run trains the same epochs 0..stop (same seed) with no early stop
+    cut = run("Main.py", *common, f"--epoch_list={[0, stops[0][0] + 1, 1]}".replace(" ", ""),
+              "--use_dynamic_epoch=True", f"--model_save_path={tmp_path}/cut", f"--his_save_path={tmp_path}/cut")
+
+    def first_eval_of_run2(stdout):
+        return re.search(r"Pruning Run PRN:\[2\].*?Epoch:\[0/\d+\], (Recall:\[[\d.]+\] NDCG:\[[\d.]+\])",
+                         stdout).group(1)
+
+    assert first_eval_of_run2(early.stdout) == first_eval_of_run2(cut.stdout)

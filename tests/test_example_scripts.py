@@ -30,7 +30,7 @@ def test_example_script_parses_and_its_flags_are_valid(path):
 def test_examples_carry_the_published_flags():
     published = REF / "published_examples.md"
     if not published.exists():
-        pytest.skip("no ../shared/reference")
+        pytest.skip("no tests/data/reference")
     blocks = dict(re.findall(r"## (example_\w+)\n\n```\n(.*?)\n```", published.read_text(), re.S))
     for name, flags in blocks.items():
         ours = _flags(ROOT / "example_scripts" / f"{name}.sh")

@@ -33,7 +33,7 @@ def trained(tmp_path_factory):
     """The three stages on tiny, once: paths of the data, checkpoints, histories and logs."""
     tiny = REF / "tiny"
     if not tiny.is_dir():
-        pytest.skip("../shared/reference/tiny is not available")
+        pytest.skip("tests/data/reference/tiny is not available")
     root = tmp_path_factory.mktemp("tools")
     data = root / "Datasets"
     data.mkdir()
@@ -200,7 +200,7 @@ def test_evaluate_full_and_compact_equal_the_training_log(trained, capsys, tmp_p
 def test_published_checkpoints_infer_their_graph_and_match_the_published_log(trained, capsys):
     folder = REF / "published_checkpoints"
     if not folder.is_dir():
-        pytest.skip("no published checkpoints in ../shared/reference")
+        pytest.skip("no published checkpoints in tests/data/reference")
     for name, log in (("stu_tiny_best_global_72_63.mod", "stu.log"), ("mid_tiny_best_global_100_100.mod", "mid.log")):
         # the published tool selects on test: its last "Best for Global" line is the file's test metrics
         logged = re.findall(r"Best for Global Recall:\[([\d.]+)\] Best NDCG:\[([\d.]+)\]",
