@@ -402,10 +402,10 @@ def main(args) -> int:
     device = Params.select_device(args)
     Params.seed_everything(args.seed)
     log = RunLog(Params.history_file(args.his_save_path))
-    log.reset_history()
     log.line(Params.format_args(args), stamp=False)
     log.line("Start")
-    stage = DistillStage(args, device, log)
+    stage = DistillStage(args, device, log)  # reads and checks every input first
+    log.reset_history()  # only then is an earlier history replaced
     try:
         stage.run()
     except KeyboardInterrupt:

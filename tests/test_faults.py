@@ -95,3 +95,17 @@ def test_an_index_past_the_shape_is_refused(tmp_path, fmt):
     path.write_bytes(pickle.dumps(mat))
     with pytest.raises(DataError, match="trnMat.pkl"):
         dh.load_split(str(path))
+
+
+def test_a_bad_input_leaves_the_earlier_history_untouched(tmp_path, tiny_dir):
+    from conftest import TINY_STU
+
+    data = tmp_path / "Datasets"
+    data.mkdir()
+    os.symlink(tiny_dir, data / "sparse_tiny")
+    his = tmp_path / "stu.his"
+    his.write_text('{"epoch": 0}\n')
+    proc = run_script("Main.py", *TINY_STU, f"--data_dir={data}", f"--middle_teacher_model={tmp_path}/typo.mod",
+                      f"--model_save_path={tmp_path}/stu", f"--his_save_path={tmp_path}/stu", check=False)
+    assert proc.returncode == 2 and "typo.mod" in proc.stderr
+    assert his.read_text() == '{"epoch": 0}\n'
