@@ -18,8 +18,10 @@ Typical entry point::
         Params.run_cli(main, stage='main')   # or stage='teacher'
 """
 import argparse
+import math
 import os
 import random
+import signal
 import sys
 import textwrap
 from pathlib import Path
@@ -28,7 +30,7 @@ import numpy as np
 import torch
 
 from Utils import Spmm
-from Utils.Errors import ConfigError, UserError
+from Utils.Errors import ConfigError, Terminated, UserError, interrupt_exit_code
 
 STAGES = ('main', 'teacher')
 ARGS_DUMP_WIDTH = 80  # the published dump pads "name....value" to 80 characters
@@ -209,7 +211,8 @@ PUBLISHED_FLAGS = (
     ('gnn_layer', 'int', 2,
      'number of propagation layers L'),
     ('adj_aug', 'bool', True,
-     'build the closure graph C = I + A + A^2 (+ ...) the intermediate model propagates on'),
+     'the intermediate model propagates on the closure graph C = I + A + A^2 (+ ...); stage 2 '
+     'requires true. Stage 3 builds C for its intermediate model whatever this says'),
     ('adj_aug_layer', 'int', 1,
      'number of path-length powers added to the closure graph (1: I + A + A^2)'),
     ('adj_aug_sample', 'bool', False,
@@ -384,8 +387,22 @@ def validate(args, stage='main'):
         if not 0.0 <= value <= 1.0:
             _fail(f"--{name} must be in [0, 1], got {value}")
     for name in ('lr', 'tempsoft', 'tempcd', 'tempsc', 'tempsubsp'):
-        if not getattr(args, name) > 0:
-            _fail(f"--{name} must be positive, got {getattr(args, name)}")
+        if not (math.isfinite(getattr(args, name)) and getattr(args, name) > 0):
+            _fail(f"--{name} must be a positive finite number, got {getattr(args, name)}")
+    for name in ('reg', 'ereg', 'cdreg', 'softreg', 'screg', 'subspcreg'):
+        if not (math.isfinite(getattr(args, name)) and getattr(args, name) >= 0):
+            _fail(f"--{name} must be a finite number >= 0, got {getattr(args, name)}")
+    lists = (('subspcreg_list', '>= 0', lambda v: v >= 0), ('tempsubsp_list', '> 0', lambda v: v > 0),
+             ('adj_mask_aug_list1', '', None), ('adj_mask_aug_list2', '', None))
+    for name, rule, ok in lists:
+        bad = [v for v in getattr(args, name) if not math.isfinite(v) or (ok is not None and not ok(v))]
+        if bad:
+            _fail(f"--{name} holds {bad[0]}: every entry must be a finite number {rule}".rstrip())
+    for name in ('adj_mask_aug1', 'adj_mask_aug2'):  # β weights of the edge scores (any sign)
+        if not math.isfinite(getattr(args, name)):
+            _fail(f"--{name} must be a finite number, got {getattr(args, name)}")
+    if args.seed < 0:
+        _fail(f"--seed must be >= 0 (NumPy's generators refuse negative seeds), got {args.seed}")
     if args.subspcreg_version not in ('v1', 'v2', 'v3'):
         _fail(f"--subspcreg_version must be v1, v2 or v3, got {args.subspcreg_version!r}")
     if args.threads < 0:
@@ -490,16 +507,38 @@ def run_cli(main_fn, stage, argv=None):
 
     A UserError (ConfigError, DataError, CheckpointError) is printed as one line
     ``error: <message>`` on stderr and exits with status 2, without a traceback.
-    KeyboardInterrupt and other exceptions propagate unchanged.
+    SIGTERM is raised as :class:`Utils.Errors.Terminated` (a KeyboardInterrupt), so a
+    stage ends it as it ends Ctrl-C; one that arrives before the stage's handler exits
+    130 / 143 with one line. Other exceptions propagate unchanged.
     """
+    def terminate(signum, frame):
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, terminate)
     try:
         args = parse_args(argv, stage=stage)
         return main_fn(args)
     except UserError as err:
-        sys.stdout.flush()
+        _flush_stdout()
         message = ' '.join(str(err).split()) or type(err).__name__
         print(f'error: {message}', file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt as err:  # before the stage's own handler was in place (start-up)
+        _flush_stdout()
+        print('interrupted before training started: nothing was written', file=sys.stderr)
+        sys.exit(interrupt_exit_code(err))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _flush_stdout():
+    """Flush stdout; when its reader is gone (``| tee`` killed by the same Ctrl-C), point it
+    at /dev/null so that neither this flush nor the one at exit raises BrokenPipeError."""
+    try:
+        sys.stdout.flush()
+    except (BrokenPipeError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
 
 
 def _expose_gpu(args):

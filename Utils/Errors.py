@@ -1,8 +1,9 @@
 """Errors a user can fix without reading a traceback.
 
 Anything raised as a ``UserError`` is caught by ``Params.run_cli`` and printed as one
-line, ``error: <message>``, on stderr, and the program exits with status 2. Everything
-else (bugs, ``KeyboardInterrupt``) propagates as usual.
+line, ``error: <message>``, on stderr, and the program exits with status 2. An
+interrupt (Ctrl-C, or SIGTERM turned into :class:`Terminated`) ends the run with the
+summary of what was kept and exit status 130 / 143. Everything else (bugs) propagates.
 """
 
 
@@ -20,3 +21,23 @@ class DataError(UserError):
 
 class CheckpointError(UserError):
     """A checkpoint that is missing, unreadable or does not fit the model being built."""
+
+
+class NonFiniteError(UserError):
+    """A loss part or a model that became NaN or infinite (a learning rate or weight too large).
+
+    Raised where it is detected with what is known there (the loss part and batch, or
+    "model outputs"); :func:`Utils.Training.fit` adds the stage and epoch.
+    """
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is (``Params.run_cli`` installs the handler), so
+    the run ends like an interrupt: records kept, summary printed, exit status 143."""
+
+    exit_code = 143
+
+
+def interrupt_exit_code(err: KeyboardInterrupt) -> int:
+    """130 for Ctrl-C (SIGINT), 143 for SIGTERM: the shell's 128 + signal number."""
+    return getattr(err, "exit_code", 130)

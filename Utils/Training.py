@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import math
 import os
 import sys
 import time
@@ -18,6 +19,8 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterable, Optional
 
 import torch
+
+from Utils.Errors import NonFiniteError
 
 
 # ----------------------------------------------------------------------------- logging
@@ -38,8 +41,18 @@ class RunLog:
             os.makedirs(os.path.dirname(os.path.abspath(history_path)), exist_ok=True)
 
     def line(self, message: str, stamp: bool = True) -> None:
+        """Print one console line. When the console's reader is gone (``| tee`` ended by the
+        same Ctrl-C), the lines go to stderr from then on instead of raising BrokenPipeError."""
         prefix = f"{datetime.datetime.now()}: " if stamp else ""
-        print(prefix + message, file=self.stream, flush=True)
+        try:
+            print(prefix + message, file=self.stream, flush=True)
+        except BrokenPipeError:
+            if self.stream is sys.stderr:
+                return
+            if self.stream is sys.stdout:
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
+            self.stream = sys.stderr
+            self.line(message, stamp)
 
     def progress(self, message: str) -> None:
         """A transient progress line, only on an interactive terminal (never in a tee'd log)."""
@@ -80,17 +93,25 @@ def read_history(path: str) -> list:
 def train_epoch(loss_fn: Callable, batches: Iterable, n_batches: int, optimizer: torch.optim.Optimizer,
                 device, log: Optional[RunLog] = None) -> Dict[str, float]:
     """One epoch: for each (ancs, poss, negs) batch, ``loss_fn`` returns a dict of scalar
-    tensors with a ``'total'`` entry; step on it. Returns the mean of every part."""
+    tensors with a ``'total'`` entry; step on it. Returns the mean of every part.
+
+    A part that is NaN or infinite raises :class:`NonFiniteError` before the step, so the
+    weights stay those of the last finite step."""
     sums: Dict[str, float] = {}
     count = 0
     for step, (ancs, poss, negs) in enumerate(batches):
         ancs, poss, negs = (torch.from_numpy(a).to(device) for a in (ancs, poss, negs))
         parts = loss_fn(ancs, poss, negs)
+        values = {name: float(value.detach()) for name, value in parts.items()}
+        bad = [name for name, value in values.items() if not math.isfinite(value) and name != "total"]
+        if bad or not math.isfinite(values["total"]):  # stop before the step spreads it to the weights
+            name = bad[0] if bad else "total"
+            raise NonFiniteError(f"loss part '{name}' is {values[name]} at batch {step + 1}/{n_batches}")
         optimizer.zero_grad(set_to_none=True)
         parts["total"].backward()
         optimizer.step()
-        for name, value in parts.items():
-            sums[name] = sums.get(name, 0.0) + float(value.detach())
+        for name, value in values.items():
+            sums[name] = sums.get(name, 0.0) + value
         count += 1
         if log is not None and log.interactive:
             log.progress(f"Step {step + 1}/{n_batches}: loss = {float(parts['total']):.4f}")
@@ -116,6 +137,8 @@ class EvalSuite:
     def evaluate(self, embed: Callable) -> Dict[str, Dict[str, float]]:
         """``embed()`` returns (user_emb, item_emb); it is called once for all splits."""
         users, items = embed()
+        if not (bool(torch.isfinite(users).all()) and bool(torch.isfinite(items).all())):
+            raise NonFiniteError("the model's outputs hold NaN or infinite values (its weights diverged)")
         results = {}
         for name, ev in self.evaluators.items():
             progress = None
@@ -142,18 +165,27 @@ def fit(*, n_epochs: int, start_epoch: int, tst_every: int, train_one_epoch: Cal
     new best Recall on ``select_on`` (a new best is ≥ the best so far of this call, the
     rule of the records); one line says so. The stage's records and carried state are
     kept by ``on_evaluated`` at the best point, so stopping early loses nothing.
+
+    A :class:`NonFiniteError` from training or evaluation is raised again with the stage,
+    pruning run and epoch in its message: nothing of that epoch is recorded or saved.
     """
     results = None
     stopper = EarlyStopper(patience)
     for epoch in range(start_epoch, n_epochs):
         elapsed = timer()
-        parts = train_one_epoch()
-        train_s = elapsed()
-        log.line(f"Epoch {epoch}/{n_epochs}, Train: Loss = {parts['total']:.4f}, preLoss = {parts['main']:.4f}  ")
+        try:
+            parts = train_one_epoch()
+            train_s = elapsed()
+            log.line(f"Epoch {epoch}/{n_epochs}, Train: Loss = {parts['total']:.4f}, "
+                     f"preLoss = {parts['main']:.4f}  ")
+            evaluated = evaluate() if epoch % tst_every == 0 else None
+        except NonFiniteError as err:
+            where = ", ".join(f"{k} {v}" for k, v in (row_info or {}).items() if k in ("stage", "prn_run"))
+            raise NonFiniteError(f"{where + ', ' if where else ''}epoch {epoch}: {err}; stopped, the records "
+                                 "and checkpoints of the last finite evaluation are kept") from None
         row = dict(row_info or {}, epoch=epoch, loss=parts, train_seconds=train_s)
-        results = None
-        if epoch % tst_every == 0:
-            results = evaluate()
+        results = evaluated
+        if results is not None:
             row["metrics"] = results
             after = on_evaluated(epoch, results)
             log.line(f"Epoch {epoch}/{n_epochs}, Test: {format_metrics(results['test'])}  ")
