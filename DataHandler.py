@@ -10,6 +10,7 @@ masks) follows. Node ids: users 0..U-1, items U..N-1.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
 from dataclasses import dataclass, field
@@ -128,6 +129,15 @@ class Dataset:
     @property
     def n_nodes(self) -> int:
         return self.n_users + self.n_items
+
+    @property
+    def fingerprint(self) -> str:
+        """A short hash of the train split (shape and interactions), stored in checkpoints so
+        that one trained on other data is refused."""
+        digest = hashlib.sha256(np.asarray(self.train.shape, dtype=np.int64).tobytes())
+        digest.update(np.ascontiguousarray(self.train.indptr, dtype=np.int64).tobytes())
+        digest.update(np.ascontiguousarray(self.train.indices, dtype=np.int64).tobytes())
+        return digest.hexdigest()[:16]
 
     def split(self, name: str) -> sp.csr_matrix:
         if name == "test":

@@ -27,7 +27,7 @@ import DataHandler as dh
 import Params
 from Model import LightGCN, LightGCN_sp
 from Utils import Checkpoint, Pruning, Report
-from Utils.Errors import ConfigError
+from Utils.Errors import ConfigError, interrupt_exit_code
 from Utils.Losses import KDConfig, kd_objective
 from Utils.Training import Record, RunLog, build_eval_suite, fit, train_epoch
 
@@ -58,10 +58,11 @@ def frozen_outputs(model: LightGCN, graph) -> FrozenOutputs:
     return FrozenOutputs(out[:n], out[n:], high[:n], high[n:])
 
 
-def load_teacher(path: str, dataset, device) -> LightGCN:
+def load_teacher(path: str, dataset, device, warn=print) -> LightGCN:
     """The stage-1 teacher from our checkpoint or a published ``.mod`` file."""
-    ckpt = Checkpoint.check_compatible(Checkpoint.load_checkpoint(path, role="teacher"), dataset.n_users,
-                                       dataset.n_items, what="teacher")
+    ckpt = Checkpoint.load_checkpoint(path, role="teacher")
+    _warn_identity(ckpt, "teacher", dataset, warn)  # first: another dataset explains a shape mismatch
+    Checkpoint.check_compatible(ckpt, dataset.n_users, dataset.n_items, what="teacher")
     latdim = ckpt.tensors["uEmbeds"].shape[1]
     model = LightGCN(dataset.n_users, dataset.n_items, latdim, int(ckpt.meta["gnn_layer"]))
     model.load_state_dict({k: ckpt.tensors[k] for k in ("uEmbeds", "iEmbeds")})
@@ -69,14 +70,22 @@ def load_teacher(path: str, dataset, device) -> LightGCN:
 
 
 def load_prunable(path: str, dataset, graph, role: str, device, latdim: Optional[int] = None,
-                  n_layers: Optional[int] = None) -> LightGCN_sp:
+                  n_layers: Optional[int] = None, warn=print) -> LightGCN_sp:
     """A LightGCN_sp (intermediate model or student) with all its masks."""
-    ckpt = Checkpoint.check_compatible(Checkpoint.load_checkpoint(path, role=role), dataset.n_users,
-                                       dataset.n_items, latdim=latdim, n_edges=graph.nnz, what=role)
+    ckpt = Checkpoint.load_checkpoint(path, role=role)
+    _warn_identity(ckpt, role, dataset, warn)  # first: another dataset explains a shape mismatch
+    Checkpoint.check_compatible(ckpt, dataset.n_users, dataset.n_items, latdim=latdim, n_edges=graph.nnz, what=role)
     layers = n_layers if n_layers is not None else int(ckpt.meta["gnn_layer"])
     model = LightGCN_sp(dataset.n_users, dataset.n_items, ckpt.tensors["uEmbeds"].shape[1], layers, graph.nnz)
     model.load_state_dict({k: ckpt.tensors[k] for k in PRUNABLE_KEYS})
     return model.to(device)
+
+
+def _warn_identity(ckpt, role: str, dataset, warn) -> None:
+    """Refuse a checkpoint of another role or train split; say so when that cannot be checked."""
+    line = Checkpoint.check_identity(ckpt, role, dataset.fingerprint)
+    if line:
+        warn(line)
 
 
 # ----------------------------------------------------------------------------- per-run settings
@@ -205,13 +214,15 @@ class DistillStage:
                 raise ConfigError("pruning with --use_SM_edgeW2aug or --use_mTea2drop_edges needs an intermediate "
                                   "model: use --distill_from_middle_model=True")
             self.middle = load_prunable(args.middle_teacher_model, self.dataset, self.closure, "middle_teacher",
-                                        self.device, latdim=args.latdim).eval()
+                                        self.device, latdim=args.latdim,
+                                        warn=lambda line: log.line(line, stamp=False)).eval()
             self.middle_out = frozen_outputs(self.middle, self.closure)
             middle_e0 = torch.cat([self.middle.uEmbeds, self.middle.iEmbeds], dim=0) * self.middle.emb_mask2_fixed
             log.line("Use the middle teacher (Intermediate KD model) to direct the training of student", stamp=False)
         if args.distill_from_teacher_model or (self.trainee_is_student and args.use_adj_mask_aug
                                                and args.use_tea2drop_edges):
-            teacher = load_teacher(args.teacher_model, self.dataset, self.device)
+            teacher = load_teacher(args.teacher_model, self.dataset, self.device,
+                                   warn=lambda line: log.line(line, stamp=False))
             if teacher.uEmbeds.shape[1] != args.latdim:
                 raise ConfigError(f"--latdim={args.latdim} but the teacher {args.teacher_model} has "
                                   f"{teacher.uEmbeds.shape[1]}-d embeddings")
@@ -274,7 +285,8 @@ class DistillStage:
                           "(--init_from_supervisor)")
             return state
         model = load_prunable(args.break_point, self.dataset, self.graph, "student", self.device,
-                              latdim=args.latdim, n_layers=args.gnn_layer)
+                              latdim=args.latdim, n_layers=args.gnn_layer,
+                              warn=lambda line: self.log.line(line, stamp=False))
         self.log.line(f"Model Loaded: {args.break_point}")
         return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
@@ -286,7 +298,8 @@ class DistillStage:
         meta = {"stage": "intermediate" if args.train_middle_model else "student", "role": self.role,
                 "model_class": "LightGCN_sp", "graph": "closure" if args.train_middle_model else "adjacency",
                 "adj_aug_layer": args.adj_aug_layer, "adj_aug_sample": args.adj_aug_sample,
-                "dataset": args.dataset, "n_users": self.dataset.n_users, "n_items": self.dataset.n_items,
+                "dataset": args.dataset, "data_dir": args.data_dir, "train_fingerprint": self.dataset.fingerprint,
+                "n_users": self.dataset.n_users, "n_items": self.dataset.n_items,
                 "latdim": args.latdim, "gnn_layer": args.gnn_layer, "n_edges": self.graph.nnz,
                 "edge_kept_pct": record.edge_pct, "emb_kept_pct": record.emb_pct, "record": record.as_dict(),
                 "select_on": args.select_on, "flags": vars(args)}
@@ -408,11 +421,11 @@ def main(args) -> int:
     log.reset_history()  # only then is an earlier history replaced
     try:
         stage.run()
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM (Utils.Errors.Terminated)
         log.line("Interrupted: the records so far are kept")
         for line in stage.summary():
             log.line(line, stamp=False)
-        return 130
+        return interrupt_exit_code(err)
     for line in stage.summary():
         log.line(line, stamp=False)
     if not args.train_middle_model and args.plots:

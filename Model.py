@@ -50,10 +50,6 @@ class LightGCN(nn.Module):
         """Ē[nodes] for ascending node ids, computing only what those rows need (same numbers)."""
         return propagate_sum(graph, self.edge_values(graph), self.layer0(), self.n_layers, rows=nodes)
 
-    def embedding_tables(self) -> Tuple[torch.Tensor, torch.Tensor]:
-        """The parameters the weight decay acts on."""
-        return self.uEmbeds, self.iEmbeds
-
 
 class LightGCN_sp(LightGCN):
     """Prunable LightGCN (SPEC §3): the intermediate model (on Ĉ) and the student (on Â).

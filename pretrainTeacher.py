@@ -18,6 +18,7 @@ import DataHandler as dh
 import Params
 from Model import LightGCN
 from Utils import Checkpoint
+from Utils.Errors import interrupt_exit_code
 from Utils.Losses import bpr_loss, embedding_reg
 from Utils.Training import Record, RunLog, build_eval_suite, fit, format_metrics, read_history, train_epoch
 
@@ -38,7 +39,8 @@ def teacher_loss(model: LightGCN, graph, reg: float):
 
 
 def teacher_meta(args, dataset, graph, record: Record) -> dict:
-    return {"stage": "teacher", "model_class": "LightGCN", "dataset": args.dataset,
+    return {"stage": "teacher", "role": "teacher", "model_class": "LightGCN", "dataset": args.dataset,
+            "data_dir": args.data_dir, "train_fingerprint": dataset.fingerprint,
             "n_users": dataset.n_users, "n_items": dataset.n_items, "latdim": args.latdim,
             "gnn_layer": args.gnn_layer, "n_edges": graph.nnz, "edge_kept_pct": 100.0, "emb_kept_pct": 100.0,
             "epoch": record.epoch, "select_on": args.select_on, "metrics": record.metrics,
@@ -74,6 +76,9 @@ def main(args) -> int:
     start_epoch = 0
     if args.load_model_tea:
         ckpt = Checkpoint.load_checkpoint(args.load_model_tea)
+        warning = Checkpoint.check_identity(ckpt, "teacher", dataset.fingerprint)
+        if warning:
+            log.line(warning, stamp=False)
         Checkpoint.check_compatible(ckpt, dataset.n_users, dataset.n_items, args.latdim, what="teacher")
         model.load_state_dict({k: ckpt.tensors[k] for k in ("uEmbeds", "iEmbeds")})
         log.line(f"Model Loaded: {args.load_model_tea}")
@@ -113,10 +118,10 @@ def main(args) -> int:
         fit(n_epochs=args.epoch_tea, start_epoch=start_epoch, tst_every=args.tstEpoch,
             train_one_epoch=train_one_epoch, evaluate=evaluate, on_evaluated=on_evaluated, log=log,
             select_on=args.select_on, row_info={"stage": "teacher"}, patience=args.patience)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM (Utils.Errors.Terminated)
         log.line("Interrupted: the best checkpoint so far is kept")
         print_best(log, "#########################Final Best Acc###########################", record)
-        return 130
+        return interrupt_exit_code(err)
     print_best(log, "#########################Final Best Acc###########################", record)
     if os.path.exists(save_path):
         log.line(f"Best checkpoint: {save_path}", stamp=False)

@@ -235,7 +235,8 @@ def check_compatible(
     Checks the rows of ``uEmbeds``/``iEmbeds``, their width against ``latdim`` when
     given, and, when ``n_edges`` is given, the length of the edge vectors
     (``adj_mask1_train``, ``adj_mask2_fixed``, which must be present) and the shape
-    of ``emb_mask2_fixed`` if present. The message names the path, ``what`` the
+    of ``emb_mask2_fixed`` if present, and that every float tensor is finite (a NaN model is
+    never accepted as a supervisor or a starting point). The message names the path, ``what`` the
     checkpoint is for, and the expected and found shapes. Returns ``ckpt``.
     """
     where = f"{what} checkpoint {ckpt.path or '<in memory>'}"
@@ -269,6 +270,9 @@ def check_compatible(
                     f"{where} does not fit this graph: {name} has shape {found}, expected ({n_edges},) "
                     "(was it trained on another graph, e.g. Â versus the closure Ĉ?)"
                 )
+    for name, tensor in ckpt.tensors.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise CheckpointError(f"{where} holds NaN or infinite values in {name}: it cannot be used")
     if "emb_mask2_fixed" in ckpt.tensors:
         found = tuple(ckpt.tensors["emb_mask2_fixed"].shape)
         if found != (n_users + n_items, found_d):
@@ -277,6 +281,35 @@ def check_compatible(
                 f"expected ({n_users + n_items}, {found_d})"
             )
     return ckpt
+
+
+ROLES = ("teacher", "middle_teacher", "student")
+
+
+def checkpoint_role(meta: Dict[str, Any]) -> Optional[str]:
+    """The role our checkpoints record (``role``; stage-1 files say ``stage: teacher``)."""
+    role = meta.get("role") or (meta.get("stage") if meta.get("stage") == "teacher" else None)
+    return role if role in ROLES else None
+
+
+def check_identity(ckpt: Checkpoint, role: str, fingerprint: str) -> Optional[str]:
+    """Raise CheckpointError when ``ckpt`` was written for another role or another train
+    split (``fingerprint``: :attr:`DataHandler.Dataset.fingerprint`). A published ``.mod``
+    file records neither: it is accepted and the returned line says it was not checked."""
+    where = f"checkpoint {ckpt.path or '<in memory>'}"
+    if ckpt.meta.get("source") == "published":
+        return f"warning: {where} is a published .mod file: its role and dataset cannot be checked"
+    found = checkpoint_role(ckpt.meta)
+    if found is not None and found != role:
+        raise CheckpointError(f"{where} holds a {found} model, not a {role} model (check the flag that names it)")
+    stored = ckpt.meta.get("train_fingerprint")
+    if stored is not None and stored != fingerprint:
+        raise CheckpointError(f"{where} was trained on another train split (fingerprint {stored}, this dataset's "
+                              f"is {fingerprint}): dataset {ckpt.meta.get('dataset')!r} of "
+                              f"{ckpt.meta.get('data_dir', 'its --data_dir')}")
+    if found is None or stored is None:
+        return f"warning: {where} records no {'role' if found is None else 'train-split fingerprint'}: not checked"
+    return None
 
 
 def _existing_file(path: PathLike) -> str:
@@ -525,6 +558,8 @@ __all__ = [
     "ROLES",
     "save_checkpoint",
     "load_checkpoint",
+    "check_identity",
+    "checkpoint_role",
     "check_compatible",
     "import_published_mod",
     "PickledModule",

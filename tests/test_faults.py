@@ -109,3 +109,160 @@ def test_a_bad_input_leaves_the_earlier_history_untouched(tmp_path, tiny_dir):
                       f"--model_save_path={tmp_path}/stu", f"--his_save_path={tmp_path}/stu", check=False)
     assert proc.returncode == 2 and "typo.mod" in proc.stderr
     assert his.read_text() == '{"epoch": 0}\n'
+
+
+@pytest.mark.parametrize("flag", ["--lr=inf", "--reg=nan", "--softreg=-1", "--seed=-1", "--tempsubsp_list=0,1",
+                                  "--subspcreg_list=0.1,nan"])
+def test_non_finite_or_negative_rates_are_refused_when_parsed(flag):
+    import Params
+    from Utils.Errors import ConfigError
+
+    with pytest.raises(ConfigError, match=flag.split("=")[0]):
+        Params.parse_args([flag])
+
+
+def _tiny_data(tmp_path, tiny_dir):
+    data = tmp_path / "Datasets"
+    data.mkdir(exist_ok=True)
+    if not (data / "sparse_tiny").exists():
+        os.symlink(tiny_dir, data / "sparse_tiny")
+    return data
+
+
+def _assert_non_finite_stop(proc, *needles):
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert len(lines) == 1 and lines[0].startswith("error:"), proc.stderr
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+
+
+def test_a_diverging_teacher_stops_and_never_saves_a_nan_model(tmp_path, tiny_dir):
+    import torch
+    from conftest import TINY_TEACHER
+
+    data = _tiny_data(tmp_path, tiny_dir)
+    proc = run_script("pretrainTeacher.py", *TINY_TEACHER, f"--data_dir={data}", "--lr=1e30", "--epoch_tea=5",
+                      f"--model_save_path={tmp_path}/t", f"--his_save_path={tmp_path}/t", check=False)
+    _assert_non_finite_stop(proc, "stage teacher", "epoch", "stopped")
+    if (tmp_path / "t.mod").exists():  # a record saved before the divergence is finite
+        tensors = torch.load(tmp_path / "t.mod", weights_only=True)["tensors"]
+        assert all(bool(torch.isfinite(t).all()) for t in tensors.values())
+
+
+def test_a_non_finite_loss_part_names_stage_run_epoch_batch_and_part(tmp_path, tiny_dir):
+    from conftest import TINY_MID, TINY_TEACHER
+
+    data = _tiny_data(tmp_path, tiny_dir)
+    run_script("pretrainTeacher.py", *TINY_TEACHER, f"--data_dir={data}", f"--model_save_path={tmp_path}/t",
+               f"--his_save_path={tmp_path}/t")
+    proc = run_script("Main.py", *TINY_MID, f"--data_dir={data}", f"--teacher_model={tmp_path}/t.mod",
+                      "--softreg=1e40", f"--model_save_path={tmp_path}/m", f"--his_save_path={tmp_path}/m",
+                      check=False)
+    _assert_non_finite_stop(proc, "stage middle_teacher", "prn_run 1", "epoch 0", "loss part 'pred_kd'",
+                            "batch 1/")
+    assert not list(tmp_path.glob("m_*.mod"))  # nothing was evaluated, nothing saved
+
+
+def test_a_nan_checkpoint_is_not_accepted_as_a_supervisor(tmp_path, tiny_dir):
+    import torch
+    from conftest import TINY_MID, TINY_TEACHER
+
+    data = _tiny_data(tmp_path, tiny_dir)
+    run_script("pretrainTeacher.py", *TINY_TEACHER, f"--data_dir={data}", f"--model_save_path={tmp_path}/t",
+               f"--his_save_path={tmp_path}/t")
+    ckpt = torch.load(tmp_path / "t.mod", weights_only=True)
+    ckpt["tensors"]["uEmbeds"][3, 1] = float("nan")
+    torch.save(ckpt, tmp_path / "nan.mod")
+    proc = run_script("Main.py", *TINY_MID, f"--data_dir={data}", f"--teacher_model={tmp_path}/nan.mod",
+                      f"--model_save_path={tmp_path}/m", f"--his_save_path={tmp_path}/m", check=False)
+    _assert_non_finite_stop(proc, "nan.mod", "NaN or infinite", "uEmbeds")
+
+
+def _start_long_teacher(tmp_path, tiny_dir):
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import ROOT, TINY_TEACHER
+
+    data = _tiny_data(tmp_path, tiny_dir)
+    proc = subprocess.Popen([sys.executable, str(ROOT / "pretrainTeacher.py"), *TINY_TEACHER, f"--data_dir={data}",
+                              "--epoch_tea=1000000", f"--model_save_path={tmp_path}/t",
+                             f"--his_save_path={tmp_path}/t"], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            # a shell's background jobs ignore SIGINT; a terminal's program does not
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    for line in proc.stdout:  # wait until it trains and has a record
+        if "Epoch 2/" in line:
+            return proc
+    raise AssertionError(proc.stderr.read())
+
+
+@pytest.mark.parametrize("signum, code", [("SIGTERM", 143), ("SIGINT", 130)])
+def test_a_signal_prints_the_summary_and_exits_without_traceback(tmp_path, tiny_dir, signum, code):
+    import signal
+
+    proc = _start_long_teacher(tmp_path, tiny_dir)
+    proc.send_signal(getattr(signal, signum))
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == code, err
+    assert "Traceback" not in err and "Final Best Acc" in out and "Interrupted" in out
+
+
+def test_ctrl_c_under_tee_keeps_the_summary_on_stderr(tmp_path, tiny_dir):
+    """`... | tee log` and Ctrl-C: tee dies with the program's stdout still open; the summary
+    goes to stderr and nothing raises BrokenPipeError."""
+    import signal
+
+    proc = _start_long_teacher(tmp_path, tiny_dir)
+    proc.stdout.close()  # the reader is gone
+    proc.send_signal(signal.SIGINT)
+    err = proc.stderr.read()
+    proc.wait(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "BrokenPipe" not in err and "Final Best Acc" in err
+
+
+def _teacher_and_mid(tmp_path, data):
+    from conftest import TINY_MID, TINY_TEACHER
+
+    run_script("pretrainTeacher.py", *TINY_TEACHER, f"--data_dir={data}", f"--model_save_path={tmp_path}/t",
+               f"--his_save_path={tmp_path}/t")
+    run_script("Main.py", *TINY_MID, f"--data_dir={data}", f"--teacher_model={tmp_path}/t.mod",
+               f"--model_save_path={tmp_path}/m", f"--his_save_path={tmp_path}/m")
+    return tmp_path / "t.mod", tmp_path / "m_best_global_100_100.mod"
+
+
+def test_checkpoints_of_another_role_or_dataset_are_refused(tmp_path, tiny_dir):
+    from conftest import TINY_MID, TINY_STU
+
+    data = _tiny_data(tmp_path, tiny_dir)
+    teacher, mid = _teacher_and_mid(tmp_path, data)
+    # another role: the intermediate model given as the teacher, the teacher as the intermediate model
+    proc = run_script("Main.py", *TINY_MID, f"--data_dir={data}", f"--teacher_model={mid}",
+                      f"--model_save_path={tmp_path}/x", f"--his_save_path={tmp_path}/x", check=False)
+    _assert_non_finite_stop(proc, "holds a middle_teacher model, not a teacher model")
+    # another dataset of the same shape: one train interaction moved
+    train = dh.load_split(str(tiny_dir / "trnMat.pkl")).tolil()
+    row, col = train.nonzero()
+    train[row[0], col[0]] = 0
+    train[row[0], (col[0] + 1) % train.shape[1]] = 1
+    other = tmp_path / "Other" / "sparse_tiny"
+    _write_split(other, sp.coo_matrix(train.tocsr()), dh.load_split(str(tiny_dir / "tstMat.pkl")),
+                 dh.load_split(str(tiny_dir / "valMat.pkl")))
+    proc = run_script("Main.py", *TINY_STU, f"--data_dir={tmp_path / 'Other'}", f"--middle_teacher_model={mid}",
+                      f"--model_save_path={tmp_path}/y", f"--his_save_path={tmp_path}/y", check=False)
+    _assert_non_finite_stop(proc, "another train split")
+
+
+def test_a_published_checkpoint_is_accepted_with_one_warning(tmp_path, tiny_dir):
+    from conftest import REF, TINY_STU
+
+    data = _tiny_data(tmp_path, tiny_dir)
+    mid = REF / "published_checkpoints" / "mid_tiny_best_global_100_100.mod"
+    proc = run_script("Main.py", *TINY_STU, f"--data_dir={data}", f"--middle_teacher_model={mid}",
+                      "--PRUNING_END=1", "--mask_epoch=1", "--plots=False",
+                      f"--model_save_path={tmp_path}/s", f"--his_save_path={tmp_path}/s")
+    warnings = [line for line in proc.stdout.splitlines() if line.startswith("warning:") and ".mod" in line]
+    assert len(warnings) == 1 and "published .mod file" in warnings[0]
