@@ -525,7 +525,7 @@ def run_cli(main_fn, stage, argv=None):
         sys.exit(2)
     except KeyboardInterrupt as err:  # before the stage's own handler was in place (start-up)
         _flush_stdout()
-        print('interrupted before training started: nothing was written', file=sys.stderr)
+        print('interrupted during start-up, before training began', file=sys.stderr)
         sys.exit(interrupt_exit_code(err))
     finally:
         signal.signal(signal.SIGTERM, previous)

@@ -283,9 +283,6 @@ def check_compatible(
     return ckpt
 
 
-ROLES = ("teacher", "middle_teacher", "student")
-
-
 def checkpoint_role(meta: Dict[str, Any]) -> Optional[str]:
     """The role our checkpoints record (``role``; stage-1 files say ``stage: teacher``)."""
     role = meta.get("role") or (meta.get("stage") if meta.get("stage") == "teacher" else None)

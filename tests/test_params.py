@@ -334,12 +334,17 @@ def test_run_cli_returns_and_passes_args():
     assert Params.run_cli(lambda args: args.latdim, "teacher", argv=["--latdim=8"]) == 8
 
 
-def test_run_cli_does_not_catch_interrupts_or_bugs():
-    def interrupted(args):
-        raise KeyboardInterrupt
+def test_run_cli_ends_an_early_interrupt_in_one_line_and_does_not_catch_bugs(capsys):
+    from Utils.Errors import Terminated
 
-    with pytest.raises(KeyboardInterrupt):
-        Params.run_cli(interrupted, "main", argv=[])
+    for exc, code in ((KeyboardInterrupt, 130), (Terminated, 143)):
+        def interrupted(args, exc=exc):
+            raise exc
+
+        with pytest.raises(SystemExit) as info:
+            Params.run_cli(interrupted, "main", argv=[])
+        assert info.value.code == code
+        assert capsys.readouterr().err.strip() == "interrupted during start-up, before training began"
     with pytest.raises(ZeroDivisionError):
         Params.run_cli(lambda args: 1 / 0, "main", argv=[])
 
