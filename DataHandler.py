@@ -10,6 +10,7 @@ masks) follows. Node ids: users 0..U-1, items U..N-1.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import pickle
@@ -130,7 +131,7 @@ class Dataset:
     def n_nodes(self) -> int:
         return self.n_users + self.n_items
 
-    @property
+    @functools.cached_property
     def fingerprint(self) -> str:
         """A short hash of the train split (shape and interactions), stored in checkpoints so
         that one trained on other data is refused."""

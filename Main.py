@@ -61,7 +61,7 @@ def frozen_outputs(model: LightGCN, graph) -> FrozenOutputs:
 def load_teacher(path: str, dataset, device, warn=print) -> LightGCN:
     """The stage-1 teacher from our checkpoint or a published ``.mod`` file."""
     ckpt = Checkpoint.load_checkpoint(path, role="teacher")
-    _warn_identity(ckpt, "teacher", dataset, warn)  # first: another dataset explains a shape mismatch
+    Checkpoint.check_identity(ckpt, "teacher", dataset.fingerprint, warn)  # first: it explains a shape mismatch
     Checkpoint.check_compatible(ckpt, dataset.n_users, dataset.n_items, what="teacher")
     latdim = ckpt.tensors["uEmbeds"].shape[1]
     model = LightGCN(dataset.n_users, dataset.n_items, latdim, int(ckpt.meta["gnn_layer"]))
@@ -73,19 +73,12 @@ def load_prunable(path: str, dataset, graph, role: str, device, latdim: Optional
                   n_layers: Optional[int] = None, warn=print) -> LightGCN_sp:
     """A LightGCN_sp (intermediate model or student) with all its masks."""
     ckpt = Checkpoint.load_checkpoint(path, role=role)
-    _warn_identity(ckpt, role, dataset, warn)  # first: another dataset explains a shape mismatch
+    Checkpoint.check_identity(ckpt, role, dataset.fingerprint, warn)  # first: it explains a shape mismatch
     Checkpoint.check_compatible(ckpt, dataset.n_users, dataset.n_items, latdim=latdim, n_edges=graph.nnz, what=role)
     layers = n_layers if n_layers is not None else int(ckpt.meta["gnn_layer"])
     model = LightGCN_sp(dataset.n_users, dataset.n_items, ckpt.tensors["uEmbeds"].shape[1], layers, graph.nnz)
     model.load_state_dict({k: ckpt.tensors[k] for k in PRUNABLE_KEYS})
     return model.to(device)
-
-
-def _warn_identity(ckpt, role: str, dataset, warn) -> None:
-    """Refuse a checkpoint of another role or train split; say so when that cannot be checked."""
-    line = Checkpoint.check_identity(ckpt, role, dataset.fingerprint)
-    if line:
-        warn(line)
 
 
 # ----------------------------------------------------------------------------- per-run settings

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from Utils import Spmm
-from Utils.Errors import ConfigError, Terminated, UserError, interrupt_exit_code
+from Utils.Errors import ConfigError, Terminated, UserError, discard_closed_stdout, interrupt_exit_code
 
 STAGES = ('main', 'teacher')
 ARGS_DUMP_WIDTH = 80  # the published dump pads "name....value" to 80 characters
@@ -532,13 +532,11 @@ def run_cli(main_fn, stage, argv=None):
 
 
 def _flush_stdout():
-    """Flush stdout; when its reader is gone (``| tee`` killed by the same Ctrl-C), point it
-    at /dev/null so that neither this flush nor the one at exit raises BrokenPipeError."""
+    """Flush stdout, discarding it when its reader is gone (:func:`discard_closed_stdout`)."""
     try:
         sys.stdout.flush()
     except (BrokenPipeError, ValueError):
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
+        discard_closed_stdout()
 
 
 def _expose_gpu(args):

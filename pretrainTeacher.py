@@ -76,9 +76,7 @@ def main(args) -> int:
     start_epoch = 0
     if args.load_model_tea:
         ckpt = Checkpoint.load_checkpoint(args.load_model_tea)
-        warning = Checkpoint.check_identity(ckpt, "teacher", dataset.fingerprint)
-        if warning:
-            log.line(warning, stamp=False)
+        Checkpoint.check_identity(ckpt, "teacher", dataset.fingerprint, lambda line: log.line(line, stamp=False))
         Checkpoint.check_compatible(ckpt, dataset.n_users, dataset.n_items, args.latdim, what="teacher")
         model.load_state_dict({k: ckpt.tensors[k] for k in ("uEmbeds", "iEmbeds")})
         log.line(f"Model Loaded: {args.load_model_tea}")

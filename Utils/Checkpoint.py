@@ -35,7 +35,7 @@ import secrets
 import types
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Union
 
 import numpy as np
 import torch
@@ -289,13 +289,15 @@ def checkpoint_role(meta: Dict[str, Any]) -> Optional[str]:
     return role if role in ROLES else None
 
 
-def check_identity(ckpt: Checkpoint, role: str, fingerprint: str) -> Optional[str]:
+def check_identity(ckpt: Checkpoint, role: str, fingerprint: str, warn: Callable[[str], Any] = print) -> None:
     """Raise CheckpointError when ``ckpt`` was written for another role or another train
-    split (``fingerprint``: :attr:`DataHandler.Dataset.fingerprint`). A published ``.mod``
-    file records neither: it is accepted and the returned line says it was not checked."""
+    split (``fingerprint``: :attr:`DataHandler.Dataset.fingerprint`). A checkpoint that
+    records neither (a published ``.mod`` file) is accepted, and ``warn`` gets one line
+    saying what could not be checked."""
     where = f"checkpoint {ckpt.path or '<in memory>'}"
     if ckpt.meta.get("source") == "published":
-        return f"warning: {where} is a published .mod file: its role and dataset cannot be checked"
+        warn(f"warning: {where} is a published .mod file: its role and dataset cannot be checked")
+        return
     found = checkpoint_role(ckpt.meta)
     if found is not None and found != role:
         raise CheckpointError(f"{where} holds a {found} model, not a {role} model (check the flag that names it)")
@@ -305,8 +307,7 @@ def check_identity(ckpt: Checkpoint, role: str, fingerprint: str) -> Optional[st
                               f"is {fingerprint}): dataset {ckpt.meta.get('dataset')!r} of "
                               f"{ckpt.meta.get('data_dir', 'its --data_dir')}")
     if found is None or stored is None:
-        return f"warning: {where} records no {'role' if found is None else 'train-split fingerprint'}: not checked"
-    return None
+        warn(f"warning: {where} records no {'role' if found is None else 'train-split fingerprint'}: not checked")
 
 
 def _existing_file(path: PathLike) -> str:

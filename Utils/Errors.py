@@ -5,6 +5,8 @@ line, ``error: <message>``, on stderr, and the program exits with status 2. An
 interrupt (Ctrl-C, or SIGTERM turned into :class:`Terminated`) ends the run with the
 summary of what was kept and exit status 130 / 143. Everything else (bugs) propagates.
 """
+import os
+import sys
 
 
 class UserError(Exception):
@@ -36,6 +38,12 @@ class Terminated(KeyboardInterrupt):
     the run ends like an interrupt: records kept, summary printed, exit status 143."""
 
     exit_code = 143
+
+
+def discard_closed_stdout() -> None:
+    """Point stdout at /dev/null once its reader is gone (``| tee`` ended by the same Ctrl-C),
+    so that later writes and the interpreter's flush at exit raise no BrokenPipeError."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def interrupt_exit_code(err: KeyboardInterrupt) -> int:

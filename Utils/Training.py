@@ -20,7 +20,7 @@ from typing import Callable, Dict, Iterable, Optional
 
 import torch
 
-from Utils.Errors import NonFiniteError
+from Utils.Errors import NonFiniteError, discard_closed_stdout
 
 
 # ----------------------------------------------------------------------------- logging
@@ -50,7 +50,7 @@ class RunLog:
             if self.stream is sys.stderr:
                 return
             if self.stream is sys.stdout:
-                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
+                discard_closed_stdout()
             self.stream = sys.stderr
             self.line(message, stamp)
 
@@ -103,9 +103,9 @@ def train_epoch(loss_fn: Callable, batches: Iterable, n_batches: int, optimizer:
         ancs, poss, negs = (torch.from_numpy(a).to(device) for a in (ancs, poss, negs))
         parts = loss_fn(ancs, poss, negs)
         values = {name: float(value.detach()) for name, value in parts.items()}
-        bad = [name for name, value in values.items() if not math.isfinite(value) and name != "total"]
-        if bad or not math.isfinite(values["total"]):  # stop before the step spreads it to the weights
-            name = bad[0] if bad else "total"
+        bad = [name for name, value in values.items() if not math.isfinite(value)]
+        if bad:  # stop before the step spreads it to the weights; name a part rather than the total
+            name = next((name for name in bad if name != "total"), "total")
             raise NonFiniteError(f"loss part '{name}' is {values[name]} at batch {step + 1}/{n_batches}")
         optimizer.zero_grad(set_to_none=True)
         parts["total"].backward()
@@ -114,7 +114,7 @@ def train_epoch(loss_fn: Callable, batches: Iterable, n_batches: int, optimizer:
             sums[name] = sums.get(name, 0.0) + value
         count += 1
         if log is not None and log.interactive:
-            log.progress(f"Step {step + 1}/{n_batches}: loss = {float(parts['total']):.4f}")
+            log.progress(f"Step {step + 1}/{n_batches}: loss = {values['total']:.4f}")
     if log is not None:
         log.end_progress()
     return {name: total / max(1, count) for name, total in sums.items()}
