@@ -87,6 +87,7 @@ class RunSettings:
     """Flags that may change from one pruning run to the next (the ``--use_dynamic_*`` lists)."""
 
     epochs: int
+    lr: float
     beta1: float
     beta2: float
     subspcreg: float
@@ -101,6 +102,7 @@ def run_settings(args, run: int, trainee_is_student: bool) -> RunSettings:
 
     return RunSettings(
         epochs=int(pick(args.use_dynamic_epoch, args.epoch_list, args.mask_epoch)),
+        lr=float(pick(args.use_dynamic_lr, args.lr_list, args.lr)),
         beta1=float(pick(args.use_dynamic_adj_mask_aug1, args.adj_mask_aug_list1, args.adj_mask_aug1)),
         beta2=float(pick(args.use_dynamic_adj_mask_aug2, args.adj_mask_aug_list2, args.adj_mask_aug2)),
         subspcreg=float(pick(args.use_dynamic_subspcreg, args.subspcreg_list, args.subspcreg)),
@@ -316,7 +318,7 @@ class DistillStage:
         """Train one pruning run; return the state at its best point (pruned for the student)."""
         args, log = self.args, self.log
         model.adj_mask1_train.requires_grad_(learn_edges)
-        optimizer = Params.make_optimizer([p for p in model.parameters() if p.requires_grad], args.lr)
+        optimizer = Params.make_optimizer([p for p in model.parameters() if p.requires_grad], settings.lr)
         loss_fn = distill_loss(model, self.graph, self.supervisor, kd_config(args, settings), args.topRange,
                                self.generator)
         kind = "Train Mask" if learn_edges else "Fixed Mask"

@@ -307,6 +307,7 @@ DYNAMIC_LISTS = (
     ('use_dynamic_adj_mask_aug2', 'adj_mask_aug_list2'),
     ('use_dynamic_subspcreg', 'subspcreg_list'),
     ('use_dynamic_tempsubsp', 'tempsubsp_list'),
+    ('use_dynamic_lr', 'lr_list'),
 )
 
 
@@ -356,6 +357,13 @@ def build_parser(prog=None):
                       help='stages 2-3: the first pruning run starts the trainee\'s layer-0 embeddings from '
                            'the supervisor\'s (teacher or intermediate model, masked) instead of Xavier '
                            'initialisation; ignored when a break point is loaded (default: %(default)s)')
+    fast.add_argument('--use_dynamic_lr', type=str2bool, default=False, metavar='BOOL',
+                      help='stages 2-3: take each pruning run\'s Adam learning rate from --lr_list[run] '
+                           'instead of --lr, e.g. a lower rate for the runs that fine-tune an already '
+                           'trained, freshly pruned model (default: %(default)s)')
+    fast.add_argument('--lr_list', type=float_list, default=None, metavar='FLOATS',
+                      help='per-run learning rates, indexed by pruning run like --epoch_list '
+                           '(comma-separated; used with --use_dynamic_lr=True; default: --lr for every run)')
     return parser
 
 
@@ -409,6 +417,12 @@ def validate(args, stage='main'):
         _fail(f"--threads must be >= 0 (0 = torch's default), got {args.threads}")
     if args.patience < 0:
         _fail(f"--patience must be >= 0 (0 = off), got {args.patience}")
+    if args.lr_list is not None:
+        bad = [v for v in args.lr_list if not (math.isfinite(v) and v >= 0)]
+        if bad:
+            _fail(f"--lr_list holds {bad[0]}: every entry must be a finite number >= 0")
+    if args.use_dynamic_lr and args.lr_list is None:
+        _fail("--use_dynamic_lr=True needs --lr_list (one learning rate per pruning run, indexed from 0)")
     if args.contrast_candidates < 0:
         _fail(f"--contrast_candidates must be >= 0 (0 = exact sums), got {args.contrast_candidates}")
     if args.device == 'cuda':
@@ -449,6 +463,9 @@ def _validate_main(args):
         _fail(f"--hyper_contr_loosen_factor has {len(args.hyper_contr_loosen_factor)} entries "
               f"but --use_subspcreg=True needs one per pruning run up to "
               f"--PRUNING_END={args.PRUNING_END} ({needed} entries, indexed from 0)")
+    if args.use_dynamic_lr and min(args.lr_list[args.PRUNING_START:needed]) <= 0:
+        _fail(f"--lr_list must hold a positive learning rate for every pruning run from --PRUNING_START="
+              f"{args.PRUNING_START} to --PRUNING_END={args.PRUNING_END} (--use_dynamic_lr=True)")
     if args.use_dynamic_tempsubsp and min(args.tempsubsp_list[:needed]) <= 0:
         _fail("--tempsubsp_list must hold positive temperatures (--use_dynamic_tempsubsp=True)")
 

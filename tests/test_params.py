@@ -213,6 +213,13 @@ def test_published_stage_settings_are_valid():
      ["--subspcreg_list", "--use_dynamic_subspcreg", "--PRUNING_END"]),
     (["--use_dynamic_tempsubsp=True", "--tempsubsp_list=1,1"],
      ["--tempsubsp_list", "--use_dynamic_tempsubsp", "--PRUNING_END"]),
+    (["--use_dynamic_lr=True", "--lr_list=0,1e-4", "--PRUNING_END=3"],
+     ["--lr_list", "--use_dynamic_lr", "--PRUNING_END"]),
+    (["--use_dynamic_lr=True"], ["--use_dynamic_lr", "--lr_list"]),
+    (["--lr_list=0,1e-4,-1e-4"], ["--lr_list"]),
+    (["--use_dynamic_lr=True", "--lr_list=0,1e-4,0", "--PRUNING_END=2"],
+     ["--lr_list", "--PRUNING_START", "--PRUNING_END"]),
+    (["--lr_list=0,nan"], ["--lr_list"]),
     (["--hyper_contr_loosen_factor=0,0,3"],
      ["--hyper_contr_loosen_factor", "--use_subspcreg", "--PRUNING_END"]),
     (["--pruning_percent_adj=1.0"], ["--pruning_percent_adj"]),
@@ -241,6 +248,8 @@ def test_dynamic_list_long_enough_is_fine():
     args = Params.parse_args(["--use_dynamic_epoch=True", "--epoch_list=0,5,5,5", "--PRUNING_END=3"])
     assert args.epoch_list == [0, 5, 5, 5]
     Params.parse_args(["--use_subspcreg=False", "--hyper_contr_loosen_factor=0"])
+    args = Params.parse_args(["--use_dynamic_lr=True", "--lr_list=0,5e-4,1e-4", "--PRUNING_END=2"])
+    assert args.lr_list == [0.0, 5e-4, 1e-4]
 
 
 def test_main_only_checks_skipped_for_teacher():
@@ -360,10 +369,11 @@ def test_format_args_published_lines():
     assert break_point == "break_point" + Params._BREAK_POINT  # too long: no dots
     assert "esc_train_prn_run" + "." * 61 + "-1" in lines
     assert "adj_mask_aug2" + "." * 66 + "1" in lines
-    assert lines[-8:] == ["data_dir" + "." * 62 + "./Datasets", "select_on" + "." * 67 + "None",
-                          "device" + "." * 70 + "auto", "threads" + "." * 72 + "0", "plots" + "." * 71 + "True",
-                          "patience" + "." * 71 + "0", "contrast_candidates" + "." * 60 + "0",
-                          "init_from_supervisor" + "." * 55 + "False"]
+    assert lines[-10:] == ["data_dir" + "." * 62 + "./Datasets", "select_on" + "." * 67 + "None",
+                           "device" + "." * 70 + "auto", "threads" + "." * 72 + "0", "plots" + "." * 71 + "True",
+                           "patience" + "." * 71 + "0", "contrast_candidates" + "." * 60 + "0",
+                           "init_from_supervisor" + "." * 55 + "False", "use_dynamic_lr" + "." * 61 + "False",
+                           "lr_list" + "." * 69 + "None"]
 
 
 def test_format_args_matches_published_log(no_cuda_env):
@@ -379,7 +389,8 @@ def test_format_args_matches_published_log(no_cuda_env):
     assert [line.split(".")[0] for line in ours[len(published):]] == ["data_dir", "select_on", "device",
                                                                        "threads", "plots", "patience",
                                                                        "contrast_candidates",
-                                                                       "init_from_supervisor"]  # our additions
+                                                                       "init_from_supervisor",
+                                                                       "use_dynamic_lr", "lr_list"]  # our additions
 
 
 def test_seed_everything():

@@ -74,6 +74,13 @@ def test_stage3_objective_through_the_model_matches_golden(ref, tiny, case):
     np.testing.assert_allclose(student.adj_mask1_train.grad.numpy(), kd["grad_edge_w"], rtol=RTOL, atol=ATOL)
 
 
+def test_run_settings_take_the_learning_rate_of_the_run():
+    args = parse_args(["--lr=1e-3"])
+    assert run_settings(args, 2, trainee_is_student=True).lr == 1e-3
+    args = parse_args(["--lr=1e-3", "--use_dynamic_lr=True", "--lr_list=0,5e-4,1e-4", "--PRUNING_END=2"])
+    assert [run_settings(args, run, trainee_is_student=True).lr for run in (1, 2)] == [5e-4, 1e-4]
+
+
 def test_fused_propagation_equals_layer_by_layer_autograd(tiny):
     graph = tiny["closure"]
     gen = torch.Generator().manual_seed(0)
