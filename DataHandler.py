@@ -1,10 +1,10 @@
 """Data: reading and checking the splits, the graphs Â and Ĉ, negative sampling.
 
 A dataset NAME lives in ``<data_dir>/sparse_NAME/`` as ``trnMat.pkl``, ``tstMat.pkl``
-and optionally ``valMat.pkl``: pickled SciPy sparse U×I matrices (SPEC §1).
+and optionally ``valMat.pkl``: pickled SciPy sparse U×I matrices (docs/method.md#data).
 Every non-zero entry is an interaction; values are binarised to 1.0.
 
-Graphs (SPEC §2) are kept as :class:`Graph`: the non-zeros of an N×N matrix in
+Graphs (docs/method.md#graphs) are kept as :class:`Graph`: the non-zeros of an N×N matrix in
 row-major (CSR) order, which is the order every per-edge vector (edge weights,
 masks) follows. Node ids: users 0..U-1, items U..N-1.
 """
@@ -160,7 +160,7 @@ def dataset_dir(data_dir: str, name: str) -> str:
 
 
 def load_dataset(data_dir: str, name: str) -> Dataset:
-    """Load ``<data_dir>/sparse_<name>/{trn,val,tst}Mat.pkl`` and check them (SPEC §1)."""
+    """Load ``<data_dir>/sparse_<name>/{trn,val,tst}Mat.pkl`` and check them (docs/method.md#data)."""
     directory = dataset_dir(data_dir, name)
     if not os.path.isdir(directory):
         raise DataError(f"dataset directory not found: {directory} (set --data_dir/--dataset)")
@@ -168,7 +168,7 @@ def load_dataset(data_dir: str, name: str) -> Dataset:
 
 
 def load_dataset_dir(directory: str, name: str = "") -> Dataset:
-    """Load and check the splits stored in ``directory`` (SPEC §1)."""
+    """Load and check the splits stored in ``directory`` (docs/method.md#data)."""
     train_path = os.path.join(directory, "trnMat.pkl")
     test_path = os.path.join(directory, "tstMat.pkl")
     val_path = os.path.join(directory, "valMat.pkl")
@@ -268,7 +268,7 @@ def sym_normalise(mat: sp.spmatrix) -> sp.csr_matrix:
 
 
 def propagation_matrix(train: sp.csr_matrix) -> sp.csr_matrix:
-    """Â = D^-½ (A + I) D^-½ (SPEC §2), float64 CSR, nnz = 2·nnz(R) + N."""
+    """Â = D^-½ (A + I) D^-½ (docs/method.md#propagation-graph), float64 CSR, nnz = 2·nnz(R) + N."""
     a = bipartite_adjacency(train)
     return sym_normalise(a + sp.eye(a.shape[0], format="csr"))
 
@@ -290,7 +290,7 @@ def _keep_top(p: sp.csr_matrix, ratio: float, random: bool, rng: np.random.Gener
 
 def closure_matrix(train: sp.csr_matrix, layers: int = 1, sample: bool = False, sample_ratio: float = 0.9,
                    sample_random: bool = False, seed: int = 0) -> sp.csr_matrix:
-    """Ĉ = D_C^-½ C D_C^-½ with C = I + A + A² + … (SPEC §2).
+    """Ĉ = D_C^-½ C D_C^-½ with C = I + A + A² + … (docs/method.md#closure-graph).
 
     C starts as I + A and P as A; each of ``layers`` repetitions does P ← P·A (a real
     sparse product, so values count paths), optionally keeps only part of P
@@ -308,10 +308,19 @@ def closure_matrix(train: sp.csr_matrix, layers: int = 1, sample: bool = False, 
     return sym_normalise(c)
 
 
+def closure_graph(train: sp.csr_matrix, flags) -> Graph:
+    """Ĉ as a :class:`Graph`, built as the flags ``adj_aug_layer``, ``adj_aug_sample``,
+    ``adj_aug_sample_ratio``, ``adj_aug_sample_random`` and ``seed`` of the mapping
+    ``flags`` say (``vars(args)``, or a checkpoint's flags over the defaults)."""
+    return Graph.from_scipy(closure_matrix(train, int(flags["adj_aug_layer"]), bool(flags["adj_aug_sample"]),
+                                           float(flags["adj_aug_sample_ratio"]),
+                                           bool(flags["adj_aug_sample_random"]), int(flags["seed"])))
+
+
 # ----------------------------------------------------------------------------- sampling
 class NegativeSampler:
     """Per-epoch BPR triples: every train interaction (u, i) with one negative item j
-    drawn uniformly among the items u has not interacted with in train (SPEC §4).
+    drawn uniformly among the items u has not interacted with in train (docs/method.md#negative-sampling).
 
     Vectorised rejection sampling: draw all j at once, redraw the ones that hit a
     train item, until none do.

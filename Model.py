@@ -19,7 +19,7 @@ from Utils.Spmm import propagate_layers, propagate_sum
 
 
 class LightGCN(nn.Module):
-    """LightGCN teacher (SPEC §3).
+    """LightGCN teacher (docs/method.md#teacher-model).
 
     E₀ = [uEmbeds; iEmbeds],  E_l = Â·E_{l-1} (l = 1..L),  Ē = Σ_{l=0..L} E_l  (a sum, not a mean),
     ŷ(u, i) = Ē_u · Ē_i.
@@ -52,7 +52,7 @@ class LightGCN(nn.Module):
 
 
 class LightGCN_sp(LightGCN):
-    """Prunable LightGCN (SPEC §3): the intermediate model (on Ĉ) and the student (on Â).
+    """Prunable LightGCN (docs/method.md#prunable-model): the intermediate model (on Ĉ) and the student (on Â).
 
     Propagation uses the edge values Â_e · w_e · m_e (no re-normalisation) and
     E₀ = [uEmbeds; iEmbeds] ⊙ emb_mask2_fixed; the output is Σ_l E_l as for LightGCN.
@@ -77,3 +77,28 @@ class LightGCN_sp(LightGCN):
 
     def emb_kept_pct(self) -> float:
         return 100.0 * float((self.emb_mask2_fixed != 0).sum()) / self.emb_mask2_fixed.numel()
+
+
+PRUNABLE_KEYS = ("uEmbeds", "iEmbeds", "adj_mask1_train", "adj_mask2_fixed", "emb_mask2_fixed")
+
+
+def model_from_tensors(tensors, n_users: int, n_items: int, n_layers: int) -> LightGCN:
+    """The model class a checkpoint's tensors belong to, holding them.
+
+    Tensors with edge weights (``adj_mask1_train``) make a :class:`LightGCN_sp`; a file
+    without ``adj_mask2_fixed``/``emb_mask2_fixed`` gets all-ones masks (nothing pruned),
+    as the published tool's early checkpoints imply. Otherwise a :class:`LightGCN`.
+    Shapes are the caller's to check (``Utils.Checkpoint.check_compatible``).
+    """
+    latdim = int(tensors["uEmbeds"].shape[1])
+    if "adj_mask1_train" not in tensors:
+        model = LightGCN(n_users, n_items, latdim, n_layers)
+        model.load_state_dict({k: tensors[k] for k in ("uEmbeds", "iEmbeds")})
+        return model
+    n_edges = int(tensors["adj_mask1_train"].numel())
+    model = LightGCN_sp(n_users, n_items, latdim, n_layers, n_edges)
+    state = {k: tensors[k] for k in PRUNABLE_KEYS if k in tensors}
+    state.setdefault("adj_mask2_fixed", torch.ones(n_edges))
+    state.setdefault("emb_mask2_fixed", torch.ones(n_users + n_items, latdim))
+    model.load_state_dict(state)
+    return model

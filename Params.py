@@ -1,16 +1,17 @@
 """The one command line of LightGNN, shared by ``pretrainTeacher.py`` and ``Main.py``.
 
 Every flag of the published tool exists here with its published name, type and
-default (SPEC.md section 7), plus four additions: ``--data_dir``, ``--select_on``,
-``--device`` and ``--threads``. This module also owns the parsing of booleans and
-comma-separated lists, the validation of flag combinations (one place, before
-anything runs), the choice of device, seeding and the published args dump.
+default, plus our additions (``--data_dir``, ``--select_on``, ``--device``, ``--threads``,
+``--plots`` and the time-to-quality levers). This module owns the parsing of booleans and
+comma-separated lists, the validation of flag combinations (one place, before anything
+runs), :func:`run_cli` and the published args dump; the device, threads and seeding are
+:mod:`Utils.Runtime`'s.
 
 Typical entry point::
 
     def main(args):
-        device = Params.select_device(args)
-        Params.seed_everything(args.seed)
+        device = Runtime.select_device(args)
+        Runtime.seed_everything(args.seed)
         print(Params.format_args(args)); print()
         ...
 
@@ -20,17 +21,16 @@ Typical entry point::
 import argparse
 import math
 import os
-import random
 import signal
 import sys
 import textwrap
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from Utils import Spmm
-from Utils.Errors import ConfigError, Terminated, UserError, discard_closed_stdout, interrupt_exit_code
+from Utils.Errors import (ConfigError, OneLineErrorParser, Terminated, UserError, flush_stdout, interrupt_exit_code,
+                          report_user_error)
+from Utils.Runtime import expose_gpu
 
 STAGES = ('main', 'teacher')
 ARGS_DUMP_WIDTH = 80  # the published dump pads "name....value" to 80 characters
@@ -313,7 +313,7 @@ DYNAMIC_LISTS = (
 
 def build_parser(prog=None):
     """The argparse parser of both entry points (every published flag, then ours)."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrorParser(
         prog=prog, allow_abbrev=False, formatter_class=_HelpFormatter,
         description='LightGNN: distillation-based pruning of GNN recommenders '
                     '(stage 1 pretrainTeacher.py, stages 2-3 Main.py).')
@@ -426,7 +426,7 @@ def validate(args, stage='main'):
     if args.contrast_candidates < 0:
         _fail(f"--contrast_candidates must be >= 0 (0 = exact sums), got {args.contrast_candidates}")
     if args.device == 'cuda':
-        _expose_gpu(args)  # before the first CUDA query, which fixes the visible devices
+        expose_gpu(args)  # before the first CUDA query, which fixes the visible devices
         if not torch.cuda.is_available():
             _fail("--device=cuda but CUDA is not available here (use --device=auto or --device=cpu)")
 
@@ -493,7 +493,7 @@ def parse_args(argv=None, stage='main'):
     if stage not in STAGES:
         raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
     args = build_parser().parse_args(argv)
-    _expose_gpu(args)
+    expose_gpu(args)
     return validate(args, stage)
 
 
@@ -536,79 +536,13 @@ def run_cli(main_fn, stage, argv=None):
         args = parse_args(argv, stage=stage)
         return main_fn(args)
     except UserError as err:
-        _flush_stdout()
-        message = ' '.join(str(err).split()) or type(err).__name__
-        print(f'error: {message}', file=sys.stderr)
-        sys.exit(2)
+        sys.exit(report_user_error(err))
     except KeyboardInterrupt as err:  # before the stage's own handler was in place (start-up)
-        _flush_stdout()
+        flush_stdout()
         print('interrupted during start-up, before training began', file=sys.stderr)
         sys.exit(interrupt_exit_code(err))
     finally:
         signal.signal(signal.SIGTERM, previous)
-
-
-def _flush_stdout():
-    """Flush stdout, discarding it when its reader is gone (:func:`discard_closed_stdout`)."""
-    try:
-        sys.stdout.flush()
-    except (BrokenPipeError, ValueError):
-        discard_closed_stdout()
-
-
-def _expose_gpu(args):
-    """--gpu, when given, replaces CUDA_VISIBLE_DEVICES (the published tool always forced '2')."""
-    if args.gpu is not None:
-        os.environ['CUDA_VISIBLE_DEVICES'] = args.gpu
-
-
-def select_device(args):
-    """Choose the one device of the run (call once, pass the result down).
-
-    Applies --gpu (CUDA_VISIBLE_DEVICES) and --threads first; auto = cuda when available.
-    """
-    _expose_gpu(args)
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
-        Spmm.set_threads(args.threads)
-    keep_freed_memory()
-    if args.device == 'cpu':
-        return torch.device('cpu')
-    available = torch.cuda.is_available()
-    if args.device == 'cuda' and not available:
-        _fail("--device=cuda but CUDA is not available here (use --device=auto or --device=cpu)")
-    return torch.device('cuda' if available else 'cpu')
-
-
-def keep_freed_memory():
-    """Let glibc reuse freed blocks of up to 1 GiB instead of returning them to the OS.
-
-    Every training step allocates and frees many N×d tensors (17 MB each on Yelp);
-    by default glibc maps each one afresh and pays a page fault per 4 KiB
-    (measured: zeroing one took 19 ms instead of 8 ms). Numbers are unaffected.
-    """
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 1 << 30)  # M_MMAP_THRESHOLD
-        libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD
-    except (OSError, AttributeError):  # not glibc: nothing to tune
-        pass
-
-
-def make_optimizer(params, lr):
-    """Adam with the fused kernel (CPU and CUDA): the same update, several times faster."""
-    return torch.optim.Adam(params, lr=lr, fused=True)
-
-
-def seed_everything(seed):
-    """Seed python's random, numpy and torch (every CUDA device too, when there is one)."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    if torch.cuda.is_available():
-        torch.cuda.manual_seed_all(seed)
 
 
 def format_args(args):

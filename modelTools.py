@@ -22,17 +22,15 @@ import sys
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
-import numpy as np
 import torch
 
 import DataHandler as dh
 import Params
-from Model import LightGCN, LightGCN_sp
+from Model import LightGCN, model_from_tensors
 from Utils import Checkpoint, Plots, Report
-from Utils.Errors import CheckpointError, ConfigError, DataError, UserError
-from Utils.Metrics import Evaluator, popularity_embeddings
-
-PRUNABLE_KEYS = ("uEmbeds", "iEmbeds", "adj_mask1_train", "adj_mask2_fixed", "emb_mask2_fixed")
+from Utils.Errors import CheckpointError, ConfigError, DataError, OneLineErrorParser, UserError, report_user_error
+from Utils.Metrics import Evaluator, popularity_embeddings, top_k_unseen
+from Utils.Runtime import device_named
 
 
 # ----------------------------------------------------------------------------- loading
@@ -83,14 +81,7 @@ def load_data(loaded: Loaded, args) -> dh.Dataset:
 
 
 def _closure_graph(train, flags: dict) -> dh.Graph:
-    defaults = vars(default_flags())
-
-    def flag(name):
-        return flags.get(name, defaults[name])
-
-    return dh.Graph.from_scipy(dh.closure_matrix(train, flag("adj_aug_layer"), flag("adj_aug_sample"),
-                                                 flag("adj_aug_sample_ratio"), flag("adj_aug_sample_random"),
-                                                 flag("seed")))
+    return dh.closure_graph(train, {**vars(default_flags()), **flags})
 
 
 def model_graph(loaded: Loaded, dataset: dh.Dataset, choice: str = "auto") -> Tuple[dh.Graph, str]:
@@ -130,18 +121,10 @@ def _layers(loaded: Loaded) -> int:
 
 def build_model(loaded: Loaded, dataset: dh.Dataset, graph: dh.Graph) -> LightGCN:
     """The training tool's model class holding the checkpoint's tensors."""
-    tensors = loaded.ckpt.tensors
-    d = int(tensors["uEmbeds"].shape[1])
-    if "adj_mask1_train" in tensors:
-        Checkpoint.check_compatible(loaded.ckpt, dataset.n_users, dataset.n_items, n_edges=graph.nnz, what="model")
-        model = LightGCN_sp(dataset.n_users, dataset.n_items, d, _layers(loaded), graph.nnz)
-        state = {k: tensors[k] for k in PRUNABLE_KEYS if k in tensors}
-        state.setdefault("emb_mask2_fixed", torch.ones(dataset.n_nodes, d))
-    else:
-        model = LightGCN(dataset.n_users, dataset.n_items, d, _layers(loaded))
-        state = {k: tensors[k] for k in ("uEmbeds", "iEmbeds")}
-    model.load_state_dict(state)
-    return model.eval()
+    has_edges = "adj_mask1_train" in loaded.ckpt.tensors
+    Checkpoint.check_compatible(loaded.ckpt, dataset.n_users, dataset.n_items,
+                                n_edges=graph.nnz if has_edges else None, what="model")
+    return model_from_tensors(loaded.ckpt.tensors, dataset.n_users, dataset.n_items, _layers(loaded)).eval()
 
 
 @torch.no_grad()
@@ -152,14 +135,6 @@ def propagated(loaded: Loaded, dataset: dh.Dataset, device, graph_choice: str = 
     graph, _ = model_graph(loaded, dataset, graph_choice)
     model = build_model(loaded, dataset, graph).to(device)
     return model(graph.to(device))
-
-
-def select_device(name: str) -> torch.device:
-    if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        raise ConfigError("--device=cuda but CUDA is not available here (use --device=auto or --device=cpu)")
-    return torch.device("cuda")
 
 
 def read_idmap(dataset: dh.Dataset) -> Optional[Dict[str, list]]:
@@ -200,19 +175,14 @@ def parse_users(text: str, dataset: dh.Dataset, idmap: Optional[dict], by_index:
     return users
 
 
-@torch.no_grad()
 def top_k(user_emb: torch.Tensor, item_emb: torch.Tensor, users: List[int], train, k: int):
-    """Top-``k`` items per user by Ē_u·Ē_i, the user's train items excluded (as the Evaluator does)."""
-    scores = user_emb[torch.tensor(users, device=user_emb.device)] @ item_emb.t()
-    for row, u in enumerate(users):
-        seen = train.indices[train.indptr[u]:train.indptr[u + 1]]
-        scores[row, torch.from_numpy(seen.astype(np.int64)).to(scores.device)] = float("-inf")
-    k = min(k, scores.shape[1])
-    top = torch.topk(scores, k, dim=1)
+    """Top-``k`` (items, scores) per user by Ē_u·Ē_i, the user's train items excluded (the Evaluator's rule)."""
+    k = min(k, item_emb.shape[0])
+    values, indices = top_k_unseen(user_emb, item_emb.t(), torch.tensor(users, device=user_emb.device), train, k)
     out = []
     for row in range(len(users)):
-        keep = torch.isfinite(top.values[row])
-        out.append((top.indices[row][keep].tolist(), top.values[row][keep].tolist()))
+        keep = torch.isfinite(values[row])
+        out.append((indices[row][keep].tolist(), values[row][keep].tolist()))
     return out
 
 
@@ -222,7 +192,7 @@ def cmd_report(args) -> int:
     nnz = None
     if args.dataset and loaded.compact is None and "n_edges" not in loaded.meta:
         dataset = load_data(loaded, args)
-        nnz = 2 * dataset.train.nnz + dataset.n_nodes  # nnz(Â), SPEC §2
+        nnz = 2 * dataset.train.nnz + dataset.n_nodes  # nnz(Â), docs/method.md#propagation-graph
     report = Report.compression_report(loaded.ckpt.tensors, loaded.meta, graph_nnz_full=nnz)
     report["checkpoint"] = loaded.ckpt.path
     print(Report.format_report(report, f"Compression report of {loaded.ckpt.path}"))
@@ -259,7 +229,7 @@ def cmd_export(args) -> int:
     meta = dict(loaded.meta, graph=kind)
     meta.setdefault("dataset", dataset.name)
     meta.setdefault("flags", {"dataset": dataset.name, "data_dir": os.path.dirname(dataset.directory)})
-    compact = Report.export_compact(Checkpoint.Checkpoint(loaded.ckpt.tensors, meta, None, loaded.ckpt.path),
+    compact = Report.export_compact(Checkpoint.Checkpoint(loaded.ckpt.tensors, meta, loaded.ckpt.path),
                                     graph, args.out)
     report = Report.compression_report(compact.tensors(), compact.meta)
     print(Report.format_report(report, f"Compact export of {loaded.ckpt.path}"))
@@ -280,7 +250,7 @@ def cmd_recommend(args) -> int:
         raise ConfigError(f"--topk must be a positive integer, got {args.topk}")
     idmap = read_idmap(dataset)
     users = parse_users(args.users, dataset, idmap, args.by_index)
-    user_emb, item_emb = propagated(loaded, dataset, select_device(args.device), args.graph)
+    user_emb, item_emb = propagated(loaded, dataset, device_named(args.device), args.graph)
     for u, (items, scores) in zip(users, top_k(user_emb, item_emb, users, dataset.train, args.topk)):
         name = f"{idmap['users'][u]} (index {u})" if idmap else str(u)
         line = f"user {name}: {_format_items(items, idmap)}"
@@ -298,7 +268,7 @@ def cmd_evaluate(args) -> int:
     batch = args.tstBat or int(loaded.flags.get("tstBat", default_flags().tstBat))
     if topk <= 0 or batch <= 0:
         raise ConfigError(f"--topk and --tstBat must be positive integers, got {topk} and {batch}")
-    device = select_device(args.device)
+    device = device_named(args.device)
     user_emb, item_emb = propagated(loaded, dataset, device, args.graph)
     evaluator = Evaluator(dataset.train, split, topk, batch, device)
     result = evaluator.evaluate(user_emb, item_emb)
@@ -322,19 +292,10 @@ def cmd_evaluate(args) -> int:
 
 
 # ----------------------------------------------------------------------------- the parser
-class _Parser(argparse.ArgumentParser):
-    """argparse with one-line errors (``error: …``, exit status 2), like the training tools' other errors."""
-
-    def error(self, message):
-        sys.stdout.flush()
-        print(f"error: {message} (see: {self.prog} --help)", file=sys.stderr)
-        sys.exit(2)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="modelTools.py", description=__doc__.split("\n\n")[0],
+    parser = OneLineErrorParser(prog="modelTools.py", description=__doc__.split("\n\n")[0],
                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=OneLineErrorParser)
 
     def data_options(p, graph=True):
         p.add_argument("--dataset", default=None, help="dataset name (default: the one stored in the checkpoint)")
@@ -403,10 +364,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         return args.func(args)
     except UserError as err:
-        sys.stdout.flush()
-        message = " ".join(str(err).split()) or type(err).__name__
-        print(f"error: {message}", file=sys.stderr)
-        return 2
+        return report_user_error(err)
 
 
 if __name__ == "__main__":

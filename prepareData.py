@@ -1,4 +1,4 @@
-"""Convert interaction data into a LightGNN dataset (``<data_dir>/sparse_NAME/``, SPEC §1).
+"""Convert interaction data into a LightGNN dataset (``<data_dir>/sparse_NAME/``, docs/method.md#data).
 
     python prepareData.py --input PATH [--test PATH] --format {lightgcn,recbole,csv,synthetic} \\
         --name NAME [--data_dir Datasets] [--kcore 3] [--min_rating R] [--split {random,time}] [--seed S]
@@ -27,11 +27,11 @@ import sys
 from typing import List, Optional
 
 from Utils.Convert import FORMATS, Options, prepare
-from Utils.Errors import UserError
+from Utils.Errors import OneLineErrorParser, UserError, report_user_error
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrorParser(
         prog="prepareData.py", description="Convert interaction data into Datasets/sparse_NAME/{trn,val,tst}Mat.pkl.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--input", metavar="PATH", help="interaction file (train.txt for --format lightgcn)")
@@ -73,9 +73,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         result = prepare(Options(**vars(args)))
     except UserError as err:
-        sys.stdout.flush()
-        print(f"error: {' '.join(str(err).split()) or type(err).__name__}", file=sys.stderr)
-        return 2
+        return report_user_error(err)
     for label, count in result.steps:
         print(f"  {label:<28} {count:>12,}")
     for note in result.notes:

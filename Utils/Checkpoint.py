@@ -4,8 +4,7 @@ Our format (nanoGPT style: plain data, nothing pickled but tensors and builtins)
 
     {'format': 'lightgnn-ckpt', 'version': 1,
      'tensors': {name: CPU tensor},      # the model's state_dict, published names
-     'meta':    {...},                   # str/int/float/bool/None, lists and dicts of those
-     'history': [...] | {...} | None}    # the metric history, same plain types
+     'meta':    {...}}                   # str/int/float/bool/None, lists and dicts of those
 
 It is written atomically (temporary file in the same directory, then ``os.replace``)
 and read back with ``torch.load(weights_only=True)``, so loading never runs code.
@@ -46,7 +45,6 @@ FORMAT = "lightgnn-ckpt"
 VERSION = 1
 
 PathLike = Union[str, "os.PathLike[str]"]
-History = Union[List[Any], Dict[str, Any], None]
 
 # Roles of the published ``Model.Model`` wrapper, in the order the default choice tries
 # them: stage 3 trains ``student`` (``middle_teacher`` is its frozen supervisor), stage 2
@@ -59,13 +57,11 @@ class Checkpoint:
     """What a checkpoint file holds.
 
     ``tensors`` are CPU tensors (or on ``map_location``) keyed by published parameter
-    name; ``meta`` is plain data; ``history`` the metric history when one was saved;
-    ``path`` the file it came from (used in error messages).
+    name; ``meta`` is plain data; ``path`` the file it came from (used in error messages).
     """
 
     tensors: Dict[str, torch.Tensor]
     meta: Dict[str, Any] = field(default_factory=dict)
-    history: History = None
     path: Optional[str] = None
 
     def shapes(self) -> Dict[str, tuple]:
@@ -125,14 +121,13 @@ def save_checkpoint(
     path: PathLike,
     tensors: Mapping[str, torch.Tensor],
     meta: Union[Mapping[str, Any], argparse.Namespace, None] = None,
-    history: History = None,
 ) -> None:
     """Write a checkpoint atomically: a temporary file in the same directory, then ``os.replace``.
 
     A reader sees either the previous file or the complete new one, never a partial
     write; if writing fails the previous file is left as it was and no temporary file
     remains. Parent directories are created. ``meta`` (a dict or an argparse
-    Namespace) and ``history`` must be plain data; numpy scalars and arrays, 0-d
+    Namespace) must be plain data; numpy scalars and arrays, 0-d
     tensors and paths are converted, anything else raises TypeError.
     """
     path = os.fspath(path)
@@ -141,7 +136,6 @@ def save_checkpoint(
         "version": VERSION,
         "tensors": _cpu_tensors(tensors),
         "meta": _plain({} if meta is None else meta, "meta"),
-        "history": _plain(history, "history"),
     }
     if not isinstance(payload["meta"], dict):
         raise TypeError(f"checkpoint meta must be a dict or Namespace, got {type(meta).__name__}")
@@ -219,7 +213,7 @@ def load_checkpoint(path: PathLike, map_location: Any = "cpu", role: Optional[st
         raise CheckpointError(f"checkpoint {path} is damaged: 'tensors' is not a dict of tensors")
     if not isinstance(meta, dict):
         raise CheckpointError(f"checkpoint {path} is damaged: 'meta' is not a dict")
-    return Checkpoint(tensors=dict(tensors), meta=meta, history=obj.get("history"), path=path)
+    return Checkpoint(tensors=dict(tensors), meta=meta, path=path)
 
 
 def check_compatible(
@@ -546,7 +540,7 @@ def import_published_mod(path: PathLike, role: Optional[str] = None, map_locatio
     }
     if "adj_mask1_train" in tensors:
         meta["n_edges"] = int(tensors["adj_mask1_train"].numel())
-    return Checkpoint(tensors=tensors, meta=meta, history=None, path=path)
+    return Checkpoint(tensors=tensors, meta=meta, path=path)
 
 
 __all__ = [

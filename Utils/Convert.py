@@ -1,4 +1,4 @@
-"""Turning interaction logs into the LightGNN dataset format (SPEC §1), for ``prepareData.py``.
+"""Turning interaction logs into the LightGNN dataset format (docs/method.md#data), for ``prepareData.py``.
 
 Pipeline (:func:`prepare`)::
 

@@ -1,10 +1,13 @@
 """Errors a user can fix without reading a traceback.
 
-Anything raised as a ``UserError`` is caught by ``Params.run_cli`` and printed as one
-line, ``error: <message>``, on stderr, and the program exits with status 2. An
+Anything raised as a ``UserError`` is caught by the entry points (:func:`report_user_error`,
+through ``Params.run_cli`` for the training stages) and printed as one line,
+``error: <message>``, on stderr, and the program exits with status 2. Bad command lines
+end the same way (:class:`OneLineErrorParser`). An
 interrupt (Ctrl-C, or SIGTERM turned into :class:`Terminated`) ends the run with the
 summary of what was kept and exit status 130 / 143. Everything else (bugs) propagates.
 """
+import argparse
 import os
 import sys
 
@@ -49,3 +52,28 @@ def discard_closed_stdout() -> None:
 def interrupt_exit_code(err: KeyboardInterrupt) -> int:
     """130 for Ctrl-C (SIGINT), 143 for SIGTERM: the shell's 128 + signal number."""
     return getattr(err, "exit_code", 130)
+
+
+def flush_stdout() -> None:
+    """Flush stdout, discarding it when its reader is gone (:func:`discard_closed_stdout`)."""
+    try:
+        sys.stdout.flush()
+    except (BrokenPipeError, ValueError):
+        discard_closed_stdout()
+
+
+def report_user_error(err: UserError) -> int:
+    """Print ``error: <message>`` (one line, after whatever stdout still holds); return 2."""
+    flush_stdout()
+    message = " ".join(str(err).split()) or type(err).__name__
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
+class OneLineErrorParser(argparse.ArgumentParser):
+    """argparse whose errors are one ``error: …`` line (exit status 2), not a usage dump."""
+
+    def error(self, message):
+        flush_stdout()
+        print(f"error: {message} (see: {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)

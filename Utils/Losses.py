@@ -1,11 +1,11 @@
-"""The LightGNN training objective (SPEC §4, §6) as pure functions of tensors.
+"""The LightGNN training objective (docs/method.md#loss-terms) as pure functions of tensors.
 
 Every function takes tensors and plain numbers and returns a scalar tensor; none reads
 a configuration object or global state. ``kd_objective`` composes them into the
 published per-batch loss, driven by a plain :class:`KDConfig`.
 
 Conventions checked against the published tool's golden vectors
-(``reference/kd_terms.npz``, ``reference/kd_loss_*.npz``; all match to float32 rounding):
+(``tests/data/reference/kd_terms.npz``, ``tests/data/reference/kd_loss_*.npz``; all match to float32 rounding):
 
 * BPR ("main") is on the trainee's *output* embeddings Ē^S (sum over layers).
 * The weight decay is on the trainee's raw ``uEmbeds``/``iEmbeds`` parameters (the
@@ -250,7 +250,7 @@ def positive_pair_logit_sums(anc_emb: torch.Tensor, cand_emb: torch.Tensor, anc_
                              cand_mask: torch.Tensor, loosen: float, *, block_rows: int = BLOCK_ROWS,
                              block_cols: int = BLOCK_COLS, sparse_pairs: bool = True
                              ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Subspace positives (SPEC §6) and the summed raw logits over them, without an n×m matrix.
+    """Subspace positives (docs/method.md#positive-pairs-and-the-loosen-factor) and the summed raw logits over them, without an n×m matrix.
 
     t_nm = [M_n·M_m ≥ ‖M_n‖₀ − δ] · [M_n·M_m ≥ ‖M_m‖₀ − δ] with binary (0/1) mask rows M and
     δ = ``loosen``. Returns ``(counts, sums)``: counts_n = Σ_m t_nm (no gradient) and
@@ -307,7 +307,7 @@ def table_logsumexp(anchors: torch.Tensor, table: torch.Tensor, temp: float,
     """log Σ_{m ∈ T} exp(a_n·b_m / τ) over a whole table T, exactly or estimated from a sample.
 
     With ``sample`` S ⊂ T (K rows drawn uniformly without replacement, K < |T|), the sum is
-    replaced by its unbiased estimate (docs: "Sampled all-node terms")::
+    replaced by its unbiased estimate (docs/method.md#sampled-all-node-terms)::
 
         Σ_{m ∈ T} exp(a_n·b_m/τ)  ≈  (|T| / K) · Σ_{m ∈ S} exp(a_n·b_m/τ),
         so  lse_n ≈ log(|T| / K) + log Σ_{m ∈ S} exp(a_n·b_m/τ).
@@ -336,7 +336,7 @@ def _cached_lse(cache: Optional[MutableMapping], key: str, anchors: torch.Tensor
 # ---------------------------------------------------------------------------
 
 def bpr_loss(anc_emb: torch.Tensor, pos_emb: torch.Tensor, neg_emb: torch.Tensor) -> torch.Tensor:
-    """BPR (SPEC §4 and §6 "BPR"): mean_b −log σ(a_b·p_b − a_b·n_b).
+    """BPR (docs/method.md#bpr): mean_b −log σ(a_b·p_b − a_b·n_b).
 
     Written as softplus(−x), which equals the published ``-(x).sigmoid().log().mean()``
     wherever that is finite and stays finite (and exact) for very negative x.
@@ -346,12 +346,12 @@ def bpr_loss(anc_emb: torch.Tensor, pos_emb: torch.Tensor, neg_emb: torch.Tensor
 
 
 def embedding_reg(u_embeds: torch.Tensor, i_embeds: torch.Tensor, reg: float) -> torch.Tensor:
-    """Weight decay (SPEC §4, §6): reg · (‖U‖²_F + ‖I‖²_F) over the whole tables."""
+    """Weight decay (docs/method.md#weight-decay): reg · (‖U‖²_F + ‖I‖²_F) over the whole tables."""
     return (u_embeds.square().sum() + i_embeds.square().sum()) * reg
 
 
 def edge_weight_reg(edge_weight: torch.Tensor, ereg: float) -> torch.Tensor:
-    """Edge-weight decay (SPEC §6, ``--use_ereg``): ereg · ‖w‖² of ``adj_mask1_train``."""
+    """Edge-weight decay (docs/method.md#weight-decay, ``--use_ereg``): ereg · ‖w‖² of ``adj_mask1_train``."""
     return edge_weight.square().sum() * ereg
 
 
@@ -365,7 +365,7 @@ def pair_score_differences(users: torch.Tensor, items: torch.Tensor, u: torch.Te
 def prediction_kd_loss(stu_users: torch.Tensor, stu_items: torch.Tensor, tea_users: torch.Tensor,
                        tea_items: torch.Tensor, rand_users: torch.Tensor, rand_items1: torch.Tensor,
                        rand_items2: torch.Tensor, temp: float) -> torch.Tensor:
-    """Prediction-level KD (SPEC §6; the published ``KLDiverge``) over random triples (u', i₁, i₂).
+    """Prediction-level KD (docs/method.md#prediction-level-kd; the published ``KLDiverge``) over random triples (u', i₁, i₂).
 
     With ε = ŷ(u',i₁) − ŷ(u',i₂), p^T = σ(ε^T/τ), p^S = σ(ε^S/τ):
     mean of −[p^T·log(p^S + 1e-8) + (1 − p^T)·log(1 − p^S + 1e-8)].
@@ -383,7 +383,7 @@ def prediction_kd_loss(stu_users: torch.Tensor, stu_items: torch.Tensor, tea_use
 
 def infonce(x_all: torch.Tensor, y_all: torch.Tensor, index: torch.Tensor, temp: float,
             sample: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """InfoNCE (SPEC §6 "Embedding-level KD"; the published ``infoNCE``).
+    """InfoNCE (docs/method.md#embedding-level-kd; the published ``infoNCE``).
 
     x = (X + 1e-8)/‖X + 1e-8‖, y likewise (row-wise, ``F.normalize``);
     mean over n ∈ index of −log( exp(x_n·y_n/τ) / (Σ_{m over all rows of Y} exp(x_n·y_m/τ) + 1e-8) )
@@ -403,7 +403,7 @@ def infonce(x_all: torch.Tensor, y_all: torch.Tensor, index: torch.Tensor, temp:
 def embedding_kd_loss(tea_high_users: torch.Tensor, tea_high_items: torch.Tensor, stu_users: torch.Tensor,
                       stu_items: torch.Tensor, uniq_users: torch.Tensor, uniq_items: torch.Tensor,
                       temp: float, sample: ContrastSample = EXACT) -> torch.Tensor:
-    """Embedding-level KD (SPEC §6), unweighted: InfoNCE(H_users, Ē^S_users, uniq(u)) + InfoNCE(H_items, Ē^S_items, uniq(i)).
+    """Embedding-level KD (docs/method.md#embedding-level-kd), unweighted: InfoNCE(H_users, Ē^S_users, uniq(u)) + InfoNCE(H_items, Ē^S_items, uniq(i)).
 
     H = Σ_{l≥2} E^T_l of the supervisor, detached here. ``sample``: see :class:`ContrastSample`.
     """
@@ -415,7 +415,7 @@ def contrastive_denominator_loss(stu_users: torch.Tensor, stu_items: torch.Tenso
                                  uniq_items: torch.Tensor, temp: float, *,
                                  lse_cache: Optional[MutableMapping] = None,
                                  sample: ContrastSample = EXACT) -> torch.Tensor:
-    """Auxiliary denominator / uniformity term (SPEC §6, published ``selfContrast``), unweighted.
+    """Auxiliary denominator / uniformity term (docs/method.md#auxiliary-denominator, published ``selfContrast``), unweighted.
 
     Σ over (a, b, n) ∈ {(users, items, uniq(u)), (items, users, uniq(i)), (users, users, uniq(u)),
     (items, items, uniq(i))} of mean_n log(Σ_m exp(a_n·b_m/τ) + 1e-5), on the raw (not
@@ -440,7 +440,7 @@ def soft_target_cross_entropy(anc_emb: torch.Tensor, cand_emb: torch.Tensor, anc
                               cand_mask: torch.Tensor, loosen: float, temp: float, *,
                               lse: Optional[torch.Tensor] = None, block_rows: int = BLOCK_ROWS,
                               block_cols: int = BLOCK_COLS) -> torch.Tensor:
-    """One subspace kernel (SPEC §6): mean_n −Σ_m t_nm · log softmax_m(a_n·b_m/τ).
+    """One subspace kernel (docs/method.md#subspace-term): mean_n −Σ_m t_nm · log softmax_m(a_n·b_m/τ).
 
     = mean_n [ (Σ_m t_nm)·lse_n − (Σ_m t_nm a_n·b_m)/τ ], t the mask positives of
     :func:`positive_pair_logit_sums`; the same value as ``nn.CrossEntropyLoss()(logits, t)``
@@ -466,7 +466,7 @@ def subspace_loss(users_emb: torch.Tensor, items_emb: torch.Tensor, user_mask: t
                   temp: float, loosen: float, version: str = "v3", *, resample_ratio: Optional[float] = None,
                   generator: Optional[torch.Generator] = None,
                   lse_cache: Optional[MutableMapping] = None, sample: ContrastSample = EXACT) -> torch.Tensor:
-    """Subspace uniformity constraint (SPEC §6), unweighted (multiply by ``subspcreg``).
+    """Subspace uniformity constraint (docs/method.md#subspace-term), unweighted (multiply by ``subspcreg``).
 
     Positives: (a, b) with M_a·M_b ≥ ‖M_a‖₀ − δ and M_a·M_b ≥ ‖M_b‖₀ − δ, M the rows of
     ``emb_mask2_fixed`` (``user_mask`` U×d, ``item_mask`` I×d), δ = ``loosen``. Each term is
@@ -580,7 +580,7 @@ def kd_objective(cfg: KDConfig, *, stu_users: torch.Tensor, stu_items: torch.Ten
                  emb_mask: Optional[torch.Tensor] = None,
                  generator: Optional[torch.Generator] = None,
                  sample: Optional[ContrastSample] = None) -> Dict[str, torch.Tensor]:
-    """The per-batch loss of stages 2–3 (SPEC §6; published ``Model.calcLoss``).
+    """The per-batch loss of stages 2–3 (docs/method.md#total-objective; published ``Model.calcLoss``).
 
     total = main + pred_kd + emb_kd + reg + contr_deno + subspace, with
 

@@ -1,4 +1,4 @@
-"""Recall@K and NDCG@K over one split, from embeddings propagated once (SPEC §5).
+"""Recall@K and NDCG@K over one split, from embeddings propagated once (docs/method.md#evaluation).
 
 For each evaluated user (one with at least one interaction in the split): score all
 items, exclude the user's train items, take the top K, then
@@ -31,6 +31,19 @@ def _rows_to_coords(indptr: torch.Tensor, indices: torch.Tensor, users: torch.Te
         torch.cumsum(counts, 0) - counts, counts)
     cols = indices[torch.repeat_interleave(starts, counts) + offsets]
     return batch_rows, cols
+
+
+@torch.no_grad()
+def top_k_unseen(user_emb: torch.Tensor, item_t: torch.Tensor, users: torch.Tensor, train_csr, k: int):
+    """(values, item ids) of the ``k`` best items of each of ``users`` by Ē_u·Ē_i, the user's
+    train items excluded (scored −inf). ``item_t`` is Ē_itemsᵀ (d×I); ``train_csr`` is the
+    train matrix as (indptr, indices) tensors or a SciPy matrix."""
+    if sp.issparse(train_csr):
+        train_csr = _csr_tensors(sp.csr_matrix(train_csr), users.device)
+    scores = user_emb[users] @ item_t
+    rows, cols = _rows_to_coords(*train_csr, users)
+    scores[rows, cols] = float("-inf")
+    return torch.topk(scores, k, dim=1)
 
 
 def recall_ndcg_from_ranking(toplocs: torch.Tensor, truth: torch.Tensor, n_truth: torch.Tensor, k: int):
@@ -70,10 +83,7 @@ class Evaluator:
         item_t = item_emb.t().contiguous()
         for start in range(0, self.users.numel(), self.batch_users):
             users = self.users[start:start + self.batch_users]
-            scores = user_emb[users] @ item_t
-            rows, cols = _rows_to_coords(*self.train_csr, users)
-            scores[rows, cols] = float("-inf")
-            toplocs = torch.topk(scores, self.topk, dim=1).indices
+            toplocs = top_k_unseen(user_emb, item_t, users, self.train_csr, self.topk).indices
             truth = torch.zeros(users.numel(), self.n_items, dtype=torch.bool, device=self.device)
             rows, cols = _rows_to_coords(*self.split_csr, users)
             truth[rows, cols] = True

@@ -15,7 +15,6 @@ object per epoch with ``stage``, ``epoch``, ``metrics`` ({'test': {'Recall', 'ND
 """
 from __future__ import annotations
 
-import json
 import os
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -24,7 +23,7 @@ import matplotlib
 matplotlib.use("Agg")  # headless: never needs a display
 import matplotlib.pyplot as plt  # noqa: E402  (after the backend choice)
 
-from Utils.Errors import DataError  # noqa: E402
+from Utils.Training import read_history  # noqa: E402
 
 Rows = List[dict]
 Histories = Union[Mapping[str, Rows], Sequence[str]]
@@ -34,33 +33,8 @@ KIND_NAMES = {"Train Mask": "learned edge weights", "Fixed Mask": "fixed edge we
 
 # ----------------------------------------------------------------------------- reading
 def load_history(path: str) -> Rows:
-    """Rows of a history file: JSON lines, or a record file ``{"record": …, "history": rows}``."""
-    if not os.path.isfile(path):
-        raise DataError(f"history file not found: {path}")
-    with open(path, encoding="utf-8") as fh:
-        text = fh.read()
-    try:
-        whole = json.loads(text)
-    except json.JSONDecodeError:
-        whole = None
-    if isinstance(whole, dict) and isinstance(whole.get("history"), list):
-        return whole["history"]
-    if isinstance(whole, list):
-        return whole
-    if isinstance(whole, dict):  # a JSON-lines file of a single row
-        return [whole]
-    rows = []
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path}:{number}: not a history row ({exc.msg})") from None
-        if not isinstance(row, dict):
-            raise DataError(f"{path}:{number}: not a history row (expected a JSON object)")
-        rows.append(row)
-    return rows
+    """Rows of a history file (JSON lines or a record file); a missing file is an error."""
+    return read_history(path, missing_ok=False)
 
 
 def load_histories(paths: Iterable[str]) -> Dict[str, Rows]:

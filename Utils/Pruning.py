@@ -19,7 +19,7 @@ here                       published (``LightGCN_sp`` / ``Params``)
 ``keep_weights``           ``--keep_adj_weights2next_prn``
 =========================  ==========================================
 
-Conventions (checked against ``../shared/reference/prune_*.npz``, all reproduced exactly):
+Conventions (checked against ``tests/data/reference/prune_*.npz``, all reproduced exactly):
 
 * Threshold: among the ``n`` non-zero values, sort ``|value|`` ascending and take the one at
   0-based position ``floor(n * pct)``. Everything ``<=`` it is pruned (``new mask = |x| > t``),
@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Dict, Mapping, Optional
 
 import torch
 from torch import Tensor
@@ -59,6 +59,8 @@ __all__ = [
     "random_prune_embeddings",
     "kept_percent",
     "compute_pruned_state",
+    "PruneConfig",
+    "prune_state",
 ]
 
 # Edges per chunk when gathering embedding rows for the row.col dot products
@@ -75,8 +77,6 @@ class PrunedState:
     u_embeds: Tensor  # uEmbeds
     i_embeds: Tensor  # iEmbeds
     emb_mask: Tensor  # emb_mask2_fixed, 0/1, N x d
-    edge_kept_pct: float  # 100 * kept edges / all edges of Â
-    emb_kept_pct: float  # 100 * kept entries / (N * d)
 
 
 def _check_pct(pct: float, name: str) -> None:
@@ -344,6 +344,65 @@ def compute_pruned_state(
         u_embeds=u_after,
         i_embeds=i_after,
         emb_mask=new_emb_mask,
-        edge_kept_pct=kept_percent(new_edge_mask),
-        emb_kept_pct=kept_percent(new_emb_mask),
     )
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    """What one pruning step does, built from the flags in one place
+    (``Utils.Distill.prune_config``).
+
+    ``scoring`` names the model whose output embeddings score edges (the β₁ term of
+    :func:`edge_importance`): None (no β₁ term, ``--use_adj_mask_aug=False``), "teacher",
+    "middle" (the intermediate model) or "student". ``use_middle_weights`` adds the β₂ term,
+    the intermediate model's edge weights mapped onto Â (``--use_SM_edgeW2aug``).
+    """
+
+    edge_pct: float
+    emb_pct: float
+    keep_weights: bool = False
+    scoring: Optional[str] = None
+    beta1: float = 0.0
+    use_middle_weights: bool = False
+    beta2: float = 0.0
+    use_tanh: bool = False
+    use_abs: bool = False
+    random_edges: bool = False
+    random_embeddings: bool = False
+
+
+SCORING_MODELS = ("teacher", "middle", "student")
+
+
+def prune_state(
+    state: Mapping[str, Tensor],
+    cfg: PruneConfig,
+    *,
+    edge_row: Tensor,
+    edge_col: Tensor,
+    scorers: Mapping[str, Callable[[], Tensor]],
+    mid_edge_weight_on_adj: Optional[Tensor] = None,
+    generator: Optional[torch.Generator] = None,
+) -> Dict[str, Tensor]:
+    """One pruning step on a student state dict (published tensor names in and out).
+
+    ``scorers[cfg.scoring]()`` gives the N×d output embeddings that score edges; it is only
+    called when ``cfg.scoring`` is set. ``mid_edge_weight_on_adj`` is required with
+    ``cfg.use_middle_weights``.
+    """
+    aug_embeds = None
+    if cfg.scoring is not None:
+        if cfg.scoring not in scorers:
+            raise ValueError(f"edges are scored with the {cfg.scoring} model, which this stage has not loaded")
+        aug_embeds = scorers[cfg.scoring]()
+    if cfg.use_middle_weights and mid_edge_weight_on_adj is None:
+        raise ValueError("use_middle_weights needs the intermediate model's edge weights on Â")
+    pruned = compute_pruned_state(
+        state["adj_mask1_train"], state["adj_mask2_fixed"], state["uEmbeds"], state["iEmbeds"],
+        state["emb_mask2_fixed"], edge_pct=cfg.edge_pct, emb_pct=cfg.emb_pct, keep_weights=cfg.keep_weights,
+        aug_embeds=aug_embeds, edge_row=edge_row, edge_col=edge_col, beta1=cfg.beta1, use_tanh=cfg.use_tanh,
+        mid_edge_weight_on_adj=mid_edge_weight_on_adj if cfg.use_middle_weights else None, beta2=cfg.beta2,
+        use_abs=cfg.use_abs, random_edges=cfg.random_edges, random_embeddings=cfg.random_embeddings,
+        generator=generator)
+    return {"uEmbeds": pruned.u_embeds, "iEmbeds": pruned.i_embeds, "adj_mask1_train": pruned.edge_weight,
+            "adj_mask2_fixed": pruned.edge_mask, "emb_mask2_fixed": pruned.emb_mask}

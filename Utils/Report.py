@@ -74,19 +74,16 @@ def is_compact(meta: Mapping[str, Any]) -> bool:
     return meta.get("model_class") == COMPACT_CLASS
 
 
+def _model(tensors: Mapping[str, torch.Tensor], n_layers: int = 0):
+    """The training tool's model holding a checkpoint's tensors (masks included)."""
+    from Model import model_from_tensors
+
+    return model_from_tensors(tensors, int(tensors["uEmbeds"].shape[0]), int(tensors["iEmbeds"].shape[0]), n_layers)
+
+
 def layer0(tensors: Mapping[str, torch.Tensor]) -> torch.Tensor:
     """E₀ = [uEmbeds; iEmbeds] ⊙ emb_mask2_fixed (no mask: the plain tables), as the models compute it."""
-    e0 = torch.cat([tensors["uEmbeds"], tensors["iEmbeds"]], dim=0)
-    if "emb_mask2_fixed" in tensors:
-        e0 = e0 * tensors["emb_mask2_fixed"]
-    return e0
-
-
-def edge_values(tensors: Mapping[str, torch.Tensor], graph_values: torch.Tensor) -> torch.Tensor:
-    """Â_e·w_e·m_e per edge (the graph values alone for a teacher), as LightGCN_sp computes them."""
-    if "adj_mask1_train" not in tensors:
-        return graph_values
-    return graph_values * tensors["adj_mask1_train"] * tensors["adj_mask2_fixed"]
+    return _model(tensors).layer0().detach()
 
 
 def recorded_metrics(meta: Mapping[str, Any]) -> Dict[str, Dict[str, float]]:
@@ -308,23 +305,20 @@ class CompactModel:
 
     @torch.no_grad()
     def embeddings(self, device=None) -> Tuple[torch.Tensor, torch.Tensor]:
-        """(Ē_users, Ē_items): Σ_{l=0..L} M^l·E₀ with the training tool's propagation kernel."""
-        from Utils.Spmm import propagate_sum
+        """(Ē_users, Ē_items): Σ_{l=0..L} M^l·E₀, propagated by the training tool's LightGCN."""
+        import scipy.sparse as sp
+
+        from DataHandler import Graph
+        from Model import LightGCN
 
         device = torch.device(device or "cpu")
-        graph = _CsrGraph(self.edge_indptr.to(torch.int64).to(device), self.edge_col.to(torch.int64).to(device),
-                          self.n_nodes)
-        out = propagate_sum(graph, self.edge_values.to(device), self.layer0(device), self.n_layers)
-        return out[: self.n_users], out[self.n_users:]
-
-
-@dataclass
-class _CsrGraph:
-    """The part of :class:`DataHandler.Graph` that a forward propagation reads."""
-
-    indptr: torch.Tensor
-    col: torch.Tensor
-    n_nodes: int
+        n = self.n_nodes
+        graph = Graph.from_scipy(sp.csr_matrix(
+            (self.edge_values.numpy(), self.edge_col.numpy(), self.edge_indptr.numpy()), shape=(n, n)))
+        model = LightGCN(self.n_users, n - self.n_users, self.latdim, self.n_layers)
+        e0 = self.layer0()
+        model.load_state_dict({"uEmbeds": e0[: self.n_users], "iEmbeds": e0[self.n_users:]})
+        return model.to(device)(graph.to(device))
 
 
 def compact_from_checkpoint(ckpt: "ckpt_io.Checkpoint", graph) -> CompactModel:
@@ -344,13 +338,14 @@ def compact_from_checkpoint(ckpt: "ckpt_io.Checkpoint", graph) -> CompactModel:
                               f"the graph has {graph.nnz} edges (another dataset, or Â versus Ĉ?)")
     n_nodes = graph.n_nodes
     keep = tensors["adj_mask2_fixed"] != 0 if prunable else torch.ones(graph.nnz, dtype=torch.bool)
-    values = edge_values(tensors, graph.values.detach().cpu())[keep].to(torch.float32).contiguous()
+    model = _model(tensors, int(meta["gnn_layer"]))
+    values = model.edge_values(graph.to("cpu")).detach()[keep].to(torch.float32).contiguous()
     indptr = torch.zeros(n_nodes + 1, dtype=torch.int64)
     torch.cumsum(torch.bincount(graph.row.cpu()[keep], minlength=n_nodes), 0, out=indptr[1:])
     edge_indptr = indptr.to(index_dtype(int(values.numel())))
     edge_col = graph.col.cpu()[keep].to(index_dtype(n_nodes - 1))
 
-    e0 = layer0(tensors).to(torch.float32)
+    e0 = model.layer0().detach().to(torch.float32)
     pattern = e0 != 0
     emb_bitmap = torch.from_numpy(np.packbits(pattern.numpy().ravel()))
     emb_values = e0[pattern].contiguous()

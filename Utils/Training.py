@@ -20,7 +20,7 @@ from typing import Callable, Dict, Iterable, Optional
 
 import torch
 
-from Utils.Errors import NonFiniteError, discard_closed_stdout
+from Utils.Errors import DataError, NonFiniteError, discard_closed_stdout, interrupt_exit_code
 
 
 # ----------------------------------------------------------------------------- logging
@@ -81,12 +81,38 @@ class RunLog:
             fh.write(json.dumps(row) + "\n")
 
 
-def read_history(path: str) -> list:
-    """Rows written by :meth:`RunLog.record` (an empty list when the file is absent)."""
-    if not path or not os.path.exists(path):
-        return []
-    with open(path) as fh:
-        return [json.loads(line) for line in fh if line.strip()]
+def read_history(path: str, missing_ok: bool = True) -> list:
+    """The rows of a history file: the JSON lines :meth:`RunLog.record` writes, or a record
+    file ``{"record": …, "history": rows}``. A missing file is no rows (an error when not
+    ``missing_ok``); a line that is not a JSON object is a :class:`DataError` naming it."""
+    if not path or not os.path.isfile(path):
+        if missing_ok:
+            return []
+        raise DataError(f"history file not found: {path}")
+    with open(path, encoding="utf-8") as fh:
+        text = fh.read()
+    try:
+        whole = json.loads(text)
+    except json.JSONDecodeError:
+        whole = None
+    if isinstance(whole, dict) and isinstance(whole.get("history"), list):
+        return whole["history"]
+    if isinstance(whole, list):
+        return whole
+    if isinstance(whole, dict):  # a JSON-lines file of a single row
+        return [whole]
+    rows = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}:{number}: not a history row ({exc.msg})") from None
+        if not isinstance(row, dict):
+            raise DataError(f"{path}:{number}: not a history row (expected a JSON object)")
+        rows.append(row)
+    return rows
 
 
 # ----------------------------------------------------------------------------- training
@@ -226,7 +252,7 @@ class EarlyStopper:
 # ----------------------------------------------------------------------------- records
 @dataclass
 class Record:
-    """One "best" record (SPEC §6 Records; stage 1 keeps just one).
+    """One "best" record (docs/method.md#records; stage 1 keeps just one).
 
     With ``gap`` set it is a "2nd best" record: it accepts the latest point whose metric
     is ≥ (1 − gap)·best of ``reference`` (the matching best record), favouring sparser models.
@@ -273,8 +299,36 @@ def format_metrics(metrics: Dict[str, float]) -> str:
     return f"Recall = {metrics['Recall']:.4f}, NDCG = {metrics['NDCG']:.4f}"
 
 
+def open_run(args):
+    """The opening every stage shares: the device, seeds, the log with the args dump and "Start"."""
+    import Params
+    from Utils import Runtime
+
+    device = Runtime.select_device(args)
+    Runtime.seed_everything(args.seed)
+    log = RunLog(Params.history_file(args.his_save_path))
+    log.line(Params.format_args(args), stamp=False)
+    log.line("Start")
+    return device, log
 
 
+def run_stage(stage, log: RunLog) -> int:
+    """Run a built stage (``stage.run()``), then print its ``summary()`` lines; return the exit status.
+
+    Ctrl-C or SIGTERM (:class:`Utils.Errors.Terminated`) ends the stage as its last epoch
+    would: what was saved stays, the summary is printed after ``stage.interrupted_line``,
+    and the status is 130 / 143.
+    """
+    try:
+        stage.run()
+    except KeyboardInterrupt as err:
+        log.line(stage.interrupted_line)
+        for line in stage.summary():
+            log.line(line, stamp=False)
+        return interrupt_exit_code(err)
+    for line in stage.summary():
+        log.line(line, stamp=False)
+    return 0
 
 
 def build_eval_suite(dataset, topk: int, batch_users: int, select_on: str, device,

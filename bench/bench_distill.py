@@ -34,7 +34,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import DataHandler as dh  # noqa: E402
 import Params  # noqa: E402
-from Main import distill_loss, frozen_outputs, kd_config, run_settings  # noqa: E402
+from Utils import Runtime  # noqa: E402
+from Utils.Distill import distill_loss, frozen_outputs, kd_config, prune_config, run_settings  # noqa: E402
 from Model import LightGCN, LightGCN_sp  # noqa: E402
 from Utils import Losses, Pruning  # noqa: E402
 from Utils.Training import build_eval_suite, train_epoch  # noqa: E402
@@ -119,8 +120,8 @@ def main():
     ks = [int(k) for k in opts.contrast_candidates.split(",")]
     args = Params.parse_args(["--dataset=yelp", f"--data_dir={opts.data_dir}", f"--threads={opts.threads}",
                               "--device=cpu", *STAGE_FLAGS[opts.stage]])
-    device = Params.select_device(args)
-    Params.seed_everything(0)
+    device = Runtime.select_device(args)
+    Runtime.seed_everything(0)
     data = dh.load_dataset(args.data_dir, "yelp")
     adj = dh.Graph.from_scipy(dh.propagation_matrix(data.train))
     closure, t_closure = timed(lambda: dh.Graph.from_scipy(dh.closure_matrix(data.train, 1)))
@@ -139,19 +140,12 @@ def main():
     if opts.stage == 3:  # the pruning step that leads into run 2, timed
         mid_w, t_map = timed(lambda: Pruning.closure_weights_on_adj(adj.row, adj.col, closure.row, closure.col,
                                                                     supervisor.adj_mask1_train.detach(), adj.n_nodes))
-        state, t_prune = timed(lambda: Pruning.compute_pruned_state(
-            trainee.adj_mask1_train.detach(), trainee.adj_mask2_fixed, trainee.uEmbeds.detach(),
-            trainee.iEmbeds.detach(), trainee.emb_mask2_fixed, edge_pct=args.pruning_percent_adj,
-            emb_pct=args.pruning_percent_emb, aug_embeds=sup.all, edge_row=adj.row, edge_col=adj.col,
-            beta1=settings.beta1, mid_edge_weight_on_adj=mid_w, beta2=settings.beta2))
-        with torch.no_grad():
-            trainee.uEmbeds.copy_(state.u_embeds)
-            trainee.iEmbeds.copy_(state.i_embeds)
-            trainee.adj_mask1_train.copy_(state.edge_weight)
-            trainee.adj_mask2_fixed.copy_(state.edge_mask)
-            trainee.emb_mask2_fixed.copy_(state.emb_mask)
+        state, t_prune = timed(lambda: Pruning.prune_state(
+            trainee.state_dict(), prune_config(args, settings), edge_row=adj.row, edge_col=adj.col,
+            scorers={"middle": lambda: sup.all}, mid_edge_weight_on_adj=mid_w))
+        trainee.load_state_dict(state)
         result.update(pruning_step_s=round(t_prune, 3), closure_weight_map_once_s=round(t_map, 3),
-                      edge_kept_pct=round(state.edge_kept_pct, 2), emb_kept_pct=round(state.emb_kept_pct, 2))
+                      edge_kept_pct=round(trainee.edge_kept_pct(), 2), emb_kept_pct=round(trainee.emb_kept_pct(), 2))
     sampler = dh.NegativeSampler(data.train)
     rng = np.random.default_rng(0)
     batches, t_sample = timed(lambda: list(sampler.epoch_batches(rng, args.batch)))
@@ -164,7 +158,7 @@ def main():
         cfg = kd_config(args, settings)
         cfg = Losses.KDConfig(**{**cfg.__dict__, "contrast_candidates": k})
         gen = torch.Generator().manual_seed(0)
-        optimizer = Params.make_optimizer(trainee.parameters(), args.lr)
+        optimizer = Runtime.make_optimizer(trainee.parameters(), args.lr)
         row = dict(result, contrast_candidates=k, use_subspcreg=cfg.use_subspcreg, loosen=cfg.loosen)
         part_breakdown(trainee, graph, sup, cfg, args.topRange, batches[:1], optimizer, gen)  # warm-up, not counted
         row["parts_per_batch_s"] = part_breakdown(trainee, graph, sup, cfg, args.topRange,

@@ -18,7 +18,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import DataHandler as dh  # noqa: E402
-import Params  # noqa: E402
+from Utils import Runtime  # noqa: E402
 from Utils import Spmm  # noqa: E402
 from bench_teacher import teacher_parser  # noqa: E402  (bench/ is on the path as the script's folder)
 
@@ -39,7 +39,7 @@ def main():
     opts = parser.parse_args()
     torch.set_num_threads(opts.threads)
     Spmm.set_threads(opts.threads)
-    Params.keep_freed_memory()  # as the entry points do: no page faults on reused buffers
+    Runtime.keep_freed_memory()  # as the entry points do: no page faults on reused buffers
     data = dh.load_dataset(opts.data_dir, opts.dataset)
     adj = dh.propagation_matrix(data.train)
     graph = dh.Graph.from_scipy(adj)

@@ -19,9 +19,9 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import DataHandler as dh  # noqa: E402
-import Params  # noqa: E402
+from Utils import Runtime  # noqa: E402
 from Model import LightGCN  # noqa: E402
-from pretrainTeacher import teacher_loss  # noqa: E402
+from Utils.Teacher import teacher_loss  # noqa: E402
 from Utils.Metrics import Evaluator  # noqa: E402
 
 
@@ -47,8 +47,8 @@ def main():
     graph = dh.Graph.from_scipy(dh.propagation_matrix(data.train))
     sampler = dh.NegativeSampler(data.train)
     model = LightGCN(data.n_users, data.n_items, opts.latdim, opts.layers)
-    Params.keep_freed_memory()
-    optimizer = Params.make_optimizer(model.parameters(), 4e-4)
+    Runtime.keep_freed_memory()
+    optimizer = Runtime.make_optimizer(model.parameters(), 4e-4)
     loss_fn = teacher_loss(model, graph, 1.5e-6)
     rng = np.random.default_rng(0)
     parts = {"sampling": 0.0, "forward": 0.0, "backward": 0.0, "optimizer": 0.0}

@@ -61,13 +61,12 @@ def test_round_trip_is_weights_only_and_plain(tmp_path):
         "nothing": None,
         "where": tmp_path / "x",
     }
-    history = {"recall": [0.1, np.float64(0.2)], "loss": [torch.tensor(1.5)]}
     path = tmp_path / "new" / "dir" / "model.mod"
-    save_checkpoint(path, tensors, meta, history)
+    save_checkpoint(path, tensors, meta)
 
     raw = torch.load(path, weights_only=True)
     assert raw["format"] == "lightgnn-ckpt" and raw["version"] == 1
-    assert set(raw) == {"format", "version", "tensors", "meta", "history"}
+    assert set(raw) == {"format", "version", "tensors", "meta"}
 
     ckpt = load_checkpoint(path)
     assert isinstance(ckpt, Checkpoint) and ckpt.path == str(path)
@@ -86,7 +85,6 @@ def test_round_trip_is_weights_only_and_plain(tmp_path):
         "where": str(tmp_path / "x"),
     }
     assert type(ckpt.meta["epoch"]) is int and type(ckpt.meta["flag"]) is bool
-    assert ckpt.history == {"recall": [0.1, 0.2], "loss": [1.5]}
 
 
 def test_views_are_saved_compactly(tmp_path):

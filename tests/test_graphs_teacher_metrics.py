@@ -1,4 +1,4 @@
-"""Golden-vector tests for Stage 1's foundation: graphs, teacher, metrics (SPEC §2–§5)."""
+"""Golden-vector tests for Stage 1's foundation: graphs, teacher, metrics (docs/method.md#graphs to docs/method.md#evaluation)."""
 import numpy as np
 import pytest
 import torch
@@ -107,7 +107,7 @@ def test_evaluator_ranks_like_brute_force(tiny_dir):
     u = torch.randn(data.n_users, 8, generator=gen)
     i = torch.randn(data.n_items, 8, generator=gen)
     got = Evaluator(data.train, data.test, 20, 7, "cpu").evaluate(u, i)
-    # brute force: per user, exclude train items, rank, compute the SPEC formulas directly
+    # brute force: per user, exclude train items, rank, compute the formulas of docs/method.md#evaluation directly
     scores = (u @ i.T).numpy()
     train, test = data.train.toarray() > 0, data.test.toarray() > 0
     recalls, ndcgs = [], []

@@ -251,7 +251,7 @@ def test_popularity_baseline_is_evaluated_on_the_same_users(trained, capsys, tmp
                       "--json", tmp_path / "p.json")
     assert rc == 0 and "popularity ranking: Recall@20 = " in out
     result = json.loads((tmp_path / "p.json").read_text())
-    # brute force: rank items by train counts (torch.topk's order among ties), train items excluded, SPEC §5
+    # brute force: rank items by train counts (torch.topk's order among ties), train items excluded, docs/method.md#evaluation
     data = dh.load_dataset(str(trained["data"]), "tiny")
     train, test = data.train.toarray() > 0, data.test.toarray() > 0
     counts = torch.from_numpy(train.sum(0).astype(np.float32))

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import Params
+from Utils import Runtime
 from Utils.Errors import CheckpointError, ConfigError, DataError, UserError
 from conftest import REF, ROOT
 
@@ -269,8 +270,8 @@ def test_device_cuda_unavailable(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(ConfigError, match="--device=cuda"):
         Params.parse_args(["--device=cuda"])
-    assert Params.select_device(Params.parse_args([])) == torch.device("cpu")
-    assert Params.select_device(Params.parse_args(["--device=cpu"])) == torch.device("cpu")
+    assert Runtime.select_device(Params.parse_args([])) == torch.device("cpu")
+    assert Runtime.select_device(Params.parse_args(["--device=cpu"])) == torch.device("cpu")
 
 
 def test_device_choices(capsys):
@@ -282,7 +283,7 @@ def test_device_choices(capsys):
 
 
 def test_gpu_only_overrides_when_given(no_cuda_env):
-    Params.select_device(Params.parse_args(["--device=cpu"]))
+    Runtime.select_device(Params.parse_args(["--device=cpu"]))
     assert "CUDA_VISIBLE_DEVICES" not in os.environ
     Params.parse_args(["--gpu=3", "--device=cpu"])
     assert os.environ["CUDA_VISIBLE_DEVICES"] == "3"
@@ -291,8 +292,8 @@ def test_gpu_only_overrides_when_given(no_cuda_env):
 def test_threads(monkeypatch):
     calls = []
     monkeypatch.setattr(torch, "set_num_threads", calls.append)
-    Params.select_device(Params.parse_args(["--device=cpu", "--threads=3"]))
-    Params.select_device(Params.parse_args(["--device=cpu"]))
+    Runtime.select_device(Params.parse_args(["--device=cpu", "--threads=3"]))
+    Runtime.select_device(Params.parse_args(["--device=cpu"]))
     assert calls == [3]
     with pytest.raises(ConfigError, match="--threads"):
         Params.parse_args(["--threads=-1"])
@@ -398,7 +399,7 @@ def test_seed_everything():
 
     import numpy as np
 
-    Params.seed_everything(7)
+    Runtime.seed_everything(7)
     first = (random.random(), np.random.rand(), torch.rand(1).item())
-    Params.seed_everything(7)
+    Runtime.seed_everything(7)
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == first

@@ -1,10 +1,10 @@
-"""LightGCN_sp and the fused propagation against the golden vectors and plain autograd (SPEC §3, §6)."""
+"""LightGCN_sp and the fused propagation against the golden vectors and plain autograd (docs/method.md#prunable-model, docs/method.md#stages-2-and-3-distillation)."""
 import numpy as np
 import pytest
 import torch
 
 import DataHandler as dh
-from Main import FrozenOutputs, frozen_outputs, kd_config, run_settings
+from Utils.Distill import FrozenOutputs, distill_loss, frozen_outputs, kd_config, run_settings
 from Model import LightGCN_sp
 from Params import parse_args
 from Utils import Losses
@@ -58,14 +58,12 @@ def test_stage3_objective_through_the_model_matches_golden(ref, tiny, case):
     assert settings.loosen == float(kd["loosen"])
     student = tiny["student"]
     sup = frozen_outputs(tiny["middle"], tiny["closure"])
-    users, items = student(tiny["adj"])
     t = torch.from_numpy
-    parts = Losses.kd_objective(
-        kd_config(args, settings), stu_users=users, stu_items=items, stu_u_embeds=student.uEmbeds,
-        stu_i_embeds=student.iEmbeds, stu_edge_weight=student.adj_mask1_train, sup_users=sup.users,
-        sup_items=sup.items, sup_high_users=sup.high_users, sup_high_items=sup.high_items,
-        ancs=t(tea["ancs"]), poss=t(tea["poss"]), negs=t(tea["negs"]), rand_users=t(kd["rand_users"]),
-        rand_items1=t(kd["rand_items1"]), rand_items2=t(kd["rand_items2"]), emb_mask=student.emb_mask2_fixed)
+    # the stage's own per-batch loss, with the golden random triples injected
+    loss_fn = distill_loss(student, tiny["adj"], sup, kd_config(args, settings), args.topRange,
+                           torch.Generator().manual_seed(0),
+                           draw=lambda: (t(kd["rand_users"]), t(kd["rand_items1"]), t(kd["rand_items2"])))
+    parts = loss_fn(t(tea["ancs"]), t(tea["poss"]), t(tea["negs"]))
     for name in ("total", "main", "emb_kd", "pred_kd", "reg"):
         np.testing.assert_allclose(parts[name].item(), kd[name], rtol=RTOL, atol=ATOL)
     parts["total"].backward()

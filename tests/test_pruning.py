@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from Utils.Pruning import (
+    PruneConfig,
     PrunedState,
     closure_weights_on_adj,
     compute_pruned_state,
@@ -14,6 +15,7 @@ from Utils.Pruning import (
     magnitude_threshold,
     prune_edges,
     prune_embeddings,
+    prune_state,
     random_prune_edges,
     random_prune_embeddings,
 )
@@ -74,8 +76,8 @@ def test_matches_published_pruning_step(ref, name):
     np.testing.assert_allclose(state.edge_weight.numpy(), case["edge_w_after"], rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(state.u_embeds.numpy(), case["uEmbeds_after"], rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(state.i_embeds.numpy(), case["iEmbeds_after"], rtol=1e-4, atol=1e-6)
-    assert state.edge_kept_pct == pytest.approx(float(case["edge_kept_pct"]), rel=1e-6)
-    assert state.emb_kept_pct == pytest.approx(float(case["emb_kept_pct"]), rel=1e-6)
+    assert kept_percent(state.edge_mask) == pytest.approx(float(case["edge_kept_pct"]), rel=1e-6)
+    assert kept_percent(state.emb_mask) == pytest.approx(float(case["emb_kept_pct"]), rel=1e-6)
 
 
 def test_golden_cases_differ_so_each_flag_is_exercised(ref):
@@ -201,8 +203,82 @@ def test_compute_pruned_state_random_variants_follow_keep_rule():
     state = compute_pruned_state(weight, edge_mask, users, items, emb_mask, edge_pct=0.1, emb_pct=0.25,
                                  random_edges=True, random_embeddings=True,
                                  generator=torch.Generator().manual_seed(0))
-    assert state.edge_kept_pct == pytest.approx(90.0) and state.emb_kept_pct == pytest.approx(75.0)
+    assert kept_percent(state.edge_mask) == pytest.approx(90.0) and kept_percent(state.emb_mask) == pytest.approx(75.0)
     assert torch.equal(state.edge_weight, state.edge_mask)
     state = compute_pruned_state(weight, edge_mask, users, items, emb_mask, edge_pct=0.1, emb_pct=0.25,
                                  keep_weights=True, random_edges=True, generator=torch.Generator().manual_seed(0))
     assert torch.equal(state.edge_weight, weight * state.edge_mask)
+
+
+# --------------------------------------------------------------------------- from the flags
+# The flags that produced each golden case; the rest are the published student example's.
+CASE_FLAGS = {
+    "prune_plain": ["--use_adj_mask_aug=False", "--use_SM_edgeW2aug=False"],
+    "prune_plain_keep": ["--use_adj_mask_aug=False", "--use_SM_edgeW2aug=False",
+                         "--keep_adj_weights2next_prn=True"],
+    "prune_aug_only": ["--use_adj_mask_aug=True", "--use_SM_edgeW2aug=False"],
+    "prune_aug_sm": ["--use_adj_mask_aug=True", "--use_SM_edgeW2aug=True"],
+    "prune_aug_abs": ["--use_adj_mask_aug=True", "--use_SM_edgeW2aug=True", "--adj_weights_abs=True"],
+}
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_pruning_through_the_config_built_from_flags_matches_golden(ref, name):
+    """The stage's wiring: flags -> prune_config -> prune_state, with every scoring model on offer.
+
+    Edges are scored by the intermediate model (--use_mTea2drop_edges, the default); the
+    student's and teacher's outputs are offered too, so picking the wrong one, or swapping
+    β₁ (--adj_mask_aug1) and β₂ (--adj_mask_aug2), changes the masks."""
+    from Params import parse_args
+    from Utils.Distill import prune_config, run_settings
+
+    case = ref(f"{name}.npz")
+    models, graphs, forward = ref("prunable_models.npz"), ref("graphs.npz"), ref("prunable_forward.npz")
+    args = parse_args(CASE_FLAGS[name] + [
+        f"--pruning_percent_adj={float(case['pruning_percent_adj'])}",
+        f"--pruning_percent_emb={float(case['pruning_percent_emb'])}",
+        f"--adj_mask_aug1={float(case['adj_mask_aug1'])}", f"--adj_mask_aug2={float(case['adj_mask_aug2'])}"])
+    settings = run_settings(args, 2, trainee_is_student=True)
+    n_nodes = models["stu_uEmbeds"].shape[0] + models["stu_iEmbeds"].shape[0]
+    adj_row, adj_col = _t(graphs["adj_row"]), _t(graphs["adj_col"])
+    state = {"uEmbeds": _t(models["stu_uEmbeds"]), "iEmbeds": _t(models["stu_iEmbeds"]),
+             "adj_mask1_train": _t(models["stu_edge_w"]), "adj_mask2_fixed": _t(models["stu_edge_fixed"]),
+             "emb_mask2_fixed": _t(models["stu_emb_mask"])}
+    scorers = {"middle": lambda: torch.cat([_t(forward["mid_out_users"]), _t(forward["mid_out_items"])]),
+               "student": lambda: torch.cat([_t(forward["stu_out_users"]), _t(forward["stu_out_items"])]),
+               "teacher": lambda: torch.cat([_t(forward["stu_out_users"]), _t(forward["stu_out_items"])]) * 2}
+    mid_w = closure_weights_on_adj(adj_row, adj_col, _t(graphs["closure_row"]), _t(graphs["closure_col"]),
+                                   _t(models["mid_edge_w"]), n_nodes)
+    out = prune_state(state, prune_config(args, settings), edge_row=adj_row, edge_col=adj_col, scorers=scorers,
+                      mid_edge_weight_on_adj=mid_w)
+    np.testing.assert_array_equal(out["adj_mask2_fixed"].numpy(), case["adj_mask"])
+    np.testing.assert_array_equal(out["emb_mask2_fixed"].numpy(), case["emb_mask"])
+    np.testing.assert_allclose(out["adj_mask1_train"].numpy(), case["edge_w_after"], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(out["uEmbeds"].numpy(), case["uEmbeds_after"], rtol=1e-4, atol=1e-6)
+
+
+def test_prune_config_names_the_scoring_model_of_the_flags():
+    from Params import parse_args
+    from Utils.Distill import prune_config, run_settings
+
+    def scoring(*flags):
+        args = parse_args(list(flags))
+        return prune_config(args, run_settings(args, 1, trainee_is_student=True)).scoring
+
+    assert scoring("--use_adj_mask_aug=False") is None
+    assert scoring("--use_adj_mask_aug=True") == "middle"  # --use_mTea2drop_edges defaults to True
+    assert scoring("--use_adj_mask_aug=True", "--use_mTea2drop_edges=False") == "student"
+    assert scoring("--use_adj_mask_aug=True", "--use_mTea2drop_edges=False", "--use_tea2drop_edges=True") == "teacher"
+    args = parse_args(["--use_dynamic_adj_mask_aug1=True", "--adj_mask_aug_list1=0,0.3,0.7", "--PRUNING_END=2",
+                       "--adj_mask_aug2=0.05"])
+    cfg = prune_config(args, run_settings(args, 2, trainee_is_student=True))
+    assert (cfg.beta1, cfg.beta2) == (0.7, 0.05)
+
+
+def test_prune_state_refuses_a_scoring_model_the_stage_has_not_loaded():
+    cfg = PruneConfig(edge_pct=0.1, emb_pct=0.1, scoring="teacher")
+    state = {"uEmbeds": torch.ones(2, 2), "iEmbeds": torch.ones(2, 2), "adj_mask1_train": torch.ones(4),
+             "adj_mask2_fixed": torch.ones(4), "emb_mask2_fixed": torch.ones(4, 2)}
+    with pytest.raises(ValueError, match="teacher"):
+        prune_state(state, cfg, edge_row=torch.zeros(4, dtype=torch.long), edge_col=torch.zeros(4, dtype=torch.long),
+                    scorers={"middle": lambda: torch.ones(4, 2)})

@@ -1,0 +1,71 @@
+"""Where and how a run executes: the one device, CPU threads, seeding, memory, the optimiser.
+
+Entry points call :func:`select_device` and :func:`seed_everything` once and pass the
+results down; nothing below them picks a device of its own.
+"""
+from __future__ import annotations
+
+import os
+import random
+
+import numpy as np
+import torch
+
+from Utils import Spmm
+from Utils.Errors import ConfigError
+
+
+def expose_gpu(args) -> None:
+    """--gpu, when given, replaces CUDA_VISIBLE_DEVICES (the published tool always forced '2')."""
+    if getattr(args, "gpu", None) is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = args.gpu
+
+
+def device_named(name: str) -> torch.device:
+    """``cpu``, ``cuda`` or ``auto`` (CUDA when available) as a torch device."""
+    if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise ConfigError("--device=cuda but CUDA is not available here (use --device=auto or --device=cpu)")
+    return torch.device("cuda")
+
+
+def select_device(args) -> torch.device:
+    """The one device of a training run, after --gpu (CUDA_VISIBLE_DEVICES) and --threads."""
+    expose_gpu(args)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+        Spmm.set_threads(args.threads)
+    keep_freed_memory()
+    return device_named(args.device)
+
+
+def keep_freed_memory() -> None:
+    """Let glibc reuse freed blocks of up to 1 GiB instead of returning them to the OS.
+
+    Every training step allocates and frees many N×d tensors (17 MB each on Yelp);
+    by default glibc maps each one afresh and pays a page fault per 4 KiB
+    (measured: zeroing one took 19 ms instead of 8 ms). Numbers are unaffected.
+    """
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 1 << 30)  # M_MMAP_THRESHOLD
+        libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD
+    except (OSError, AttributeError):  # not glibc: nothing to tune
+        pass
+
+
+def make_optimizer(params, lr: float) -> torch.optim.Optimizer:
+    """Adam with the fused kernel (CPU and CUDA): the same update, several times faster."""
+    return torch.optim.Adam(params, lr=lr, fused=True)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python's random, numpy and torch (every CUDA device too, when there is one)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)

@@ -1,0 +1,124 @@
+"""Stage 1: pretrain the LightGCN teacher (``docs/method.md#stage-1-teacher-pretraining``).
+
+:class:`TeacherStage` holds one invocation's data, graph, model and its one record;
+:meth:`TeacherStage.run` trains with the loop every stage shares (:func:`Utils.Training.fit`)
+and keeps the best checkpoint on the selection split.
+"""
+from __future__ import annotations
+
+import os
+from typing import List
+
+import numpy as np
+import torch
+
+import DataHandler as dh
+import Params
+from Model import LightGCN
+from Utils import Checkpoint, Runtime
+from Utils.Losses import bpr_loss, embedding_reg
+from Utils.Training import Record, RunLog, build_eval_suite, fit, format_metrics, read_history, train_epoch
+
+
+def teacher_loss(model: LightGCN, graph, reg: float):
+    """Stage-1 objective: BPR on the batch + reg·(‖uEmbeds‖² + ‖iEmbeds‖²)."""
+
+    def loss_fn(ancs, poss, negs):
+        # only the batch's rows of Ē are needed: propagate for those (same numbers as model(graph))
+        nodes, where = torch.unique(torch.cat([ancs, poss + model.n_users, negs + model.n_users]),
+                                    return_inverse=True)
+        anc_emb, pos_emb, neg_emb = model.forward_rows(graph, nodes)[where].split(ancs.numel())
+        main = bpr_loss(anc_emb, pos_emb, neg_emb)
+        reg_loss = embedding_reg(model.uEmbeds, model.iEmbeds, reg)
+        return {"total": main + reg_loss, "main": main, "reg": reg_loss}
+
+    return loss_fn
+
+
+def best_line(record: Record) -> str:
+    return (f"Epoch {record.epoch}, selected on {record.title}: "
+            + "; ".join(f"{split}: {format_metrics(m)}" for split, m in record.metrics.items()))
+
+
+class TeacherStage:
+    """Everything one ``pretrainTeacher.py`` invocation holds."""
+
+    interrupted_line = "Interrupted: the best checkpoint so far is kept"
+
+    def __init__(self, args, device, log: RunLog):
+        self.args, self.device, self.log = args, device, log
+        log.line("Load Data")
+        self.dataset = dh.load_dataset(args.data_dir, args.dataset)
+        args.select_on = Params.resolve_select_on(args, self.dataset.val is not None)
+        log.line(self.dataset.summary(), stamp=False)
+        self.graph = dh.Graph.from_scipy(dh.propagation_matrix(self.dataset.train)).to(device)
+        self.sampler = dh.NegativeSampler(self.dataset.train)
+        self.suite = build_eval_suite(self.dataset, args.topk, args.tstBat, args.select_on, device, log)
+        self.model = LightGCN(self.dataset.n_users, self.dataset.n_items, args.latdim, args.gnn_layer).to(device)
+        self.record = Record(title=args.select_on)
+        self.save_path = args.model_save_path + ".mod"
+        self.start_epoch = 0
+        self.history: list = []
+        if args.load_model_tea:
+            ckpt = Checkpoint.load_checkpoint(args.load_model_tea)
+            Checkpoint.check_identity(ckpt, "teacher", self.dataset.fingerprint, lambda line: log.line(line, stamp=False))
+            Checkpoint.check_compatible(ckpt, self.dataset.n_users, self.dataset.n_items, args.latdim, what="teacher")
+            self.model.load_state_dict({k: ckpt.tensors[k] for k in ("uEmbeds", "iEmbeds")})
+            log.line(f"Model Loaded: {args.load_model_tea}")
+        if args.load_his_tea:
+            self.history = read_history(Params.history_file(args.load_his_tea))
+
+    def start_history(self) -> None:
+        """Replace the output history (holding a resumed run's rows first); restore the record."""
+        args, log = self.args, self.log
+        if not (args.load_his_tea and Params.history_file(args.load_his_tea) == log.history_path):
+            log.reset_history(self.history)
+        for row in self.history:
+            if "metrics" in row:
+                self.record.update(row["metrics"][args.select_on]["Recall"], row["metrics"], row["epoch"])
+        if self.history:
+            self.start_epoch = self.history[-1]["epoch"] + 1
+            log.line(f"History Loaded: {len(self.history)} epochs, resuming at epoch {self.start_epoch}")
+
+    def meta(self) -> dict:
+        args, dataset, record = self.args, self.dataset, self.record
+        return {"stage": "teacher", "role": "teacher", "model_class": "LightGCN", "dataset": args.dataset,
+                "data_dir": args.data_dir, "train_fingerprint": dataset.fingerprint,
+                "n_users": dataset.n_users, "n_items": dataset.n_items, "latdim": args.latdim,
+                "gnn_layer": args.gnn_layer, "n_edges": self.graph.nnz, "edge_kept_pct": 100.0,
+                "emb_kept_pct": 100.0, "epoch": record.epoch, "select_on": args.select_on,
+                "metrics": record.metrics, "flags": vars(args)}
+
+    def run(self) -> None:
+        args, log, model = self.args, self.log, self.model
+        self.start_history()
+        log.line("Model Prepared")
+        optimizer = Runtime.make_optimizer(model.parameters(), args.lr)
+        rng = np.random.default_rng(args.seed)
+        loss_fn = teacher_loss(model, self.graph, args.reg)
+
+        def train_one_epoch():
+            model.train()
+            return train_epoch(loss_fn, self.sampler.epoch_batches(rng, args.batch),
+                               self.sampler.n_batches(args.batch), optimizer, self.device, log)
+
+        def evaluate():
+            model.eval()
+            return self.suite.evaluate(lambda: model(self.graph))
+
+        def on_evaluated(epoch, results):
+            if not self.record.update(results[args.select_on]["Recall"], results, epoch):
+                return []
+            Checkpoint.save_checkpoint(self.save_path, model.state_dict(), self.meta())
+            log.line(f"Model Saved: {args.model_save_path}")
+            return ["#################best for now###########################", best_line(self.record)]
+
+        fit(n_epochs=args.epoch_tea, start_epoch=self.start_epoch, tst_every=args.tstEpoch,
+            train_one_epoch=train_one_epoch, evaluate=evaluate, on_evaluated=on_evaluated, log=log,
+            select_on=args.select_on, row_info={"stage": "teacher"}, patience=args.patience)
+
+    def summary(self) -> List[str]:
+        lines = ["#########################Final Best Acc###########################", best_line(self.record)]
+        if os.path.exists(self.save_path):
+            lines.append(f"Best checkpoint: {self.save_path}")
+        return lines
