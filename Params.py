@@ -342,6 +342,13 @@ def build_parser(prog=None):
     ours.add_argument('--plots', type=str2bool, default=True, metavar='BOOL',
                       help='stage 3: draw <his_save_path>_training.png and _tradeoff.png at the end '
                            '(default: %(default)s)')
+    ours.add_argument('--resume', type=str2bool, default=False, metavar='BOOL',
+                      help='continue the run whose <model_save_path>_last.ckpt (written after every epoch) is '
+                           'there, exactly as if it had not stopped; the same flags, except how long and where '
+                           'it runs (default: %(default)s)')
+    ours.add_argument('--overwrite', type=str2bool, default=False, metavar='BOOL',
+                      help='replace the outputs of an earlier run at --model_save_path/--his_save_path; without '
+                           'it (or --resume) a stage refuses to start there (default: %(default)s)')
     fast = parser.add_argument_group(
         'time-to-quality levers (each off by default; the defaults are the published method)')
     fast.add_argument('--patience', type=int, default=0, metavar='N',
@@ -423,6 +430,8 @@ def validate(args, stage='main'):
             _fail(f"--lr_list holds {bad[0]}: every entry must be a finite number >= 0")
     if args.use_dynamic_lr and args.lr_list is None:
         _fail("--use_dynamic_lr=True needs --lr_list (one learning rate per pruning run, indexed from 0)")
+    if args.resume and args.overwrite:
+        _fail("--resume=True continues the earlier run and --overwrite=True replaces it: choose one")
     if args.contrast_candidates < 0:
         _fail(f"--contrast_candidates must be >= 0 (0 = exact sums), got {args.contrast_candidates}")
     if args.device == 'cuda':
@@ -432,6 +441,9 @@ def validate(args, stage='main'):
 
     if stage == 'main':
         _validate_main(args)
+    elif args.load_his_tea and not args.load_model_tea:
+        _fail("--load_his_tea continues a teacher's history and needs its weights: give --load_model_tea too "
+              "(or --resume=True)")
     return args
 
 
@@ -449,6 +461,9 @@ def _validate_main(args):
         _fail("--train_middle_model=True requires --adj_aug=True (the intermediate model "
               "propagates on the closure graph)")
 
+    if args.resume and args.run_no_adj_weights:
+        _fail("--resume=True is not supported with --run_no_adj_weights=True (its frozen copies keep no resume "
+              "state); rerun with --overwrite=True")
     if args.PRUNING_START < 0 or args.PRUNING_END < args.PRUNING_START:
         _fail(f"need 0 <= --PRUNING_START <= --PRUNING_END, got "
               f"{args.PRUNING_START} and {args.PRUNING_END}")
@@ -459,6 +474,14 @@ def _validate_main(args):
             _fail(f"--{list_name} has {len(values)} entries but --{switch}=True needs one "
                   f"per pruning run up to --PRUNING_END={args.PRUNING_END} "
                   f"({needed} entries, indexed from 0)")
+    if args.use_dynamic_epoch:  # (--mask_epoch and --fix_epoch are checked positive for every stage)
+        empty = [run for run in range(args.PRUNING_START, needed)
+                 if run != args.esc_train_prn_run and args.epoch_list[run] < 1]
+        if empty:
+            _fail(f"--epoch_list[{empty[0]}] is {args.epoch_list[empty[0]]}: with --use_dynamic_epoch=True, pruning "
+                  f"run {empty[0]} would train no epoch. Every run from --PRUNING_START={args.PRUNING_START} to "
+                  f"--PRUNING_END={args.PRUNING_END} that is trained needs at least 1 epoch, or it saves no "
+                  f"checkpoint (--esc_train_prn_run skips a run's training)")
     if args.use_subspcreg and len(args.hyper_contr_loosen_factor) < needed:
         _fail(f"--hyper_contr_loosen_factor has {len(args.hyper_contr_loosen_factor)} entries "
               f"but --use_subspcreg=True needs one per pruning run up to "

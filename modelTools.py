@@ -176,7 +176,10 @@ def parse_users(text: str, dataset: dh.Dataset, idmap: Optional[dict], by_index:
 
 
 def top_k(user_emb: torch.Tensor, item_emb: torch.Tensor, users: List[int], train, k: int):
-    """Top-``k`` (items, scores) per user by Ē_u·Ē_i, the user's train items excluded (the Evaluator's rule)."""
+    """Top-``k`` (items, scores) per user by Ē_u·Ē_i, the user's train items excluded (the Evaluator's rule).
+
+    ``k`` is clipped to the item count, and a user's train items are dropped from the list,
+    so a user with fewer than ``k`` unseen items gets them all (fewer than ``k``), never an error."""
     k = min(k, item_emb.shape[0])
     values, indices = top_k_unseen(user_emb, item_emb.t(), torch.tensor(users, device=user_emb.device), train, k)
     out = []
@@ -269,8 +272,8 @@ def cmd_evaluate(args) -> int:
     if topk <= 0 or batch <= 0:
         raise ConfigError(f"--topk and --tstBat must be positive integers, got {topk} and {batch}")
     device = device_named(args.device)
+    evaluator = Evaluator(dataset.train, split, topk, batch, device)  # checks --topk against the item count
     user_emb, item_emb = propagated(loaded, dataset, device, args.graph)
-    evaluator = Evaluator(dataset.train, split, topk, batch, device)
     result = evaluator.evaluate(user_emb, item_emb)
     n_users = int(evaluator.users.numel())
     print(f"{args.split}: Recall@{topk} = {result['Recall']:.5f}, NDCG@{topk} = {result['NDCG']:.5f} "
@@ -344,7 +347,9 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--users", required=True, help="comma-separated user ids (original ids when the dataset "
                                                           "has idmap.json, else row indices)")
             p.add_argument("--by_index", action="store_true", help="--users are row indices even with an id map")
-            p.add_argument("--topk", type=int, default=20, help="items per user (default: %(default)s)")
+            p.add_argument("--topk", type=int, default=20,
+                           help="items per user (default: %(default)s); a user gets fewer when fewer items are "
+                                "left once their train items are excluded (K above the item count is not an error)")
             p.add_argument("--scores", action="store_true", help="also print the scores")
             p.set_defaults(func=cmd_recommend)
         else:

@@ -140,16 +140,16 @@ def save_checkpoint(
     if not isinstance(payload["meta"], dict):
         raise TypeError(f"checkpoint meta must be a dict or Namespace, got {type(meta).__name__}")
 
-    _atomic_write(path, "wb", lambda handle: torch.save(payload, handle), "checkpoint")
+    atomic_write(path, "wb", lambda handle: torch.save(payload, handle), "checkpoint")
 
 
 def save_json(path: PathLike, obj: Any) -> None:
     """Write plain data as JSON atomically (the record ``.his`` files)."""
     text = json.dumps(_plain(obj, "history"), indent=1)
-    _atomic_write(os.fspath(path), "w", lambda handle: handle.write(text), "history")
+    atomic_write(os.fspath(path), "w", lambda handle: handle.write(text), "history")
 
 
-def _atomic_write(path: str, mode: str, write: Any, what: str) -> None:
+def atomic_write(path: str, mode: str, write: Any, what: str) -> None:
     """Write through ``write(handle)`` into a temporary file beside ``path``, then ``os.replace``.
 
     A reader sees either the previous file or the complete new one; on failure the

@@ -224,8 +224,13 @@ def _resolve_column(spec: Optional[str], header: Optional[List[str]], role: str,
     raise ConfigError(f"{flag} {text!r}: no {role} column of that name in {path} (columns: {', '.join(names)})")
 
 
-def _collect(rows: Iterable[Tuple[int, List[str]]], path: str, width: int, cols: Dict[str, int]) -> Interactions:
-    """Pick the user/item/rating/time fields out of split rows, checking each row."""
+def _collect(rows: Iterable[Tuple[int, List[str]]], path: str, width: int, cols: Dict[str, int],
+             header: Optional[Tuple[int, List[str]]] = None) -> Interactions:
+    """Pick the user/item/rating/time fields out of split rows, checking each row.
+
+    ``header`` is (line number, fields) of the file's header, when it has one: a later row
+    equal to it (two files concatenated) is a DataError, never a user named like a column."""
+    header_key = [f.strip().lower() for f in header[1]] if header is not None else None
     for role, index in cols.items():
         if index >= width:
             raise ConfigError(f"--{role}_col {index} is out of range: {path} has {width} columns")
@@ -237,6 +242,9 @@ def _collect(rows: Iterable[Tuple[int, List[str]]], path: str, width: int, cols:
     times: List[str] = []
     lines: List[int] = []
     for number, fields in rows:
+        if header_key is not None and [f.strip().lower() for f in fields] == header_key:
+            raise DataError(f"{path}:{number}: repeats the header of line {header[0]} (two files concatenated?); "
+                            "remove this line, or the header's column names would be read as ids")
         if len(fields) != width:
             raise DataError(f"{path}:{number}: expected {width} fields, found {len(fields)}")
         user, item = fields[uc].strip(), fields[ic].strip()
@@ -314,12 +322,14 @@ def read_recbole(path: str, opts: Options) -> Interactions:
             "item": find("item", opts.item_col, "--item_col", True),
             "rating": find("rating", opts.rating_col, "--rating_col", False),
             "time": find("time", opts.time_col, "--time_col", False)}
-    return _collect(((n, line.split("\t")) for n, line in rows), path, len(header), cols)
+    return _collect(((n, line.split("\t")) for n, line in rows), path, len(header), cols, (number, header))
 
 
 def _sniff_separator(sample: List[str]) -> str:
     """The first of tab, comma, semicolon, bar whose count is the same non-zero number on every
-    sample line; otherwise runs of whitespace (returned as ``" "``)."""
+    sample line; else the first present on every sample line (ragged counts: quoted fields);
+    else the one present on most (over half) of the sample lines, so that a malformed line
+    lacking it is reported at its own line number; otherwise runs of whitespace (``" "``)."""
     for sep in ("\t", ",", ";", "|"):
         counts = {line.count(sep) for line in sample}
         if len(counts) == 1 and counts.pop() > 0:
@@ -327,6 +337,10 @@ def _sniff_separator(sample: List[str]) -> str:
     for sep in ("\t", ",", ";", "|"):  # ragged counts (quoted fields): take the most frequent one
         if all(sep in line for line in sample):
             return sep
+    present = {sep: sum(sep in line for line in sample) for sep in ("\t", ",", ";", "|")}
+    best = max(present, key=lambda sep: present[sep])  # the first of equals
+    if 2 * present[best] > len(sample):
+        return best
     return " "
 
 
@@ -408,7 +422,7 @@ def read_csv(path: str, opts: Options) -> Interactions:
             "time": find("time", opts.time_col, "--time_col", TIME_NAMES, 3)}
     if cols["user"] < 0 or cols["item"] < 0 or cols["user"] == cols["item"]:
         raise DataError(f"{path}:{nonblank[0][0]}: need distinct user and item columns, found {width} field(s)")
-    return _collect(rows, path, width, cols)
+    return _collect(rows, path, width, cols, (nonblank[0][0], first) if has_header else None)
 
 
 def _take(it: Iterator, k: int) -> list:

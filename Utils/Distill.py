@@ -19,9 +19,9 @@ import torch
 import DataHandler as dh
 import Params
 from Model import PRUNABLE_KEYS, LightGCN, LightGCN_sp, model_from_tensors
-from Utils import Checkpoint, Pruning, Report, Runtime
+from Utils import Checkpoint, Pruning, Report, Resume, Runtime
 from Utils.Losses import KDConfig, kd_objective
-from Utils.Training import Record, RunLog, build_eval_suite, fit, train_epoch
+from Utils.Training import EarlyStopper, Record, RunLog, build_eval_suite, fit, train_epoch
 
 
 # ----------------------------------------------------------------------------- frozen models
@@ -220,7 +220,21 @@ class DistillStage:
         self.rng = np.random.default_rng(args.seed)
         self.generator = torch.Generator().manual_seed(args.seed)
         self._load_supervisors()
-        self.first_state = self.initial_state()
+        self.resume = None
+        if args.resume:
+            self.resume = Resume.load_last(self.last_path, self.role, self.dataset.fingerprint, vars(args))
+            for key, saved in self.resume["records"].items():
+                self.records[key].restore(saved)
+            log.line(f"Resuming pruning run {self.resume['run']} after epoch {self.resume['epoch']} "
+                     f"from {self.last_path}")
+            self.first_state = None
+        else:
+            Resume.check_outputs(args, ["_best_*.mod", "_2nd_best_*.mod"])
+            self.first_state = self.initial_state()
+
+    @property
+    def last_path(self) -> str:
+        return Resume.last_path(self.args.model_save_path)
 
     def _warn(self, line: str) -> None:
         self.log.line(line, stamp=False)
@@ -320,9 +334,10 @@ class DistillStage:
 
     # -- training
     def train_run(self, model: LightGCN_sp, run: int, settings: RunSettings, learn_edges: bool,
-                  n_epochs: int) -> Dict[str, torch.Tensor]:
+                  n_epochs: int, resume: Optional[dict] = None) -> Dict[str, torch.Tensor]:
         """Train one pruning run; return the model's state at its best evaluation (the final
-        state when none was evaluated)."""
+        state when none was evaluated). ``resume``: the resume file of a run stopped within it.
+        After every epoch of a learned-edge run, the resume file is written."""
         args, log = self.args, self.log
         model.adj_mask1_train.requires_grad_(learn_edges)
         optimizer = Runtime.make_optimizer([p for p in model.parameters() if p.requires_grad], settings.lr)
@@ -333,6 +348,18 @@ class DistillStage:
         edge_pct, emb_pct = model.edge_kept_pct(), model.emb_kept_pct()
         run_best = Record(title="run")
         best = {}
+        stopper = EarlyStopper(args.patience)
+        start_epoch = 0
+        if resume is not None:
+            optimizer.load_state_dict(resume["optimizer"])
+            run_best.restore(resume["run_best"])
+            if resume["best_state"] is not None:
+                best["state"] = resume["best_state"]
+            stopper.load(resume["stopper"])
+            Resume.restore_rngs(resume["rngs"], self.rng, self.generator)
+            start_epoch = resume["epoch"] + 1
+            if resume["stopped"]:  # stopped early: the run is over (one that ran out of epochs may go on)
+                return best.get("state") or state_of(model)
 
         def train_one_epoch():
             model.train()
@@ -360,10 +387,20 @@ class DistillStage:
             lines += [record_line(self.records[key], args.select_on) for key, _, _ in RECORD_SPECS]
             return lines + [""]
 
-        fit(n_epochs=n_epochs, start_epoch=0, tst_every=args.tstEpoch, train_one_epoch=train_one_epoch,
+        def on_epoch_end(epoch, stopped):
+            Resume.save_last(self.last_path, {
+                "role": self.role, "train_fingerprint": self.dataset.fingerprint, "flags": vars(args), "run": run,
+                "epoch": epoch, "stopped": stopped, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "run_best": run_best.as_dict(), "best_state": best.get("state"),
+                "records": {key: record.as_dict() for key, record in self.records.items()},
+                "stopper": stopper.state(), "rngs": Resume.capture_rngs(self.rng, self.generator),
+                "history": log.history_rows()})
+
+        fit(n_epochs=n_epochs, start_epoch=start_epoch, tst_every=args.tstEpoch, train_one_epoch=train_one_epoch,
             evaluate=evaluate, on_evaluated=on_evaluated, log=log, select_on=args.select_on,
             row_info={"stage": self.role, "prn_run": run, "kind": kind, "edge_kept_pct": edge_pct,
-                      "emb_kept_pct": emb_pct}, patience=args.patience)
+                      "emb_kept_pct": emb_pct}, patience=args.patience, stopper=stopper,
+            on_epoch_end=on_epoch_end if learn_edges else None)
         return best.get("state") or state_of(model)
 
     def log_sparsity(self, model: LightGCN_sp) -> None:
@@ -383,20 +420,24 @@ class DistillStage:
     def run(self) -> None:
         """Pruning runs PRUNING_START..PRUNING_END; each starts from the state the last one left:
         the best point of its training, pruned once more for the student."""
-        args = self.args
-        self.log.reset_history()  # the inputs were all checked when the stage was built
+        args, resume = self.args, self.resume
+        # the inputs were all checked when the stage was built
+        self.log.reset_history(resume["history"] if resume is not None else ())
         state = self.first_state
-        for run in range(args.PRUNING_START, args.PRUNING_END + 1):
+        first_run = resume["run"] if resume is not None else args.PRUNING_START
+        for run in range(first_run, args.PRUNING_END + 1):
             settings = run_settings(args, run, self.trainee_is_student)
+            resuming = resume if resume is not None and run == first_run else None
             if args.run_no_adj_weights and run == args.PRUNING_START:
                 self.train_fixed_copy(state, run, settings)
-            model = self.build_trainee(state)
+            model = self.build_trainee(resuming["model"] if resuming is not None else state)
             self.log_sparsity(model)
             if run == args.esc_train_prn_run:
                 self.log.line(f"Skipping the training of pruning run {run} (--esc_train_prn_run)")
                 state = state_of(model)
             else:
-                state = self.train_run(model, run, settings, learn_edges=True, n_epochs=settings.epochs)
+                state = self.train_run(model, run, settings, learn_edges=True, n_epochs=settings.epochs,
+                                       resume=resuming)
             # the masks do not change within a run: this is the report of the run's best checkpoint
             Report.log_run_report(model.state_dict(), {"stage": self.role, "model_class": "LightGCN_sp",
                                                        "dataset": args.dataset, "gnn_layer": args.gnn_layer},

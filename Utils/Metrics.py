@@ -16,6 +16,8 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from Utils.Errors import ConfigError
+
 
 def _csr_tensors(mat: sp.csr_matrix, device):
     return (torch.from_numpy(mat.indptr.astype(np.int64)).to(device),
@@ -63,7 +65,11 @@ class Evaluator:
     """Ranks all items for the users of one split and reports Recall@K / NDCG@K."""
 
     def __init__(self, train: sp.csr_matrix, split: sp.csr_matrix, topk: int, batch_users: int, device):
-        self.topk = topk
+        n_items = int(train.shape[1])
+        if not 0 < int(topk) <= n_items:
+            raise ConfigError(f"--topk={topk} must be between 1 and the number of items, {n_items}: "
+                              f"Recall@K and NDCG@K rank K of the dataset's {n_items} items")
+        self.topk = int(topk)
         self.batch_users = max(1, batch_users)
         self.device = device
         self.n_items = train.shape[1]

@@ -23,6 +23,7 @@ import matplotlib
 matplotlib.use("Agg")  # headless: never needs a display
 import matplotlib.pyplot as plt  # noqa: E402  (after the backend choice)
 
+from Utils.Errors import ConfigError, DataError  # noqa: E402
 from Utils.Training import read_history  # noqa: E402
 
 Rows = List[dict]
@@ -32,9 +33,31 @@ KIND_NAMES = {"Train Mask": "learned edge weights", "Fixed Mask": "fixed edge we
 
 
 # ----------------------------------------------------------------------------- reading
+def _is_metrics(metrics) -> bool:
+    """``{'test': {'Recall': x, 'NDCG': y}, …}``, as the training tools log an evaluated epoch."""
+    return (isinstance(metrics, dict) and isinstance(metrics.get("test"), dict)
+            and all(isinstance(m, dict) and all(isinstance(m.get(k), (int, float)) for k in ("Recall", "NDCG"))
+                    for m in metrics.values()))
+
+
 def load_history(path: str) -> Rows:
-    """Rows of a history file (JSON lines or a record file); a missing file is an error."""
-    return read_history(path, missing_ok=False)
+    """Rows of a history file (JSON lines or a record file). A missing file, a binary file
+    (a PNG, a checkpoint) and rows that are not epochs of a history are :class:`DataError`."""
+    try:
+        rows = read_history(path, missing_ok=False)
+    except UnicodeDecodeError:
+        raise DataError(f"{path} is not a history file: it is binary (a PNG or a checkpoint?), not the JSON "
+                        "lines of a .his file") from None
+    except OSError as exc:
+        raise DataError(f"cannot read history file {path}: {exc.strerror or exc}") from None
+    for number, row in enumerate(rows, 1):
+        if not isinstance(row, dict) or "epoch" not in row:
+            raise DataError(f"{path} is not a history file: row {number} is not an epoch row "
+                            "(a JSON object with an 'epoch')")
+        if "metrics" in row and not _is_metrics(row["metrics"]):
+            raise DataError(f"{path}: row {number} has malformed metrics (expected "
+                            "{'test': {'Recall': …, 'NDCG': …}, …})")
+    return rows
 
 
 def load_histories(paths: Iterable[str]) -> Dict[str, Rows]:
@@ -76,9 +99,27 @@ def _selection_split(rows: Rows, select_on: Optional[str]) -> str:
     return "val" if any("val" in row.get("metrics", {}) for row in rows) else "test"
 
 
+def check_out_dir(out_dir: str, prefix: str = "", names: Sequence[str] = ("training", "tradeoff")) -> str:
+    """Create the output folder; a path that is an existing file (a .png, a .mod), or a
+    plot name that is taken by something other than a file, is a :class:`ConfigError`
+    raised before anything is written."""
+    folder = out_dir or "."
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise ConfigError(f"--out {out_dir} is an existing file, not a folder: the plots are written into a "
+                          "folder (as training.png and tradeoff.png); nothing was written")
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"--out {out_dir}: cannot create the folder ({exc.strerror or exc})") from None
+    for name in names:
+        path = os.path.join(folder, f"{prefix}{name}.png")
+        if os.path.lexists(path) and not os.path.isfile(path):
+            raise ConfigError(f"{path} exists and is not a file: cannot write the plot there")
+    return folder
+
+
 def _out_path(out_dir: str, prefix: str, name: str) -> str:
-    os.makedirs(out_dir or ".", exist_ok=True)
-    return os.path.join(out_dir or ".", f"{prefix}{name}.png")
+    return os.path.join(check_out_dir(out_dir, prefix, (name,)), f"{prefix}{name}.png")
 
 
 def _save(fig, path: str) -> str:
@@ -250,6 +291,7 @@ def plot_tradeoff(histories: Histories, out_dir: str, topk: int = 20, prefix: st
 def plot_all(histories: Histories, out_dir: str, topk: int = 20, prefix: str = "") -> List[str]:
     """Both plots; returns the PNG paths written (the trade-off only when there are pruning runs)."""
     histories = _as_histories(histories)
+    check_out_dir(out_dir, prefix)  # before the first plot is written
     paths = [plot_training(histories, out_dir, topk, prefix)]
     tradeoff = plot_tradeoff(histories, out_dir, topk, prefix)
     if tradeoff:

@@ -244,7 +244,7 @@ def format_report(report: Mapping[str, Any], title: Optional[str] = None) -> str
 def save_report(path: str, report: Mapping[str, Any]) -> None:
     """Write the report as JSON, atomically (the previous file or the complete new one)."""
     text = json.dumps(report, indent=1)
-    ckpt_io._atomic_write(os.fspath(path), "w", lambda handle: handle.write(text), "report")
+    ckpt_io.atomic_write(os.fspath(path), "w", lambda handle: handle.write(text), "report")
 
 
 def log_run_report(state_tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any], json_path: Optional[str],

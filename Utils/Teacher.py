@@ -15,9 +15,10 @@ import torch
 import DataHandler as dh
 import Params
 from Model import LightGCN
-from Utils import Checkpoint, Runtime
+from Utils import Checkpoint, Resume, Runtime
 from Utils.Losses import bpr_loss, embedding_reg
-from Utils.Training import Record, RunLog, build_eval_suite, fit, format_metrics, read_history, train_epoch
+from Utils.Training import (EarlyStopper, Record, RunLog, build_eval_suite, fit, format_metrics, read_history,
+                            train_epoch)
 
 
 def teacher_loss(model: LightGCN, graph, reg: float):
@@ -67,12 +68,24 @@ class TeacherStage:
             log.line(f"Model Loaded: {args.load_model_tea}")
         if args.load_his_tea:
             self.history = read_history(Params.history_file(args.load_his_tea))
+        self.resume = None
+        if args.resume:
+            self.resume = Resume.load_last(Resume.last_path(args.model_save_path), "teacher",
+                                           self.dataset.fingerprint, vars(args))
+            self.model.load_state_dict(self.resume["model"])
+            self.record.restore(self.resume["record"])
+            self.history = self.resume["history"]
+            log.line(f"Resuming after epoch {self.resume['epoch']} from {Resume.last_path(args.model_save_path)}")
+        elif not (args.load_model_tea and args.load_his_tea):  # (those two continue the run they name)
+            Resume.check_outputs(args, [".mod"])
 
     def start_history(self) -> None:
         """Replace the output history (holding a resumed run's rows first); restore the record."""
         args, log = self.args, self.log
-        if not (args.load_his_tea and Params.history_file(args.load_his_tea) == log.history_path):
-            log.reset_history(self.history)
+        log.reset_history(self.history)
+        if self.resume is not None:
+            self.start_epoch = self.resume["epoch"] + 1
+            return
         for row in self.history:
             if "metrics" in row:
                 self.record.update(row["metrics"][args.select_on]["Recall"], row["metrics"], row["epoch"])
@@ -96,6 +109,14 @@ class TeacherStage:
         optimizer = Runtime.make_optimizer(model.parameters(), args.lr)
         rng = np.random.default_rng(args.seed)
         loss_fn = teacher_loss(model, self.graph, args.reg)
+        stopper = EarlyStopper(args.patience)
+        if self.resume is not None:
+            optimizer.load_state_dict(self.resume["optimizer"])
+            stopper.load(self.resume["stopper"])
+            Resume.restore_rngs(self.resume["rngs"], rng)
+            if self.resume["stopped"]:
+                log.line("The resumed run had stopped early: nothing left to train")
+                return
 
         def train_one_epoch():
             model.train()
@@ -113,9 +134,17 @@ class TeacherStage:
             log.line(f"Model Saved: {args.model_save_path}")
             return ["#################best for now###########################", best_line(self.record)]
 
+        def on_epoch_end(epoch, stopped):
+            Resume.save_last(Resume.last_path(args.model_save_path), {
+                "role": "teacher", "train_fingerprint": self.dataset.fingerprint, "flags": vars(args),
+                "epoch": epoch, "stopped": stopped, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "record": self.record.as_dict(), "stopper": stopper.state(), "rngs": Resume.capture_rngs(rng),
+                "history": log.history_rows()})
+
         fit(n_epochs=args.epoch_tea, start_epoch=self.start_epoch, tst_every=args.tstEpoch,
             train_one_epoch=train_one_epoch, evaluate=evaluate, on_evaluated=on_evaluated, log=log,
-            select_on=args.select_on, row_info={"stage": "teacher"}, patience=args.patience)
+            select_on=args.select_on, row_info={"stage": "teacher"}, patience=args.patience, stopper=stopper,
+            on_epoch_end=on_epoch_end)
 
     def summary(self) -> List[str]:
         lines = ["#########################Final Best Acc###########################", best_line(self.record)]

@@ -20,6 +20,7 @@ from typing import Callable, Dict, Iterable, Optional
 
 import torch
 
+from Utils.Checkpoint import atomic_write
 from Utils.Errors import DataError, NonFiniteError, discard_closed_stdout, interrupt_exit_code
 
 
@@ -29,7 +30,9 @@ class RunLog:
 
     ``history_path`` receives one JSON object per line per epoch (loss parts, metrics,
     sparsity, seconds). :meth:`reset_history` starts it afresh (holding a resumed run's
-    rows first); :meth:`record` appends one row per epoch.
+    rows first); :meth:`record` adds one row per epoch. The file is rewritten whole and
+    atomically each time (a temporary file, then a rename), so a kill or a full disk
+    leaves the previous complete file, never a partial line.
     """
 
     def __init__(self, history_path: Optional[str] = None, stream=None):
@@ -66,19 +69,19 @@ class RunLog:
     def reset_history(self, rows=()) -> None:
         """Start the history file afresh, holding ``rows`` (those of a resumed run)."""
         self.rows = list(rows)
+        self._write()
+
+    def _write(self) -> None:
         if self.history_path:
-            with open(self.history_path, "w") as fh:
-                fh.writelines(json.dumps(row) + "\n" for row in rows)
+            text = "".join(json.dumps(row) + "\n" for row in self.rows)
+            atomic_write(self.history_path, "w", lambda handle: handle.write(text), "history")
 
     def history_rows(self) -> list:
         return list(self.rows)
 
     def record(self, row: Dict) -> None:
         self.rows.append(row)
-        if not self.history_path:
-            return
-        with open(self.history_path, "a") as fh:
-            fh.write(json.dumps(row) + "\n")
+        self._write()
 
 
 def read_history(path: str, missing_ok: bool = True) -> list:
@@ -179,7 +182,9 @@ class EvalSuite:
 
 def fit(*, n_epochs: int, start_epoch: int, tst_every: int, train_one_epoch: Callable[[], Dict[str, float]],
         evaluate: Callable[[], Dict[str, Dict[str, float]]], on_evaluated: Callable, log: RunLog,
-        select_on: str, row_info: Optional[Dict] = None, patience: int = 0) -> Dict[str, Dict[str, float]]:
+        select_on: str, row_info: Optional[Dict] = None, patience: int = 0,
+        stopper: Optional["EarlyStopper"] = None,
+        on_epoch_end: Optional[Callable[[int, bool], None]] = None) -> Optional[Dict[str, Dict[str, float]]]:
     """The epoch loop of every stage: train, evaluate every ``tst_every`` epochs, log, record.
 
     ``on_evaluated(epoch, results)`` keeps the stage's records (and saves checkpoints,
@@ -194,9 +199,13 @@ def fit(*, n_epochs: int, start_epoch: int, tst_every: int, train_one_epoch: Cal
 
     A :class:`NonFiniteError` from training or evaluation is raised again with the stage,
     pruning run and epoch in its message: nothing of that epoch is recorded or saved.
+
+    ``stopper`` continues an early-stopping count (a resumed run); ``on_epoch_end(epoch, stopped)``
+    is called after each epoch is logged and recorded (``stopped``: early stopping ends the loop
+    after it), where the stage writes its resume file.
     """
     results = None
-    stopper = EarlyStopper(patience)
+    stopper = stopper or EarlyStopper(patience)
     for epoch in range(start_epoch, n_epochs):
         elapsed = timer()
         try:
@@ -222,9 +231,13 @@ def fit(*, n_epochs: int, start_epoch: int, tst_every: int, train_one_epoch: Cal
         row["seconds"] = elapsed()
         log.record(row)
         log.line(f"Epoch {epoch}/{n_epochs}, Time: train {train_s:.1f} s, total {row['seconds']:.1f} s")
-        if results is not None and stopper.should_stop(results[select_on]["Recall"], epoch):
+        stop = results is not None and stopper.should_stop(results[select_on]["Recall"], epoch)
+        if stop:
             log.line(f"Early stop after epoch {epoch}/{n_epochs}: no new best {select_on} Recall in "
                      f"{stopper.patience} evaluations (best {stopper.best:.5f} at epoch {stopper.best_epoch})")
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, stop)
+        if stop:
             break
     if results is None:
         results = evaluate()
@@ -247,6 +260,13 @@ class EarlyStopper:
             return False
         self.since_best += 1
         return 0 < self.patience <= self.since_best
+
+    def state(self) -> Dict:
+        return {"best": self.best, "best_epoch": self.best_epoch, "since_best": self.since_best}
+
+    def load(self, state: Dict) -> "EarlyStopper":
+        self.best, self.best_epoch, self.since_best = state["best"], state["best_epoch"], state["since_best"]
+        return self
 
 
 # ----------------------------------------------------------------------------- records
@@ -288,6 +308,12 @@ class Record:
         return {"title": self.title, "value": self.value, "metrics": self.metrics, "epoch": self.epoch,
                 "prn_run": self.prn_run, "kind": self.kind, "edge_pct": self.edge_pct,
                 "emb_pct": self.emb_pct, "path": self.path}
+
+    def restore(self, saved: Dict) -> "Record":
+        """Take back the values of :meth:`as_dict` (a resumed run)."""
+        for name in ("value", "metrics", "epoch", "prn_run", "kind", "edge_pct", "emb_pct", "path"):
+            setattr(self, name, saved[name])
+        return self
 
 
 def timer() -> Callable[[], float]:

@@ -2,6 +2,8 @@
 # save under ./outModels/<dataset>/<example>/{<ckpt dir>,<history dir>}/ and tee to ./logs/.
 # Usage (from a script): run_stage ENTRY LOGNAME DATASET EXAMPLE CKPT_DIR HIS_DIR TAG FLAG... -- "$@"
 # RUN_NAME=name replaces EXAMPLE in the output and log paths (used by yelp_reproduce.sh).
+# A stage refuses to replace the outputs of an earlier run at its paths: RESUME=1 continues an
+# interrupted run from its _last.ckpt (--resume=True), OVERWRITE=1 replaces it (--overwrite=True).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 DATA_DIR=${DATA_DIR:-./Datasets}
@@ -9,9 +11,11 @@ DATA_DIR=${DATA_DIR:-./Datasets}
 run_stage() {
     local entry=$1 logname=$2 dataset=$3 example=${RUN_NAME:-$4} ckpts=$5 his=$6 tag=$7
     shift 7
-    local out=./outModels/$dataset/$example
+    local out=./outModels/$dataset/$example again=()
+    [ "${RESUME:-0}" = 1 ] && again+=(--resume=True)
+    [ "${OVERWRITE:-0}" = 1 ] && again+=(--overwrite=True)
     mkdir -p logs "$out/$ckpts" "$out/$his"
-    python "$entry" "$@" --data_dir="$DATA_DIR" \
+    python "$entry" "$@" "${again[@]}" --data_dir="$DATA_DIR" \
         --model_save_path="$out/$ckpts/$tag" --his_save_path="$out/$his/$tag" \
         | tee "./logs/${logname}_${dataset}_${example}_log"
 }

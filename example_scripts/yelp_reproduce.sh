@@ -17,6 +17,9 @@
 # checkpoints and histories under ./outModels/yelp/reproduce/.
 # FROM=intermediate or FROM=student starts at that stage, reusing the checkpoints the
 # earlier stages of this script left. Each stage prints its wall time at the end.
+# Run again over the same outputs with RESUME=1 (each stage continues from its _last.ckpt:
+# an interrupted run ends as if it had not stopped, a finished stage returns at once) or
+# OVERWRITE=1 (start afresh); without either a stage refuses to replace an earlier run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export DATA_DIR=${DATA_DIR:-../shared/datasets}

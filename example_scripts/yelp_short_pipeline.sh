@@ -10,6 +10,9 @@
 # ./outModels/yelp/short_fast/ and logs/*_yelp_short_fast_log.
 # FROM=intermediate or FROM=student starts at that stage and reuses the checkpoints
 # the earlier stages of this script left under ./outModels/yelp/.
+# Run again over the same outputs with RESUME=1 (each stage continues from its _last.ckpt:
+# an interrupted run ends as if it had not stopped, a finished stage returns at once) or
+# OVERWRITE=1 (start afresh); without either a stage refuses to replace an earlier run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export DATA_DIR=${DATA_DIR:-../shared/datasets}

@@ -266,3 +266,148 @@ def test_a_published_checkpoint_is_accepted_with_one_warning(tmp_path, tiny_dir)
                       f"--model_save_path={tmp_path}/s", f"--his_save_path={tmp_path}/s")
     warnings = [line for line in proc.stdout.splitlines() if line.startswith("warning:") and ".mod" in line]
     assert len(warnings) == 1 and "published .mod file" in warnings[0]
+
+
+# ----------------------------------------------------------------------------- issue 11, point 7 leftovers
+def _one_error_line(proc, *needles):
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert len(lines) == 1 and lines[0].startswith("error:"), proc.stderr
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    return lines[0]
+
+
+def test_topk_above_the_item_count_is_one_line_error_before_anything_is_written(tmp_path, tiny_dir):
+    from conftest import REF, TINY_MID, TINY_TEACHER
+    from Utils.Errors import ConfigError
+    from Utils.Metrics import Evaluator
+
+    data = _tiny_data(tmp_path, tiny_dir)
+    train = dh.load_split(str(tiny_dir / "trnMat.pkl"))
+    n_items = train.shape[1]
+    with pytest.raises(ConfigError, match=rf"--topk={n_items + 1}.*{n_items}"):
+        Evaluator(train, train, n_items + 1, 8, "cpu")
+    Evaluator(train, train, n_items, 8, "cpu")  # K = the item count is allowed
+    out = tmp_path / "out"
+    teacher = REF / "published_checkpoints" / "teacher_tiny.mod"
+    too_many = f"--topk={n_items + 1}"
+    for script, flags in (("pretrainTeacher.py", TINY_TEACHER), ("Main.py", [*TINY_MID, f"--teacher_model={teacher}"])):
+        proc = run_script(script, *flags, f"--data_dir={data}", too_many, f"--model_save_path={out}/x",
+                          f"--his_save_path={out}/x", check=False)
+        _one_error_line(proc, too_many, f"number of items, {n_items}")
+        assert not out.exists() or not os.listdir(out), os.listdir(out)
+    tool = ("modelTools.py", "evaluate", teacher, "--dataset=tiny", f"--data_dir={data}")
+    _one_error_line(run_script(*tool, f"--topk={n_items + 1}", "--json", tmp_path / "m.json", check=False),
+                    too_many)
+    assert not (tmp_path / "m.json").exists()
+    # recommend documents its behaviour instead: K is clipped, each user gets every unseen item
+    proc = run_script("modelTools.py", "recommend", teacher, "--dataset=tiny", f"--data_dir={data}",
+                      "--users=0,1", "--topk=1000")
+    seen = np.diff(sp.csr_matrix(train).indptr)
+    for user, line in zip((0, 1), proc.stdout.splitlines()):
+        assert len(line.split(":", 1)[1].split()) == n_items - seen[user]
+
+
+def _history(path):
+    path.write_text('{"stage": "teacher", "epoch": 0, "metrics": {"test": {"Recall": 0.1, "NDCG": 0.05}}}\n'
+                    '{"stage": "teacher", "epoch": 1, "metrics": {"test": {"Recall": 0.2, "NDCG": 0.1}}}\n')
+    return path
+
+
+def test_plot_refuses_a_file_as_out_and_a_binary_history_in_one_line(tmp_path):
+    from conftest import REF
+
+    his = _history(tmp_path / "t.his")
+    run_script("modelTools.py", "plot", his, "--out", tmp_path / "plots")
+    png = tmp_path / "plots" / "training.png"
+    mod = tmp_path / "t.mod"
+    mod.write_bytes((REF / "published_checkpoints" / "teacher_tiny.mod").read_bytes())
+    before = {p: p.read_bytes() for p in (png, mod)}
+    for target in (png, mod):  # --out an existing file
+        _one_error_line(run_script("modelTools.py", "plot", his, "--out", target, check=False),
+                        str(target), "not a folder")
+    for history in (png, mod):  # a PNG or a checkpoint given as a history
+        _one_error_line(run_script("modelTools.py", "plot", history, "--out", tmp_path / "other", check=False),
+                        str(history), "not a history file")
+        _one_error_line(run_script("modelTools.py", "summary", history, check=False), str(history))
+    assert {p: p.read_bytes() for p in (png, mod)} == before
+    assert not (tmp_path / "other").exists()
+
+
+@pytest.mark.parametrize("flags, ok", [
+    (["--use_dynamic_epoch=True", "--epoch_list=0,0,0", "--PRUNING_START=1", "--PRUNING_END=2"], False),
+    (["--use_dynamic_epoch=True", "--epoch_list=0,3,-1", "--PRUNING_START=1", "--PRUNING_END=2"], False),
+    (["--use_dynamic_epoch=True", "--PRUNING_START=0", "--PRUNING_END=1"], False),  # the default list's run 0
+    (["--use_dynamic_epoch=True", "--epoch_list=0,5,0", "--PRUNING_END=2", "--esc_train_prn_run=2"], True),
+    (["--use_dynamic_epoch=False", "--epoch_list=0,0,0", "--PRUNING_END=2"], True),  # --mask_epoch counts
+])
+def test_a_trained_pruning_run_of_no_epoch_is_refused(flags, ok):
+    import Params
+    from Utils.Errors import ConfigError
+
+    if ok:
+        Params.parse_args(flags)
+    else:
+        with pytest.raises(ConfigError, match=r"--epoch_list\[\d\].*at least 1 epoch"):
+            Params.parse_args(flags)
+
+
+@pytest.mark.parametrize("flags", [["--mask_epoch=0"], ["--run_no_adj_weights=True", "--fix_epoch=0"]])
+def test_mask_and_fix_epoch_of_zero_are_refused(flags):
+    import Params
+    from Utils.Errors import ConfigError
+
+    with pytest.raises(ConfigError, match=flags[-1].split("=")[0]):
+        Params.parse_args(flags)
+
+
+def test_epoch_list_of_zeros_is_one_line_error_on_the_command_line(tmp_path, tiny_dir):
+    from conftest import REF, TINY_MID
+
+    data = _tiny_data(tmp_path, tiny_dir)
+    proc = run_script("Main.py", *TINY_MID, f"--data_dir={data}", "--epoch_list=0,0,0", "--use_dynamic_epoch=True",
+                      f"--teacher_model={REF / 'published_checkpoints' / 'teacher_tiny.mod'}",
+                      f"--model_save_path={tmp_path}/out/m", f"--his_save_path={tmp_path}/out/m", check=False)
+    _one_error_line(proc, "--epoch_list[1] is 0", "--use_dynamic_epoch=True")
+    assert not (tmp_path / "out").exists()
+
+
+def _convert(tmp_path, fmt, name, text):
+    from Utils.Convert import Options, prepare
+
+    path = tmp_path / name
+    path.write_text(text)
+    prepare(Options(format=fmt, input=str(path), name="x", kcore=0, data_dir=str(tmp_path / "D")),
+            log=lambda *_: None)
+
+
+@pytest.mark.parametrize("fmt, name, text, where", [
+    ("csv", "two.csv", "user,item\n1,2\n1,3\n2,4\nuser,item\n3,4\n", "two.csv:5"),
+    ("csv", "two.tsv", "userId\tmovieId\trating\n1\t2\t5\n\nuserId\tmovieId\trating\n3\t4\t1\n", "two.tsv:4"),
+    ("recbole", "two.inter", "user_id:token\titem_id:token\n1\t2\nuser_id:token\titem_id:token\n2\t3\n",
+     "two.inter:3"),
+])
+def test_a_repeated_header_line_is_an_error_naming_its_line(tmp_path, fmt, name, text, where):
+    with pytest.raises(DataError, match=rf"{where}: repeats the header of line 1"):
+        _convert(tmp_path, fmt, name, text)
+    assert not (tmp_path / "D").exists()
+
+
+@pytest.mark.parametrize("name, text, where", [
+    ("no_comma.csv", "1,2\n1,3\n14\n2,3\n3,1\n", "no_comma.csv:3: expected 2 fields, found 1"),
+    ("space.tsv", "user\titem\n1\t2\n1 3\n2\t3\n", "space.tsv:3: expected 2 fields, found 1"),
+    ("short_first.csv", "14\n1,2\n1,3\n", "short_first.csv:1:"),  # the first line is the malformed one
+])
+def test_a_malformed_line_is_blamed_on_its_own_line(tmp_path, name, text, where):
+    with pytest.raises(DataError, match=where):
+        _convert(tmp_path, "csv", name, text)
+
+
+def test_prepare_data_reports_a_repeated_header_in_one_line(tmp_path):
+    path = tmp_path / "cat.csv"
+    path.write_text("user,item\n" + "".join(f"{u},{i}\n" for u in range(5) for i in range(4)) + "user,item\n9,9\n")
+    proc = run_script("prepareData.py", "--format=csv", f"--input={path}", "--name=x", f"--data_dir={tmp_path / 'D'}",
+                      check=False)
+    _one_error_line(proc, "cat.csv:22", "repeats the header")
+    assert not (tmp_path / "D").exists()

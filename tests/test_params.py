@@ -218,6 +218,8 @@ def test_published_stage_settings_are_valid():
      ["--lr_list", "--use_dynamic_lr", "--PRUNING_END"]),
     (["--use_dynamic_lr=True"], ["--use_dynamic_lr", "--lr_list"]),
     (["--lr_list=0,1e-4,-1e-4"], ["--lr_list"]),
+    (["--resume=True", "--overwrite=True"], ["--resume", "--overwrite"]),
+    (["--resume=True", "--run_no_adj_weights=True"], ["--resume", "--run_no_adj_weights"]),
     (["--use_dynamic_lr=True", "--lr_list=0,1e-4,0", "--PRUNING_END=2"],
      ["--lr_list", "--PRUNING_START", "--PRUNING_END"]),
     (["--lr_list=0,nan"], ["--lr_list"]),
@@ -259,6 +261,8 @@ def test_main_only_checks_skipped_for_teacher():
         Params.parse_args(["--epoch_tea=0"], stage="teacher")
     with pytest.raises(ValueError):
         Params.parse_args([], stage="student")
+    with pytest.raises(ConfigError, match="--load_model_tea"):
+        Params.parse_args(["--load_his_tea=x.his"], stage="teacher")
 
 
 def test_config_error_is_value_error_and_user_error():
@@ -370,8 +374,9 @@ def test_format_args_published_lines():
     assert break_point == "break_point" + Params._BREAK_POINT  # too long: no dots
     assert "esc_train_prn_run" + "." * 61 + "-1" in lines
     assert "adj_mask_aug2" + "." * 66 + "1" in lines
-    assert lines[-10:] == ["data_dir" + "." * 62 + "./Datasets", "select_on" + "." * 67 + "None",
+    assert lines[-12:] == ["data_dir" + "." * 62 + "./Datasets", "select_on" + "." * 67 + "None",
                            "device" + "." * 70 + "auto", "threads" + "." * 72 + "0", "plots" + "." * 71 + "True",
+                           "resume" + "." * 69 + "False", "overwrite" + "." * 66 + "False",
                            "patience" + "." * 71 + "0", "contrast_candidates" + "." * 60 + "0",
                            "init_from_supervisor" + "." * 55 + "False", "use_dynamic_lr" + "." * 61 + "False",
                            "lr_list" + "." * 69 + "None"]
@@ -388,7 +393,8 @@ def test_format_args_matches_published_log(no_cuda_env):
     ours = Params.format_args(args).splitlines()
     assert ours[:len(published)] == published
     assert [line.split(".")[0] for line in ours[len(published):]] == ["data_dir", "select_on", "device",
-                                                                       "threads", "plots", "patience",
+                                                                       "threads", "plots", "resume", "overwrite",
+                                                                       "patience",
                                                                        "contrast_candidates",
                                                                        "init_from_supervisor",
                                                                        "use_dynamic_lr", "lr_list"]  # our additions

@@ -1,0 +1,135 @@
+"""--resume and --overwrite: a run killed with SIGKILL and resumed ends exactly as the uninterrupted
+run (stage 1, stage 2, stage 3 across pruning runs, and a stage-3 run killed at ten random
+moments); an earlier run's outputs are never replaced unless asked."""
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import ROOT, TINY_MID, TINY_STU, TINY_TEACHER, run_script
+
+
+@pytest.fixture(scope="module")
+def tiny_root(tmp_path_factory):
+    """A --data_dir with the tiny split, a teacher and an intermediate model trained on it."""
+    root = tmp_path_factory.mktemp("resume")
+    os.symlink(ROOT / "tests" / "data" / "reference" / "tiny", root / "sparse_tiny")
+    run_script("pretrainTeacher.py", *TINY_TEACHER, f"--data_dir={root}", f"--model_save_path={root}/tea",
+               f"--his_save_path={root}/tea")
+    run_script("Main.py", *TINY_MID, f"--data_dir={root}", f"--teacher_model={root}/tea.mod",
+               f"--model_save_path={root}/mid", f"--his_save_path={root}/mid")
+    return root
+
+
+def stage_flags(root, stage):
+    common = [f"--data_dir={root}", "--plots=False"]
+    if stage == "teacher":
+        return "pretrainTeacher.py", [*TINY_TEACHER[:-1], "--epoch_tea=6", *common]
+    if stage == "intermediate":
+        return "Main.py", [*TINY_MID, "--mask_epoch=4", f"--teacher_model={root}/tea.mod", *common]
+    return "Main.py", [*TINY_STU, f"--middle_teacher_model={root}/mid_best_global_100_100.mod", *common]
+
+
+def kill_after(script, flags, lines):
+    """Start the stage, read ``lines`` lines of its output, then SIGKILL it; True if it was still running."""
+    proc = subprocess.Popen([sys.executable, str(ROOT / script), *flags], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    for _ in range(lines):
+        if not proc.stdout.readline():
+            break
+    running = proc.poll() is None
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    return running
+
+
+def outputs(prefix):
+    """Every checkpoint's tensors and the history's per-epoch numbers (no timings) of a run."""
+    folder, name = os.path.split(prefix)
+    mods = {f[len(name):]: torch.load(os.path.join(folder, f), weights_only=True)["tensors"]
+            for f in os.listdir(folder) if f.startswith(name) and f.endswith(".mod")}
+    with open(prefix + ".his") as fh:
+        rows = [json.loads(line) for line in fh]
+    numbers = [(r.get("prn_run"), r["epoch"], r["loss"], r.get("metrics")) for r in rows]
+    return mods, numbers
+
+
+def assert_same_outputs(a, b):
+    mods_a, rows_a = outputs(a)
+    mods_b, rows_b = outputs(b)
+    assert sorted(mods_a) == sorted(mods_b) and mods_a
+    for name, tensors in mods_a.items():
+        assert sorted(tensors) == sorted(mods_b[name])
+        for key, tensor in tensors.items():
+            assert torch.equal(tensor, mods_b[name][key]), (name, key)
+    assert rows_a == rows_b
+
+
+@pytest.mark.parametrize("stage,kill_at", [("teacher", "Epoch 2/6, Time"), ("intermediate", "Epoch 1/4, Time"),
+                                           ("student", "Pruning Run PRN:[2]")])
+def test_sigkill_then_resume_ends_as_the_uninterrupted_run(tiny_root, tmp_path, stage, kill_at):
+    script, flags = stage_flags(tiny_root, stage)
+    run_script(script, *flags, f"--model_save_path={tmp_path}/full", f"--his_save_path={tmp_path}/full")
+    part = [*flags, f"--model_save_path={tmp_path}/part", f"--his_save_path={tmp_path}/part"]
+    proc = subprocess.Popen([sys.executable, str(ROOT / script), *part], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    for line in proc.stdout:  # stage 3: killed in run 2, after run 1's pruning
+        if kill_at in line:
+            break
+    assert proc.poll() is None
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    resumed = run_script(script, *part, "--resume=True").stdout
+    assert "Resuming" in resumed
+    assert_same_outputs(f"{tmp_path}/full", f"{tmp_path}/part")
+
+
+def test_stage3_killed_at_ten_random_moments_ends_with_the_same_records(tiny_root, tmp_path):
+    script, flags = stage_flags(tiny_root, "student")
+    run_script(script, *flags, f"--model_save_path={tmp_path}/full", f"--his_save_path={tmp_path}/full")
+    part = [*flags, f"--model_save_path={tmp_path}/part", f"--his_save_path={tmp_path}/part"]
+    rng = np.random.default_rng(0)
+    kills = 0
+    for _ in range(10):  # each time: resume if a resume file was written, else start afresh
+        again = "--resume=True" if os.path.exists(f"{tmp_path}/part_last.ckpt") else "--overwrite=True"
+        kills += kill_after(script, [*part, again], int(rng.integers(5, 220)))
+    assert kills >= 5  # most kills hit a running stage
+    run_script(script, *part, "--resume=True" if os.path.exists(f"{tmp_path}/part_last.ckpt") else "--overwrite=True")
+    assert_same_outputs(f"{tmp_path}/full", f"{tmp_path}/part")
+
+
+def test_an_earlier_run_is_not_replaced_unless_asked(tiny_root, tmp_path):
+    script, flags = stage_flags(tiny_root, "teacher")
+    paths = [f"--model_save_path={tmp_path}/tea", f"--his_save_path={tmp_path}/tea"]
+    run_script(script, *flags, *paths)
+    before = (tmp_path / "tea.mod").read_bytes(), (tmp_path / "tea.his").read_text()
+    proc = run_script(script, *flags, "--epoch_tea=1", *paths, check=False)
+    assert proc.returncode == 2 and "--resume=True" in proc.stderr and "--overwrite=True" in proc.stderr
+    assert proc.stderr.count("\n") == 1
+    assert ((tmp_path / "tea.mod").read_bytes(), (tmp_path / "tea.his").read_text()) == before
+    run_script(script, *flags, "--epoch_tea=1", *paths, "--overwrite=True")
+    assert len((tmp_path / "tea.his").read_text().splitlines()) == 1
+
+    script, flags = stage_flags(tiny_root, "student")
+    paths = [f"--model_save_path={tmp_path}/stu", f"--his_save_path={tmp_path}/stu", "--PRUNING_END=1"]
+    run_script(script, *flags, *paths)
+    proc = run_script(script, *flags, *paths, check=False)
+    assert proc.returncode == 2 and "stu" in proc.stderr
+
+
+def test_resume_refuses_other_flags_and_a_missing_file(tiny_root, tmp_path):
+    script, flags = stage_flags(tiny_root, "teacher")
+    paths = [f"--model_save_path={tmp_path}/tea", f"--his_save_path={tmp_path}/tea"]
+    proc = run_script(script, *flags, *paths, "--resume=True", check=False)
+    assert proc.returncode == 2 and "tea_last.ckpt" in proc.stderr
+    run_script(script, *flags, "--epoch_tea=2", *paths)
+    proc = run_script(script, *flags, *paths, "--resume=True", "--lr=0.5", check=False)
+    assert proc.returncode == 2 and "--lr" in proc.stderr
+    run_script(script, *flags, *paths, "--resume=True")  # more epochs may be asked for
+    assert len((tmp_path / "tea.his").read_text().splitlines()) == 6
+    assert torch.load(tmp_path / "tea_last.ckpt", weights_only=True)["epoch"] == 5
