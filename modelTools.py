@@ -227,6 +227,8 @@ def cmd_export(args) -> int:
         raise ConfigError(f"{args.checkpoint} is already a compact export")
     if os.path.abspath(args.out) == os.path.abspath(args.checkpoint):
         raise ConfigError("OUT must differ from CHECKPOINT")
+    if os.path.exists(args.out) and not args.overwrite:
+        raise ConfigError(f"{args.out} exists: pass --overwrite to replace it, or choose another OUT")
     dataset = load_data(loaded, args)
     graph, kind = model_graph(loaded, dataset, args.graph)
     meta = dict(loaded.meta, graph=kind)
@@ -333,6 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="write the compact export (surviving edges + non-zero entries)")
     p.add_argument("checkpoint", metavar="CHECKPOINT")
     p.add_argument("out", metavar="OUT")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT when it exists")
     data_options(p)
     p.set_defaults(func=cmd_export)
 

@@ -46,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="implicit feedback: keep interactions rated >= R (needs a rating column)")
     parser.add_argument("--split", choices=("random", "time"), default="random",
                         help="random per interaction, or per user by timestamp (earliest train, latest test)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing DATA_DIR/sparse_NAME/ (without it, an existing dataset is an error)")
     parser.add_argument("--seed", type=int, default=2025, help="seed of the split and of the synthetic data")
     parser.add_argument("--val_ratio", type=float, default=0.05, help="share of all interactions in validation")
     parser.add_argument("--test_ratio", type=float, default=0.25, help="share of all interactions in test")

@@ -68,6 +68,7 @@ class Options:
     seed: int = 2025
     val_ratio: float = 0.05
     test_ratio: float = 0.25
+    overwrite: bool = False  # replace an existing dataset of the same name
     # CSV / RecBole columns: a header name or a 0-based index; "none" drops an optional column
     sep: Optional[str] = None
     header: str = "auto"
@@ -650,6 +651,10 @@ def read_input(opts: Options) -> Tuple[Interactions, Optional[SyntheticTruth]]:
 def prepare(opts: Options, log=print) -> Result:
     """Run the whole pipeline and write the dataset; ``log`` receives one line per step."""
     opts.check()
+    target = os.path.join(opts.data_dir, f"sparse_{opts.name}")
+    if os.path.exists(target) and not opts.overwrite:
+        raise DataError(f"{target} exists: pass --overwrite to replace it (a new split makes the checkpoints "
+                        "trained on the old one refuse to load), or choose another --name")
     inter, _ = read_input(opts)
     steps: List[Tuple[str, int]] = [("read", len(inter))]
     notes: List[str] = []

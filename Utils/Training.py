@@ -21,7 +21,7 @@ from typing import Callable, Dict, Iterable, Optional
 import torch
 
 from Utils.Checkpoint import atomic_write
-from Utils.Errors import DataError, NonFiniteError, discard_closed_stdout, interrupt_exit_code
+from Utils.Errors import CheckpointError, DataError, NonFiniteError, discard_closed_stdout, interrupt_exit_code
 
 
 # ----------------------------------------------------------------------------- logging
@@ -41,7 +41,12 @@ class RunLog:
         self.history_path = history_path
         self.rows: list = []  # this invocation's history rows, also kept in memory
         if history_path:
-            os.makedirs(os.path.dirname(os.path.abspath(history_path)), exist_ok=True)
+            folder = os.path.dirname(os.path.abspath(history_path))
+            try:
+                os.makedirs(folder, exist_ok=True)
+            except OSError as exc:
+                raise CheckpointError(f"cannot create {folder} for the history {history_path}: "
+                                      f"{exc.strerror or exc}") from None
 
     def line(self, message: str, stamp: bool = True) -> None:
         """Print one console line. When the console's reader is gone (``| tee`` ended by the

@@ -111,6 +111,19 @@ def test_a_bad_input_leaves_the_earlier_history_untouched(tmp_path, tiny_dir):
     assert his.read_text() == '{"epoch": 0}\n'
 
 
+def test_a_history_folder_that_cannot_be_made_is_one_line_error(tmp_path, tiny_dir):
+    from conftest import TINY_TEACHER
+
+    data = tmp_path / "Datasets"
+    data.mkdir()
+    os.symlink(tiny_dir, data / "sparse_tiny")
+    (tmp_path / "file").write_text("not a folder")
+    proc = run_script("pretrainTeacher.py", *TINY_TEACHER, f"--data_dir={data}", f"--model_save_path={tmp_path}/tea",
+                      f"--his_save_path={tmp_path}/file/sub/tea", check=False)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "file/sub" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "tea.mod").exists()
+
+
 @pytest.mark.parametrize("flag", ["--lr=inf", "--reg=nan", "--softreg=-1", "--seed=-1", "--tempsubsp_list=0,1",
                                   "--subspcreg_list=0.1,nan"])
 def test_non_finite_or_negative_rates_are_refused_when_parsed(flag):

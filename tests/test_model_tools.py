@@ -240,6 +240,12 @@ def test_errors_are_one_line(trained, capsys, tmp_path):
     _one_line_error(err, "none.his")
     rc, _, err = tool(capsys, "export", trained["stu"], trained["stu"])
     _one_line_error(err, "OUT must differ")
+    existing = tmp_path / "taken.mod"
+    existing.write_bytes(b"someone else's file")
+    rc, _, err = tool(capsys, "export", trained["stu"], existing)
+    _one_line_error(err, "--overwrite")
+    assert existing.read_bytes() == b"someone else's file"
+    assert tool(capsys, "export", trained["stu"], existing, "--overwrite")[0] == 0
     with pytest.raises(SystemExit) as exit_info:
         modelTools.main(["recommend", str(trained["stu"])])  # --users missing: argparse, one line too
     assert exit_info.value.code == 2

@@ -17,8 +17,9 @@ from conftest import ROOT
 
 
 def run(tmp_path, **kw):
-    """prepare() into tmp_path/D, silently; returns (Result, loaded Dataset, idmap)."""
-    opts = Options(data_dir=str(tmp_path / "D"), **kw)
+    """prepare() into tmp_path/D, silently, replacing a dataset of the same name unless
+    overwrite=False; returns (Result, loaded Dataset, idmap)."""
+    opts = Options(data_dir=str(tmp_path / "D"), **{"overwrite": True, **kw})
     result = prepare(opts, log=lambda *_: None)
     data = dh.load_dataset(str(tmp_path / "D"), kw["name"])
     with open(os.path.join(result.directory, "idmap.json")) as fh:
@@ -241,16 +242,22 @@ def test_cli_error_is_one_line_and_old_dataset_survives(tmp_path):
     assert cli("--input", good, "--format", "recbole", "--name", "x", "--data_dir", str(data_dir)).returncode == 0
     before = {f: (data_dir / "sparse_x" / f).read_bytes() for f in os.listdir(data_dir / "sparse_x")}
     bad = write(tmp_path / "b.inter", "user_id:token\titem_id:token\trating:float\n1\t2\t3\n1\t2\t3\t4\n")
-    proc = cli("--input", bad, "--format", "recbole", "--name", "x", "--data_dir", str(data_dir))
+    proc = cli("--input", bad, "--format", "recbole", "--name", "x", "--data_dir", str(data_dir), "--overwrite")
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("error: ") and "b.inter:3" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert os.listdir(data_dir) == ["sparse_x"]  # no temporary directory left behind
     assert {f: (data_dir / "sparse_x" / f).read_bytes() for f in os.listdir(data_dir / "sparse_x")} == before
+    proc = cli("--input", good, "--format", "recbole", "--name", "x", "--data_dir", str(data_dir))  # no --overwrite
+    assert proc.returncode == 2 and "--overwrite" in proc.stderr and proc.stderr.count("\n") == 1
 
 
-def test_existing_dataset_is_replaced_whole(tmp_path):
+def test_existing_dataset_is_replaced_whole_and_only_when_asked(tmp_path):
     r1, d1, _ = run(tmp_path, format="synthetic", name="s", n_users=300, n_items=200, n_groups=4, seed=1)
+    before = (tmp_path / "D" / "sparse_s" / "trnMat.pkl").read_bytes()
+    with pytest.raises(DataError, match="--overwrite"):
+        run(tmp_path, format="synthetic", name="s", n_users=200, n_items=100, n_groups=4, seed=2, overwrite=False)
+    assert (tmp_path / "D" / "sparse_s" / "trnMat.pkl").read_bytes() == before
     r2, d2, _ = run(tmp_path, format="synthetic", name="s", n_users=200, n_items=100, n_groups=4, seed=2,
                     val_ratio=0.0)
     assert r2.replaced and d2.n_users == 200 and d2.val is None  # no stale valMat.pkl from the first run
