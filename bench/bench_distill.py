@@ -111,6 +111,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--stage", type=int, choices=(2, 3), required=True)
     parser.add_argument("--data_dir", default=os.path.join(ROOT, "..", "shared", "datasets"))
+    parser.add_argument("--dataset", default="yelp", help="sparse_NAME under --data_dir (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batches", type=int, default=0, help="0 = the whole epoch")
     parser.add_argument("--parts_batches", type=int, default=3)
@@ -118,15 +119,16 @@ def main():
                         help="comma-separated K values of --contrast_candidates to time in turn (0 = exact)")
     opts = parser.parse_args()
     ks = [int(k) for k in opts.contrast_candidates.split(",")]
-    args = Params.parse_args(["--dataset=yelp", f"--data_dir={opts.data_dir}", f"--threads={opts.threads}",
+    args = Params.parse_args([f"--dataset={opts.dataset}", f"--data_dir={opts.data_dir}", f"--threads={opts.threads}",
                               "--device=cpu", *STAGE_FLAGS[opts.stage]])
     device = Runtime.select_device(args)
     Runtime.seed_everything(0)
-    data = dh.load_dataset(args.data_dir, "yelp")
+    data = dh.load_dataset(args.data_dir, opts.dataset)
     adj = dh.Graph.from_scipy(dh.propagation_matrix(data.train))
     closure, t_closure = timed(lambda: dh.Graph.from_scipy(dh.closure_matrix(data.train, 1)))
     U, I = data.n_users, data.n_items
-    result = {"bench": f"stage{opts.stage}", "dataset": "yelp", "threads": opts.threads,
+    result = {"bench": f"stage{opts.stage}", "dataset": opts.dataset, "train_interactions": int(data.train.nnz),
+              "nodes": data.n_nodes, "threads": opts.threads,
               "adj_edges": adj.nnz, "closure_edges": closure.nnz, "closure_build_s": round(t_closure, 2)}
     if opts.stage == 2:
         supervisor, sup_graph = LightGCN(U, I, 64, 8), adj

@@ -10,8 +10,8 @@
 #   stages 2-3   --contrast_candidates=2048: all-node contrastive sums estimated from 2,048 sampled rows
 #                --init_from_supervisor=True: start from the supervisor's layer-0 embeddings
 #                --lr, --mask_epoch: lr 5e-4 (published 1e-4); at most 20 epochs (published 300 / 600 per run)
-#   student      --use_dynamic_lr, --lr_list: 5e-4 in run 1, the published 1e-4 in the pruned runs 2-6,
-#                which fine-tune an already trained model; --patience=4 (intermediate: 3)
+#   patience     3 (intermediate), 2 (each student run). Tried and not kept (README): the published
+#                lr 1e-4 in the pruned runs 2-6 (--use_dynamic_lr) with patience 4 ended run 6 lower.
 # About 85 minutes on the project's 2-core CPU (2026-12-02): teacher 37, intermediate 9, student 39.
 # Selection on validation (the default when valMat.pkl exists). Logs: logs/{tea,mid,stu}_yelp_reproduce_log;
 # checkpoints and histories under ./outModels/yelp/reproduce/.
@@ -48,5 +48,4 @@ if [ "$FROM" != student ]; then
         --contrast_candidates=2048 --init_from_supervisor=True --lr=5e-4 --mask_epoch=20 --patience=3
 fi
 timed student bash example_scripts/example_train_final_student_lightgnn_yelp.sh \
-    --PRUNING_END=6 --contrast_candidates=2048 --init_from_supervisor=True --mask_epoch=20 --patience=4 \
-    --use_dynamic_lr=True --lr_list=0,5e-4,1e-4,1e-4,1e-4,1e-4,1e-4
+    --PRUNING_END=6 --contrast_candidates=2048 --init_from_supervisor=True --lr=5e-4 --mask_epoch=20 --patience=2
