@@ -38,6 +38,20 @@ def test_examples_carry_the_published_flags():
             assert flag in ours, (name, flag)
 
 
+def test_quickstart_parses_and_its_flags_are_valid():
+    """example_scripts/quickstart.sh: valid bash, three stages, every flag accepted by its entry point."""
+    path = ROOT / "example_scripts" / "quickstart.sh"
+    assert subprocess.run(["bash", "-n", str(path)]).returncode == 0
+    text = path.read_text().replace("\\\n", " ")
+    common = re.search(r'^COMMON="(.*)"$', text, flags=re.M).group(1)
+    stages = re.findall(r"^python (pretrainTeacher|Main)\.py (.*?)\|", text, flags=re.M)
+    assert [script for script, _ in stages] == ["pretrainTeacher", "Main", "Main"]
+    for script, rest in stages:
+        argv = rest.replace("$COMMON", common).replace("$DATA_DIR", "D").replace("$OUT", "o").split()
+        args = Params.parse_args(argv, stage="teacher" if script == "pretrainTeacher" else "main")
+        assert args.dataset == "demo"
+
+
 @pytest.mark.parametrize("name", ["yelp_short_pipeline.sh", "yelp_reproduce.sh"])
 def test_pipeline_rejects_an_unknown_start_stage(name):
     script = ROOT / "example_scripts" / name
