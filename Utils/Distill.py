@@ -18,7 +18,7 @@ import torch
 
 import DataHandler as dh
 import Params
-from Model import PRUNABLE_KEYS, LightGCN, LightGCN_sp, model_from_tensors
+from Model import LightGCN, LightGCN_sp, model_from_tensors
 from Utils import Checkpoint, Pruning, Report, Resume, Runtime
 from Utils.Losses import KDConfig, kd_objective
 from Utils.Training import EarlyStopper, Record, RunLog, build_eval_suite, fit, train_epoch
@@ -294,7 +294,7 @@ class DistillStage:
             model = load_model(args.break_point, "student", self.dataset, self.device, graph=self.graph,
                                latdim=args.latdim, n_layers=args.gnn_layer, warn=self._warn)
             self.log.line(f"Model Loaded: {args.break_point}")
-            return {k: v.detach().clone() for k, v in model.state_dict().items() if k in PRUNABLE_KEYS}
+            return state_of(model)
         if not args.init_from_supervisor:
             return None
         state = state_of(self.build_trainee(None))
