@@ -11,7 +11,8 @@ Stage 3 — distil the intermediate model into the student on Â while pruning:
         --middle_teacher_model=outModels/yelp/mid_best_global_100_100.mod ...
 
 The stage itself lives in :mod:`Utils.Distill`; this file parses, builds, runs and
-summarises.
+summarises. ``torchrun --nproc_per_node=N Main.py <flags>`` runs it data-parallel
+(:mod:`Utils.Parallel`).
 """
 from __future__ import annotations
 
@@ -23,10 +24,10 @@ from Utils.Training import open_run, run_stage
 
 
 def main(args) -> int:
-    device, log = open_run(args)
-    stage = DistillStage(args, device, log)  # reads and checks every input before the history is replaced
-    status = run_stage(stage, log)
-    if status == 0 and not args.train_middle_model and args.plots:
+    device, log, group = open_run(args)
+    stage = DistillStage(args, device, log, group)  # reads and checks every input before the history is replaced
+    status = run_stage(stage, log, group)
+    if status == 0 and not args.train_middle_model and args.plots and group.lead:
         from Utils import Plots  # matplotlib is loaded only when plots are drawn
 
         Plots.plot_after_training(args.his_save_path,

@@ -349,6 +349,11 @@ def build_parser(prog=None):
     ours.add_argument('--overwrite', type=str2bool, default=False, metavar='BOOL',
                       help='replace the outputs of an earlier run at --model_save_path/--his_save_path; without '
                            'it (or --resume) a stage refuses to start there (default: %(default)s)')
+    ours.add_argument('--block_mb', type=float, default=1024.0, metavar='MB',
+                      help='stages 2-3 on a GPU: memory budget of one block of the all-node contrastive '
+                           'kernels; each term multiplies its whole anchor set against column blocks of '
+                           'at most this size (on the CPU the blocks are 256 x 4096, cache-sized) '
+                           '(default: %(default)s)')
     fast = parser.add_argument_group(
         'time-to-quality levers (each off by default; the defaults are the published method)')
     fast.add_argument('--patience', type=int, default=0, metavar='N',
@@ -434,6 +439,8 @@ def validate(args, stage='main'):
         _fail("--resume=True continues the earlier run and --overwrite=True replaces it: choose one")
     if args.contrast_candidates < 0:
         _fail(f"--contrast_candidates must be >= 0 (0 = exact sums), got {args.contrast_candidates}")
+    if not (math.isfinite(args.block_mb) and args.block_mb > 0):
+        _fail(f"--block_mb must be a positive number of MiB, got {args.block_mb}")
     if args.device == 'cuda':
         expose_gpu(args)  # before the first CUDA query, which fixes the visible devices
         if not torch.cuda.is_available():

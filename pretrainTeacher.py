@@ -5,6 +5,7 @@
 
 Writes ``<model_save_path>.mod`` (the best checkpoint, selected on ``--select_on``) and
 ``<his_save_path>.his`` (one JSON line per epoch). The stage lives in :mod:`Utils.Teacher`.
+``torchrun --nproc_per_node=N pretrainTeacher.py <flags>`` runs it data-parallel (:mod:`Utils.Parallel`).
 """
 from __future__ import annotations
 
@@ -16,8 +17,8 @@ from Utils.Training import open_run, run_stage
 
 
 def main(args) -> int:
-    device, log = open_run(args)
-    return run_stage(TeacherStage(args, device, log), log)
+    device, log, group = open_run(args)
+    return run_stage(TeacherStage(args, device, log, group), log, group)
 
 
 if __name__ == "__main__":

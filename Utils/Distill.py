@@ -20,7 +20,8 @@ import DataHandler as dh
 import Params
 from Model import LightGCN, LightGCN_sp, model_from_tensors
 from Utils import Checkpoint, Pruning, Report, Resume, Runtime
-from Utils.Losses import KDConfig, kd_objective
+from Utils.Parallel import SOLO, Group
+from Utils.Losses import KDConfig, device_blocks, draw_contrast_sample, kd_objective
 from Utils.Training import EarlyStopper, Record, RunLog, build_eval_suite, fit, train_epoch
 
 
@@ -95,7 +96,8 @@ def run_settings(args, run: int, trainee_is_student: bool) -> RunSettings:
     )
 
 
-def kd_config(args, settings: RunSettings) -> KDConfig:
+def kd_config(args, settings: RunSettings, device="cpu") -> KDConfig:
+    """The loss configuration of a run; the kernels' block shape is that of ``device``."""
     return KDConfig(
         use_pre_level_kd=args.use_pre_level_kd, softreg=args.softreg, tempsoft=args.tempsoft,
         use_emb_level_kd=args.use_emb_level_kd, cdreg=args.cdreg, tempcd=args.tempcd,
@@ -104,7 +106,7 @@ def kd_config(args, settings: RunSettings) -> KDConfig:
         subspcreg=settings.subspcreg, tempsubsp=settings.tempsubsp, subspcreg_version=args.subspcreg_version,
         loosen=settings.loosen, use_ly0emb4subspcreg=args.use_ly0emb4subspcreg,
         resample_ratio=args.hyper_contr_resample_ratio if args.hyper_contr_resample else None,
-        contrast_candidates=args.contrast_candidates)
+        contrast_candidates=args.contrast_candidates, blocks=device_blocks(device, args.block_mb))
 
 
 def prune_config(args, settings: RunSettings) -> Pruning.PruneConfig:
@@ -128,11 +130,13 @@ def random_triples(generator: torch.Generator, top_range: int, n_users: int, n_i
 
 
 def distill_loss(model: LightGCN_sp, graph, sup: FrozenOutputs, cfg: KDConfig, top_range: int,
-                 generator: torch.Generator, draw: Optional[Callable[[], Tuple[torch.Tensor, ...]]] = None):
+                 generator: torch.Generator, draw: Optional[Callable[[], Tuple[torch.Tensor, ...]]] = None,
+                 group: Group = SOLO):
     """The per-batch objective of stages 2–3 on the trainee's current outputs.
 
     ``draw()`` gives the batch's random (users, items, items) of the prediction-level KD;
     by default :func:`random_triples` from ``generator`` (tests inject fixed ones).
+    ``group``: this process's share of the loss in a data-parallel run (:mod:`Utils.Parallel`).
     """
     n_users, n_items = model.n_users, model.n_items
     device = sup.users.device
@@ -141,14 +145,20 @@ def distill_loss(model: LightGCN_sp, graph, sup: FrozenOutputs, cfg: KDConfig, t
             return random_triples(generator, top_range, n_users, n_items, device)
 
     def loss_fn(ancs, poss, negs):
-        users, items = model(graph)
+        # first what reads back to the host or comes from it (the draws, the distinct anchors), in
+        # the order the objective draws them: on a GPU this happens before the step's device work
+        # is queued, so the only wait on that work is the loss parts' read-back (train_epoch)
         rand_users, rand_items1, rand_items2 = draw()
+        sample = draw_contrast_sample(n_users, n_items, cfg.contrast_candidates, generator, device)
+        anchors = (torch.unique(ancs), torch.unique(poss))
+        users, items = model(graph)
         return kd_objective(cfg, stu_users=users, stu_items=items, stu_u_embeds=model.uEmbeds,
                             stu_i_embeds=model.iEmbeds, stu_edge_weight=model.adj_mask1_train,
                             sup_users=sup.users, sup_items=sup.items, sup_high_users=sup.high_users,
                             sup_high_items=sup.high_items, ancs=ancs, poss=poss, negs=negs,
                             rand_users=rand_users, rand_items1=rand_items1, rand_items2=rand_items2,
-                            emb_mask=model.emb_mask2_fixed, generator=generator)
+                            emb_mask=model.emb_mask2_fixed, generator=generator, sample=sample, group=group,
+                            anchors=anchors)
 
     return loss_fn
 
@@ -201,8 +211,8 @@ class DistillStage:
 
     interrupted_line = "Interrupted: the records so far are kept"
 
-    def __init__(self, args, device, log: RunLog):
-        self.args, self.device, self.log = args, device, log
+    def __init__(self, args, device, log: RunLog, group: Group = SOLO):
+        self.args, self.device, self.log, self.group = args, device, log, group
         self.trainee_is_student = not args.train_middle_model
         self.role = "student" if self.trainee_is_student else "middle_teacher"
         log.line("Load Data")
@@ -215,7 +225,7 @@ class DistillStage:
             self.closure = dh.closure_graph(self.dataset.train, vars(args)).to(device)
         self.graph = self.closure if args.train_middle_model else self.adj
         self.sampler = dh.NegativeSampler(self.dataset.train)
-        self.suite = build_eval_suite(self.dataset, args.topk, args.tstBat, args.select_on, device, log)
+        self.suite = build_eval_suite(self.dataset, args.topk, args.tstBat, args.select_on, device, log, group)
         self.records = make_records(args)
         self.rng = np.random.default_rng(args.seed)
         self.generator = torch.Generator().manual_seed(args.seed)
@@ -310,6 +320,8 @@ class DistillStage:
         args = self.args
         name = f"_{record.suffix}_{int(record.edge_pct)}_{int(record.emb_pct)}"
         record.path = args.model_save_path + name + ".mod"
+        if not self.group.lead:  # (every process keeps the record's path for its summary)
+            return
         meta = {"stage": "intermediate" if args.train_middle_model else "student", "role": self.role,
                 "model_class": "LightGCN_sp", "graph": "closure" if args.train_middle_model else "adjacency",
                 "adj_aug_layer": args.adj_aug_layer, "adj_aug_sample": args.adj_aug_sample,
@@ -341,8 +353,8 @@ class DistillStage:
         args, log = self.args, self.log
         model.adj_mask1_train.requires_grad_(learn_edges)
         optimizer = Runtime.make_optimizer([p for p in model.parameters() if p.requires_grad], settings.lr)
-        loss_fn = distill_loss(model, self.graph, self.supervisor, kd_config(args, settings), args.topRange,
-                               self.generator)
+        loss_fn = distill_loss(model, self.graph, self.supervisor, kd_config(args, settings, self.device),
+                               args.topRange, self.generator, group=self.group)
         kind = "Train Mask" if learn_edges else "Fixed Mask"
         keys = ("global", "w", "w2") if learn_edges else ("global", "wo", "wo2")
         edge_pct, emb_pct = model.edge_kept_pct(), model.emb_kept_pct()
@@ -364,7 +376,7 @@ class DistillStage:
         def train_one_epoch():
             model.train()
             return train_epoch(loss_fn, self.sampler.epoch_batches(self.rng, args.batch),
-                               self.sampler.n_batches(args.batch), optimizer, self.device, log)
+                               self.sampler.n_batches(args.batch), optimizer, self.device, log, self.group)
 
         def evaluate():
             model.eval()
@@ -388,6 +400,8 @@ class DistillStage:
             return lines + [""]
 
         def on_epoch_end(epoch, stopped):
+            if not self.group.lead:
+                return
             Resume.save_last(self.last_path, {
                 "role": self.role, "train_fingerprint": self.dataset.fingerprint, "flags": vars(args), "run": run,
                 "epoch": epoch, "stopped": stopped, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
@@ -439,10 +453,11 @@ class DistillStage:
                 state = self.train_run(model, run, settings, learn_edges=True, n_epochs=settings.epochs,
                                        resume=resuming)
             # the masks do not change within a run: this is the report of the run's best checkpoint
-            Report.log_run_report(model.state_dict(), {"stage": self.role, "model_class": "LightGCN_sp",
-                                                       "dataset": args.dataset, "gnn_layer": args.gnn_layer},
-                                  f"{args.his_save_path}_compression_prn{run}.json", self._warn,
-                                  title=f"Compression report, pruning run {run}")
+            if self.group.lead:
+                Report.log_run_report(model.state_dict(), {"stage": self.role, "model_class": "LightGCN_sp",
+                                                           "dataset": args.dataset, "gnn_layer": args.gnn_layer},
+                                      f"{args.his_save_path}_compression_prn{run}.json", self._warn,
+                                      title=f"Compression report, pruning run {run}")
             if self.trainee_is_student:
                 state = self.prune(state, settings)
             if args.run_no_adj_weights:

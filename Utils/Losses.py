@@ -41,11 +41,56 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 from Utils import MaskPairs
+from Utils.Parallel import SOLO, Group
 
 #: Default block shape (anchors × candidates) of the blocked reductions: a 256×4096
 #: float32 buffer is 4 MiB, small enough to stay in cache between the product and the exp.
 BLOCK_ROWS = 256
 BLOCK_COLS = 4096
+
+#: With a memory budget (:class:`Blocks`), the fewest columns a block is given before its
+#: rows are split: under this the products are too thin to use a GPU well.
+MIN_BUDGET_COLS = 1024
+
+
+@dataclass(frozen=True)
+class Blocks:
+    """The block shape of the blocked kernels (anchors × candidates per product).
+
+    Two shapes, the same sums (they differ only by float rounding):
+
+    * CPU (``budget=None``): ``rows`` × ``cols`` = 256 × 4,096, a 4 MiB block that stays in
+      cache between the product and the exp; the subspace positives are listed from
+      bit-packed masks when they are few (``list_pairs``).
+    * device (``budget`` = floats per block): the whole anchor set against as many
+      candidates as the budget holds, i.e. a few large products per term instead of
+      hundreds of small ones; the rows are split only when fewer than
+      :data:`MIN_BUDGET_COLS` columns would fit. No listing (it runs on the host).
+    """
+
+    rows: int = BLOCK_ROWS
+    cols: int = BLOCK_COLS
+    budget: Optional[int] = None
+    list_pairs: bool = True
+
+    def shape(self, n: int, m: int) -> Tuple[int, int]:
+        """(block rows, block columns) for ``n`` anchors against ``m`` candidates."""
+        if self.budget is None:
+            return self.rows, self.cols
+        rows = max(1, min(n, self.budget // max(1, min(m, MIN_BUDGET_COLS))))
+        return rows, max(1, min(m, self.budget // rows))
+
+
+CPU_BLOCKS = Blocks()
+
+
+def device_blocks(device, budget_mb: float) -> Blocks:
+    """The block shape for ``device``: :data:`CPU_BLOCKS` on the CPU, on an accelerator whole
+    anchor sets against column blocks of at most ``budget_mb`` MiB (float32) each (``--block_mb``)."""
+    if torch.device(device).type == "cpu":
+        return CPU_BLOCKS
+    return Blocks(budget=max(1, int(budget_mb * 2 ** 20) // 4), list_pairs=False)
+
 
 #: The constants the published tool adds inside its logarithms.
 INFONCE_EPS = 1e-8
@@ -53,6 +98,12 @@ CONTR_DENO_EPS = 1e-5
 PRED_KD_EPS = 1e-8
 
 SUBSPACE_VERSIONS = ("v1", "v2", "v3")
+
+
+def _mean(values: torch.Tensor, total: Optional[int] = None) -> torch.Tensor:
+    """``values.mean()``; with ``total``, this process's share Σ values / total of a mean over
+    ``total`` rows split between processes (``Utils.Parallel.Group.split``)."""
+    return values.mean() if total is None else values.sum() / total
 
 
 # ---------------------------------------------------------------------------
@@ -186,8 +237,8 @@ class _PositivePairLogitSums(torch.autograd.Function):
 
     sums = rowsum(A ⊙ (T·B)); ∂/∂A = g ⊙ (T·B) (T·B kept from forward, n×d),
     ∂/∂B = Tᵀ·(g ⊙ A) (T recomputed block by block). Anchors and candidates are visited
-    in order of mask popcount, and only the candidate windows of :func:`_candidate_windows`
-    are evaluated (exact: every pair outside them has t = 0).
+    in order of mask popcount, and on the CPU only the candidate windows of
+    :func:`_candidate_windows` are evaluated (exact: every pair outside them has t = 0).
     """
 
     @staticmethod
@@ -201,7 +252,10 @@ class _PositivePairLogitSums(torch.autograd.Function):
         cand_count, perm_b = torch.sort(mb.sum(dim=1))
         ma, mb, a_s, b_s = ma[perm_a], mb[perm_b], a[perm_a], b[perm_b]
         anc_thr, cand_thr = anc_count - loosen, cand_count - loosen
-        windows = _candidate_windows(anc_count, cand_count, loosen, block_rows)
+        if a.device.type == "cpu":
+            windows = _candidate_windows(anc_count, cand_count, loosen, block_rows)
+        else:  # every candidate: the windows would make the host wait for the step's work (same sums)
+            windows = [(r0, min(block_rows, n - r0), 0, m) for r0 in range(0, n, block_rows)]
 
         counts_s = a.new_zeros(n)
         tb_s = torch.zeros_like(a)
@@ -259,9 +313,11 @@ def positive_pair_logit_sums(anc_emb: torch.Tensor, cand_emb: torch.Tensor, anc_
     On CPU, when the positives are few (:data:`Utils.MaskPairs.MAX_PAIRS`), they are listed
     from bit-packed masks and summed directly (``sparse_pairs=False`` forces the dense,
     blocked route); the pairs are the same, the sums differ only by float rounding.
+    The masks must be 0/1; this is checked on the CPU only (on a GPU the check would make the
+    host wait for the step's work; the stages' masks are 0/1 by construction).
     """
     for name, mask in (("anc_mask", anc_mask), ("cand_mask", cand_mask)):
-        if not ((mask == 0) | (mask == 1)).all():
+        if mask.device.type == "cpu" and not ((mask == 0) | (mask == 1)).all():
             raise ValueError(f"{name} must be a 0/1 mask")
     pairs = MaskPairs.positive_pairs(anc_mask, cand_mask, loosen) if sparse_pairs else None
     if pairs is not None:  # few positives: sum over their list, plain autograd
@@ -303,7 +359,7 @@ def draw_contrast_sample(n_users: int, n_items: int, k: int, generator: Optional
 
 
 def table_logsumexp(anchors: torch.Tensor, table: torch.Tensor, temp: float,
-                    sample: Optional[torch.Tensor] = None) -> torch.Tensor:
+                    sample: Optional[torch.Tensor] = None, blocks: Blocks = CPU_BLOCKS) -> torch.Tensor:
     """log Σ_{m ∈ T} exp(a_n·b_m / τ) over a whole table T, exactly or estimated from a sample.
 
     With ``sample`` S ⊂ T (K rows drawn uniformly without replacement, K < |T|), the sum is
@@ -314,20 +370,23 @@ def table_logsumexp(anchors: torch.Tensor, table: torch.Tensor, temp: float,
 
     E_S[(|T|/K) Σ_{m∈S} x_m] = Σ_{m∈T} x_m because every row is in S with probability K/|T|.
     Gradients reach only the sampled rows of ``table``. ``sample=None`` is the exact sum.
+    ``blocks``: the kernel's block shape (:class:`Blocks`).
     """
-    if sample is None:
-        return row_logsumexp_matmul(anchors, table, temp)
-    return row_logsumexp_matmul(anchors, table[sample], temp) + math.log(table.shape[0] / sample.numel())
+    candidates = table if sample is None else table[sample]
+    rows, cols = blocks.shape(anchors.shape[0], candidates.shape[0])
+    lse = row_logsumexp_matmul(anchors, candidates, temp, block_rows=rows, block_cols=cols)
+    return lse if sample is None else lse + math.log(table.shape[0] / sample.numel())
 
 
 def _cached_lse(cache: Optional[MutableMapping], key: str, anchors: torch.Tensor,
-                candidates: torch.Tensor, temp: float, sample: Optional[torch.Tensor] = None) -> torch.Tensor:
+                candidates: torch.Tensor, temp: float, sample: Optional[torch.Tensor] = None,
+                blocks: Blocks = CPU_BLOCKS) -> torch.Tensor:
     """:func:`table_logsumexp`, memoised in ``cache`` under (key, τ) when a cache is given."""
     if cache is None:
-        return table_logsumexp(anchors, candidates, temp, sample)
+        return table_logsumexp(anchors, candidates, temp, sample, blocks)
     full_key = (key, float(temp))
     if full_key not in cache:
-        cache[full_key] = table_logsumexp(anchors, candidates, temp, sample)
+        cache[full_key] = table_logsumexp(anchors, candidates, temp, sample, blocks)
     return cache[full_key]
 
 
@@ -335,14 +394,16 @@ def _cached_lse(cache: Optional[MutableMapping], key: str, anchors: torch.Tensor
 # Loss terms
 # ---------------------------------------------------------------------------
 
-def bpr_loss(anc_emb: torch.Tensor, pos_emb: torch.Tensor, neg_emb: torch.Tensor) -> torch.Tensor:
+def bpr_loss(anc_emb: torch.Tensor, pos_emb: torch.Tensor, neg_emb: torch.Tensor,
+             total: Optional[int] = None) -> torch.Tensor:
     """BPR (docs/method.md#bpr): mean_b −log σ(a_b·p_b − a_b·n_b).
 
     Written as softplus(−x), which equals the published ``-(x).sigmoid().log().mean()``
     wherever that is finite and stays finite (and exact) for very negative x.
+    ``total``: the rows are this process's share of a batch of ``total`` triples (:func:`_mean`).
     """
     scores = (anc_emb * pos_emb).sum(dim=-1) - (anc_emb * neg_emb).sum(dim=-1)
-    return F.softplus(-scores).mean()
+    return _mean(F.softplus(-scores), total)
 
 
 def embedding_reg(u_embeds: torch.Tensor, i_embeds: torch.Tensor, reg: float) -> torch.Tensor:
@@ -364,25 +425,27 @@ def pair_score_differences(users: torch.Tensor, items: torch.Tensor, u: torch.Te
 
 def prediction_kd_loss(stu_users: torch.Tensor, stu_items: torch.Tensor, tea_users: torch.Tensor,
                        tea_items: torch.Tensor, rand_users: torch.Tensor, rand_items1: torch.Tensor,
-                       rand_items2: torch.Tensor, temp: float) -> torch.Tensor:
+                       rand_items2: torch.Tensor, temp: float, total: Optional[int] = None) -> torch.Tensor:
     """Prediction-level KD (docs/method.md#prediction-level-kd; the published ``KLDiverge``) over random triples (u', i₁, i₂).
 
     With ε = ŷ(u',i₁) − ŷ(u',i₂), p^T = σ(ε^T/τ), p^S = σ(ε^S/τ):
     mean of −[p^T·log(p^S + 1e-8) + (1 − p^T)·log(1 − p^S + 1e-8)].
     The 1e-8 sit inside the logs exactly as published (they bound the loss where σ
-    saturates at τ = 0.03). The teacher side carries no gradient.
+    saturates at τ = 0.03). The teacher side carries no gradient. ``total``: the triples are
+    this process's share of ``total`` (:func:`_mean`).
     """
     with torch.no_grad():
         p_tea = torch.sigmoid(pair_score_differences(tea_users, tea_items, rand_users,
                                                      rand_items1, rand_items2) / temp)
     p_stu = torch.sigmoid(pair_score_differences(stu_users, stu_items, rand_users,
                                                  rand_items1, rand_items2) / temp)
-    return -(p_tea * torch.log(p_stu + PRED_KD_EPS)
-             + (1 - p_tea) * torch.log(1 - p_stu + PRED_KD_EPS)).mean()
+    return _mean(-(p_tea * torch.log(p_stu + PRED_KD_EPS)
+                   + (1 - p_tea) * torch.log(1 - p_stu + PRED_KD_EPS)), total)
 
 
 def infonce(x_all: torch.Tensor, y_all: torch.Tensor, index: torch.Tensor, temp: float,
-            sample: Optional[torch.Tensor] = None) -> torch.Tensor:
+            sample: Optional[torch.Tensor] = None, group: Group = SOLO,
+            blocks: Blocks = CPU_BLOCKS) -> torch.Tensor:
     """InfoNCE (docs/method.md#embedding-level-kd; the published ``infoNCE``).
 
     x = (X + 1e-8)/‖X + 1e-8‖, y likewise (row-wise, ``F.normalize``);
@@ -390,31 +453,35 @@ def infonce(x_all: torch.Tensor, y_all: torch.Tensor, index: torch.Tensor, temp:
     = mean_n [ log(exp(lse_n) + 1e-8) − x_n·y_n/τ ],  lse_n from :func:`row_logsumexp_matmul`,
     the outer 1e-8 added stably with ``logaddexp``.
     ``sample``: rows of Y the denominator is estimated from (:func:`table_logsumexp`); the
-    positive pair x_n·y_n stays exact.
+    positive pair x_n·y_n stays exact. ``group``: this process takes its share of ``index``
+    (``Utils.Parallel``).
     """
+    index, total = group.split(index)
     x = F.normalize(x_all[index] + 1e-8, p=2, dim=1)  # row-wise, so normalising only the picked rows is the same
     y = F.normalize(y_all + 1e-8, p=2, dim=1)
     positive = (x * y[index]).sum(dim=-1) / temp
-    lse = table_logsumexp(x, y, temp, sample)
+    lse = table_logsumexp(x, y, temp, sample, blocks)
     log_deno = torch.logaddexp(lse, lse.new_tensor(math.log(INFONCE_EPS)))
-    return (log_deno - positive).mean()
+    return _mean(log_deno - positive, total)
 
 
 def embedding_kd_loss(tea_high_users: torch.Tensor, tea_high_items: torch.Tensor, stu_users: torch.Tensor,
                       stu_items: torch.Tensor, uniq_users: torch.Tensor, uniq_items: torch.Tensor,
-                      temp: float, sample: ContrastSample = EXACT) -> torch.Tensor:
+                      temp: float, sample: ContrastSample = EXACT, group: Group = SOLO,
+                      blocks: Blocks = CPU_BLOCKS) -> torch.Tensor:
     """Embedding-level KD (docs/method.md#embedding-level-kd), unweighted: InfoNCE(H_users, Ē^S_users, uniq(u)) + InfoNCE(H_items, Ē^S_items, uniq(i)).
 
     H = Σ_{l≥2} E^T_l of the supervisor, detached here. ``sample``: see :class:`ContrastSample`.
     """
-    return (infonce(tea_high_users.detach(), stu_users, uniq_users, temp, sample.users)
-            + infonce(tea_high_items.detach(), stu_items, uniq_items, temp, sample.items))
+    return (infonce(tea_high_users.detach(), stu_users, uniq_users, temp, sample.users, group, blocks)
+            + infonce(tea_high_items.detach(), stu_items, uniq_items, temp, sample.items, group, blocks))
 
 
 def contrastive_denominator_loss(stu_users: torch.Tensor, stu_items: torch.Tensor, uniq_users: torch.Tensor,
                                  uniq_items: torch.Tensor, temp: float, *,
                                  lse_cache: Optional[MutableMapping] = None,
-                                 sample: ContrastSample = EXACT) -> torch.Tensor:
+                                 sample: ContrastSample = EXACT, group: Group = SOLO,
+                                 blocks: Blocks = CPU_BLOCKS) -> torch.Tensor:
     """Auxiliary denominator / uniformity term (docs/method.md#auxiliary-denominator, published ``selfContrast``), unweighted.
 
     Σ over (a, b, n) ∈ {(users, items, uniq(u)), (items, users, uniq(i)), (users, users, uniq(u)),
@@ -424,6 +491,7 @@ def contrastive_denominator_loss(stu_users: torch.Tensor, stu_items: torch.Tenso
     ``lse_cache``: an optional dict shared with :func:`subspace_loss` (v3) *for the same
     embeddings and anchors*; the four row log-sum-exps are then computed once per τ.
     ``sample``: each Σ_m over a table is estimated from its sampled rows (:func:`table_logsumexp`).
+    ``group``: this process takes its share of each anchor list (``Utils.Parallel``).
     """
     log_eps = math.log(CONTR_DENO_EPS)
     total = stu_users.new_zeros(())
@@ -431,27 +499,30 @@ def contrastive_denominator_loss(stu_users: torch.Tensor, stu_items: torch.Tenso
                                  ("iu", stu_items, stu_users, uniq_items, sample.users),
                                  ("uu", stu_users, stu_users, uniq_users, sample.users),
                                  ("ii", stu_items, stu_items, uniq_items, sample.items)):
-        lse = _cached_lse(lse_cache, key, a[idx], b, temp, rows)
-        total = total + torch.logaddexp(lse, lse.new_tensor(log_eps)).mean()
+        mine, count = group.split(idx)
+        lse = _cached_lse(lse_cache, key, a[mine], b, temp, rows, blocks)
+        total = total + _mean(torch.logaddexp(lse, lse.new_tensor(log_eps)), count)
     return total
 
 
 def soft_target_cross_entropy(anc_emb: torch.Tensor, cand_emb: torch.Tensor, anc_mask: torch.Tensor,
                               cand_mask: torch.Tensor, loosen: float, temp: float, *,
-                              lse: Optional[torch.Tensor] = None, block_rows: int = BLOCK_ROWS,
-                              block_cols: int = BLOCK_COLS) -> torch.Tensor:
+                              lse: Optional[torch.Tensor] = None, blocks: Blocks = CPU_BLOCKS,
+                              total: Optional[int] = None) -> torch.Tensor:
     """One subspace kernel (docs/method.md#subspace-term): mean_n −Σ_m t_nm · log softmax_m(a_n·b_m/τ).
 
     = mean_n [ (Σ_m t_nm)·lse_n − (Σ_m t_nm a_n·b_m)/τ ], t the mask positives of
     :func:`positive_pair_logit_sums`; the same value as ``nn.CrossEntropyLoss()(logits, t)``
     with probability targets (sum over candidates, mean over anchors, t not normalised).
     ``lse`` may be passed when the row log-sum-exps of (a, b, τ) are already known.
+    ``total``: the anchors are this process's share of ``total`` (:func:`_mean`).
     """
-    counts, sums = positive_pair_logit_sums(anc_emb, cand_emb, anc_mask, cand_mask, loosen,
-                                            block_rows=block_rows, block_cols=block_cols)
+    rows, cols = blocks.shape(anc_emb.shape[0], cand_emb.shape[0])
+    counts, sums = positive_pair_logit_sums(anc_emb, cand_emb, anc_mask, cand_mask, loosen, block_rows=rows,
+                                            block_cols=cols, sparse_pairs=blocks.list_pairs)
     if lse is None:
-        lse = row_logsumexp_matmul(anc_emb, cand_emb, temp, block_rows=block_rows, block_cols=block_cols)
-    return (counts * lse - sums / temp).mean()
+        lse = row_logsumexp_matmul(anc_emb, cand_emb, temp, block_rows=rows, block_cols=cols)
+    return _mean(counts * lse - sums / temp, total)
 
 
 def _random_subset(index: torch.Tensor, ratio: float, generator: Optional[torch.Generator]) -> torch.Tensor:
@@ -465,7 +536,8 @@ def subspace_loss(users_emb: torch.Tensor, items_emb: torch.Tensor, user_mask: t
                   item_mask: torch.Tensor, uniq_users: torch.Tensor, uniq_items: torch.Tensor,
                   temp: float, loosen: float, version: str = "v3", *, resample_ratio: Optional[float] = None,
                   generator: Optional[torch.Generator] = None,
-                  lse_cache: Optional[MutableMapping] = None, sample: ContrastSample = EXACT) -> torch.Tensor:
+                  lse_cache: Optional[MutableMapping] = None, sample: ContrastSample = EXACT,
+                  group: Group = SOLO, blocks: Blocks = CPU_BLOCKS) -> torch.Tensor:
     """Subspace uniformity constraint (docs/method.md#subspace-term), unweighted (multiply by ``subspcreg``).
 
     Positives: (a, b) with M_a·M_b ≥ ‖M_a‖₀ − δ and M_a·M_b ≥ ‖M_b‖₀ − δ, M the rows of
@@ -485,6 +557,8 @@ def subspace_loss(users_emb: torch.Tensor, items_emb: torch.Tensor, user_mask: t
     ``sample`` (v3 without resampling): each softmax denominator over a whole table is
     estimated from the sampled rows (:func:`table_logsumexp`); the positives t_nm and
     Σ_m t_nm a_n·b_m still run over the whole table, exactly.
+    ``group``: this process takes its share of the anchors (after any resampling); the
+    candidates stay whole (``Utils.Parallel``).
     """
     if version not in SUBSPACE_VERSIONS:
         raise ValueError(f"subspcreg_version must be one of {SUBSPACE_VERSIONS}, got {version!r}")
@@ -493,15 +567,19 @@ def subspace_loss(users_emb: torch.Tensor, items_emb: torch.Tensor, user_mask: t
         uniq_users = _random_subset(uniq_users, resample_ratio, generator)
         uniq_items = _random_subset(uniq_items, resample_ratio, generator)
 
-    if version == "v1":
-        return (soft_target_cross_entropy(users_emb[uniq_users], users_emb[uniq_users], user_mask[uniq_users],
-                                          user_mask[uniq_users], loosen, temp)
-                + soft_target_cross_entropy(items_emb[uniq_items], items_emb[uniq_items], item_mask[uniq_items],
-                                            item_mask[uniq_items], loosen, temp))
+    if version == "v1":  # each anchor list against itself
+        total = users_emb.new_zeros(())
+        for emb, mask, idx in ((users_emb, user_mask, uniq_users), (items_emb, item_mask, uniq_items)):
+            mine, count = group.split(idx)
+            total = total + soft_target_cross_entropy(emb[mine], emb[idx], mask[mine], mask[idx], loosen, temp,
+                                                      blocks=blocks, total=count)
+        return total
     if version == "v2":
         emb = torch.cat([users_emb[uniq_users], items_emb[uniq_items]], dim=0)
         mask = torch.cat([user_mask[uniq_users], item_mask[uniq_items]], dim=0)
-        return soft_target_cross_entropy(emb, emb, mask, mask, loosen, temp)
+        mine, count = group.split(torch.arange(emb.shape[0], device=emb.device))
+        anchors, anc_mask = (emb, mask) if count is None else (emb[mine], mask[mine])
+        return soft_target_cross_entropy(anchors, emb, anc_mask, mask, loosen, temp, blocks=blocks, total=count)
 
     cand_users, cand_items = users_emb, items_emb
     cand_umask, cand_imask = user_mask, item_mask
@@ -518,9 +596,11 @@ def subspace_loss(users_emb: torch.Tensor, items_emb: torch.Tensor, user_mask: t
             ("iu", items_emb, item_mask, uniq_items, cand_users, cand_umask, sample.users),
             ("uu", users_emb, user_mask, uniq_users, cand_users, cand_umask, sample.users),
             ("ii", items_emb, item_mask, uniq_items, cand_items, cand_imask, sample.items)):
-        anchors = a[idx]
-        lse = _cached_lse(lse_cache, key, anchors, b, temp, rows)
-        total = total + soft_target_cross_entropy(anchors, b, ma[idx], mb, loosen, temp, lse=lse)
+        mine, count = group.split(idx)
+        anchors = a[mine]
+        lse = _cached_lse(lse_cache, key, anchors, b, temp, rows, blocks)
+        total = total + soft_target_cross_entropy(anchors, b, ma[mine], mb, loosen, temp, lse=lse, blocks=blocks,
+                                                  total=count)
     return total
 
 
@@ -537,6 +617,7 @@ class KDConfig:
     "student only" rule. ``loosen`` is δ for this run (``hyper_contr_loosen_factor[run]``).
     ``resample_ratio`` is ``hyper_contr_resample_ratio`` when ``--hyper_contr_resample``, else None.
     ``contrast_candidates`` is K of ``--contrast_candidates`` (0 = the exact all-node sums).
+    ``blocks``: the block shape of the all-node kernels (:func:`device_blocks`).
     """
 
     use_pre_level_kd: bool = True
@@ -559,6 +640,7 @@ class KDConfig:
     use_ly0emb4subspcreg: bool = False
     resample_ratio: Optional[float] = None
     contrast_candidates: int = 0
+    blocks: Blocks = CPU_BLOCKS
 
     def __post_init__(self):
         if self.contrast_candidates < 0:
@@ -579,7 +661,8 @@ def kd_objective(cfg: KDConfig, *, stu_users: torch.Tensor, stu_items: torch.Ten
                  rand_users: torch.Tensor, rand_items1: torch.Tensor, rand_items2: torch.Tensor,
                  emb_mask: Optional[torch.Tensor] = None,
                  generator: Optional[torch.Generator] = None,
-                 sample: Optional[ContrastSample] = None) -> Dict[str, torch.Tensor]:
+                 sample: Optional[ContrastSample] = None, group: Group = SOLO,
+                 anchors: Optional[Tuple[torch.Tensor, torch.Tensor]] = None) -> Dict[str, torch.Tensor]:
     """The per-batch loss of stages 2–3 (docs/method.md#total-objective; published ``Model.calcLoss``).
 
     total = main + pred_kd + emb_kd + reg + contr_deno + subspace, with
@@ -601,31 +684,39 @@ def kd_objective(cfg: KDConfig, *, stu_users: torch.Tensor, stu_items: torch.Ten
     ``sample``: the rows every all-node sum of this batch runs over; when None it is drawn
     here from ``generator`` by :func:`draw_contrast_sample` with K = ``cfg.contrast_candidates``
     (K = 0: no draw, exact sums).
+    ``group`` (a data-parallel run, ``Utils.Parallel``): every process passes the whole batch
+    and the same draws; each computes its share of every batch mean and rank 0 alone the
+    weight decay, so the parts summed over the processes are the one-process loss.
+    ``anchors``: (uniq(ancs), uniq(poss)) when the caller already has them (computed here otherwise).
     Returns a dict of scalar tensors: total, main, pred_kd, emb_kd, reg, contr_deno, subspace.
     """
     zero = stu_users.new_zeros(())
-    uniq_users = torch.unique(ancs)
-    uniq_items = torch.unique(poss)
+    uniq_users, uniq_items = anchors if anchors is not None else (torch.unique(ancs), torch.unique(poss))
     sup_users, sup_items = sup_users.detach(), sup_items.detach()
     if sample is None:
         sample = draw_contrast_sample(stu_users.shape[0], stu_items.shape[0], cfg.contrast_candidates,
                                       generator, stu_users.device)
 
-    main = bpr_loss(stu_users[ancs], stu_items[poss], stu_items[negs])
+    (ancs, n_triples), (poss, _), (negs, _) = (group.split(t) for t in (ancs, poss, negs))
+    main = bpr_loss(stu_users[ancs], stu_items[poss], stu_items[negs], n_triples)
 
     pred_kd = zero
     if cfg.use_pre_level_kd:
+        (rand_users, n_rand), (rand_items1, _), (rand_items2, _) = (
+            group.split(t) for t in (rand_users, rand_items1, rand_items2))
         pred_kd = prediction_kd_loss(stu_users, stu_items, sup_users, sup_items, rand_users, rand_items1,
-                                     rand_items2, cfg.tempsoft) * cfg.softreg
+                                     rand_items2, cfg.tempsoft, n_rand) * cfg.softreg
 
     emb_kd = zero
     if cfg.use_emb_level_kd:
         emb_kd = embedding_kd_loss(sup_high_users, sup_high_items, stu_users, stu_items, uniq_users,
-                                   uniq_items, cfg.tempcd, sample) * cfg.cdreg
+                                   uniq_items, cfg.tempcd, sample, group, cfg.blocks) * cfg.cdreg
 
-    reg = embedding_reg(stu_u_embeds, stu_i_embeds, cfg.reg)
-    if cfg.use_ereg:
-        reg = reg + edge_weight_reg(stu_edge_weight, cfg.ereg)
+    reg = zero
+    if group.lead:  # whole-table terms: counted once
+        reg = embedding_reg(stu_u_embeds, stu_i_embeds, cfg.reg)
+        if cfg.use_ereg:
+            reg = reg + edge_weight_reg(stu_edge_weight, cfg.ereg)
 
     share_lse = cfg.use_subspcreg and not cfg.use_ly0emb4subspcreg and cfg.resample_ratio is None
     lse_cache: Optional[dict] = {} if share_lse else None
@@ -633,7 +724,8 @@ def kd_objective(cfg: KDConfig, *, stu_users: torch.Tensor, stu_items: torch.Ten
     contr_deno = zero
     if cfg.use_contr_deno:
         contr_deno = contrastive_denominator_loss(stu_users, stu_items, uniq_users, uniq_items, cfg.tempsc,
-                                                  lse_cache=lse_cache, sample=sample) * cfg.screg
+                                                  lse_cache=lse_cache, sample=sample, group=group,
+                                                  blocks=cfg.blocks) * cfg.screg
 
     subspace = zero
     if cfg.use_subspcreg:
@@ -649,7 +741,8 @@ def kd_objective(cfg: KDConfig, *, stu_users: torch.Tensor, stu_items: torch.Ten
         subspace = subspace_loss(sub_users, sub_items, mask[:n_users], mask[n_users:], uniq_users, uniq_items,
                                  cfg.tempsubsp, cfg.loosen, cfg.subspcreg_version,
                                  resample_ratio=cfg.resample_ratio, generator=generator,
-                                 lse_cache=lse_cache, sample=sample) * cfg.subspcreg
+                                 lse_cache=lse_cache, sample=sample, group=group,
+                                 blocks=cfg.blocks) * cfg.subspcreg
 
     total = main + pred_kd + reg + contr_deno + emb_kd + subspace
     return {"total": total, "main": main, "pred_kd": pred_kd, "emb_kd": emb_kd, "reg": reg,

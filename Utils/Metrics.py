@@ -17,6 +17,7 @@ import scipy.sparse as sp
 import torch
 
 from Utils.Errors import ConfigError
+from Utils.Parallel import SOLO, Group
 
 
 def _csr_tensors(mat: sp.csr_matrix, device):
@@ -80,15 +81,19 @@ class Evaluator:
         self.n_truth = torch.from_numpy(np.diff(split.indptr).astype(np.int64)).to(device)
 
     @torch.no_grad()
-    def evaluate(self, user_emb: torch.Tensor, item_emb: torch.Tensor, progress=None) -> Dict[str, float]:
+    def evaluate(self, user_emb: torch.Tensor, item_emb: torch.Tensor, progress=None,
+                 group: Group = SOLO) -> Dict[str, float]:
         """Mean Recall@K and NDCG@K given the propagated user and item embeddings.
 
         ``progress(done, total)``, when given, is called after each batch of users.
+        ``group`` (a data-parallel run): this process ranks its share of the users, and the
+        sums are added over the processes.
         """
         recall_sum = ndcg_sum = 0.0
         item_t = item_emb.t().contiguous()
-        for start in range(0, self.users.numel(), self.batch_users):
-            users = self.users[start:start + self.batch_users]
+        mine, _ = group.split(self.users)
+        for start in range(0, mine.numel(), self.batch_users):
+            users = mine[start:start + self.batch_users]
             toplocs = top_k_unseen(user_emb, item_t, users, self.train_csr, self.topk).indices
             truth = torch.zeros(users.numel(), self.n_items, dtype=torch.bool, device=self.device)
             rows, cols = _rows_to_coords(*self.split_csr, users)
@@ -97,7 +102,10 @@ class Evaluator:
             recall_sum += float(recall.sum())
             ndcg_sum += float(ndcg.sum())
             if progress is not None:
-                progress(start + users.numel(), self.users.numel())
+                progress(start + users.numel(), mine.numel())
+        if group.world > 1:
+            sums = group.sum_(torch.tensor([recall_sum, ndcg_sum], dtype=torch.float64, device=self.device))
+            recall_sum, ndcg_sum = sums.tolist()
         n = max(1, self.users.numel())
         return {"Recall": recall_sum / n, "NDCG": ndcg_sum / n}
 

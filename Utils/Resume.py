@@ -28,7 +28,7 @@ FORMAT = "lightgnn-resume"
 VERSION = 1
 
 # Flags a resumed run may change: where and how fast it runs, and how long it goes on.
-MAY_CHANGE = {"resume", "overwrite", "threads", "device", "gpu", "plots", "epoch_tea", "mask_epoch",
+MAY_CHANGE = {"resume", "overwrite", "threads", "device", "gpu", "block_mb", "plots", "epoch_tea", "mask_epoch",
               "use_dynamic_epoch", "epoch_list", "PRUNING_END", "patience", "load_model_tea", "load_his_tea"}
 
 

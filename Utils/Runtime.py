@@ -11,7 +11,7 @@ import random
 import numpy as np
 import torch
 
-from Utils import Spmm
+from Utils import Parallel, Spmm
 from Utils.Errors import ConfigError
 
 
@@ -31,13 +31,23 @@ def device_named(name: str) -> torch.device:
 
 
 def select_device(args) -> torch.device:
-    """The one device of a training run, after --gpu (CUDA_VISIBLE_DEVICES) and --threads."""
+    """The one device of a training run, after --gpu (CUDA_VISIBLE_DEVICES) and --threads.
+
+    Under torchrun (:mod:`Utils.Parallel`) each process takes the GPU of its local rank, and
+    on CPU, without --threads, an equal share of the machine's cores."""
     expose_gpu(args)
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
-        Spmm.set_threads(args.threads)
+    threads = args.threads
+    if threads <= 0 and Parallel.launched():
+        threads = max(1, (os.cpu_count() or 1) // Parallel.local_world())
+    if threads > 0:
+        torch.set_num_threads(threads)
+        Spmm.set_threads(threads)
     keep_freed_memory()
-    return device_named(args.device)
+    device = device_named(args.device)
+    if device.type == "cuda" and Parallel.launched():
+        device = torch.device("cuda", Parallel.local_rank())
+        torch.cuda.set_device(device)
+    return device
 
 
 def keep_freed_memory() -> None:

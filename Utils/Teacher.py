@@ -16,21 +16,26 @@ import DataHandler as dh
 import Params
 from Model import LightGCN
 from Utils import Checkpoint, Resume, Runtime
+from Utils.Parallel import SOLO, Group
 from Utils.Losses import bpr_loss, embedding_reg
 from Utils.Training import (EarlyStopper, Record, RunLog, build_eval_suite, fit, format_metrics, read_history,
                             train_epoch)
 
 
-def teacher_loss(model: LightGCN, graph, reg: float):
-    """Stage-1 objective: BPR on the batch + reg·(‖uEmbeds‖² + ‖iEmbeds‖²)."""
+def teacher_loss(model: LightGCN, graph, reg: float, group: Group = SOLO):
+    """Stage-1 objective: BPR on the batch + reg·(‖uEmbeds‖² + ‖iEmbeds‖²).
+
+    ``group`` (a data-parallel run, :mod:`Utils.Parallel`): this process's share of the
+    batch's BPR mean; rank 0 alone adds the weight decay."""
 
     def loss_fn(ancs, poss, negs):
+        (ancs, n_triples), (poss, _), (negs, _) = (group.split(t) for t in (ancs, poss, negs))
         # only the batch's rows of Ē are needed: propagate for those (same numbers as model(graph))
         nodes, where = torch.unique(torch.cat([ancs, poss + model.n_users, negs + model.n_users]),
                                     return_inverse=True)
         anc_emb, pos_emb, neg_emb = model.forward_rows(graph, nodes)[where].split(ancs.numel())
-        main = bpr_loss(anc_emb, pos_emb, neg_emb)
-        reg_loss = embedding_reg(model.uEmbeds, model.iEmbeds, reg)
+        main = bpr_loss(anc_emb, pos_emb, neg_emb, n_triples)
+        reg_loss = embedding_reg(model.uEmbeds, model.iEmbeds, reg) if group.lead else main.new_zeros(())
         return {"total": main + reg_loss, "main": main, "reg": reg_loss}
 
     return loss_fn
@@ -46,15 +51,15 @@ class TeacherStage:
 
     interrupted_line = "Interrupted: the best checkpoint so far is kept"
 
-    def __init__(self, args, device, log: RunLog):
-        self.args, self.device, self.log = args, device, log
+    def __init__(self, args, device, log: RunLog, group: Group = SOLO):
+        self.args, self.device, self.log, self.group = args, device, log, group
         log.line("Load Data")
         self.dataset = dh.load_dataset(args.data_dir, args.dataset)
         args.select_on = Params.resolve_select_on(args, self.dataset.val is not None)
         log.line(self.dataset.summary(), stamp=False)
         self.graph = dh.Graph.from_scipy(dh.propagation_matrix(self.dataset.train)).to(device)
         self.sampler = dh.NegativeSampler(self.dataset.train)
-        self.suite = build_eval_suite(self.dataset, args.topk, args.tstBat, args.select_on, device, log)
+        self.suite = build_eval_suite(self.dataset, args.topk, args.tstBat, args.select_on, device, log, group)
         self.model = LightGCN(self.dataset.n_users, self.dataset.n_items, args.latdim, args.gnn_layer).to(device)
         self.record = Record(title=args.select_on)
         self.save_path = args.model_save_path + ".mod"
@@ -108,7 +113,7 @@ class TeacherStage:
         log.line("Model Prepared")
         optimizer = Runtime.make_optimizer(model.parameters(), args.lr)
         rng = np.random.default_rng(args.seed)
-        loss_fn = teacher_loss(model, self.graph, args.reg)
+        loss_fn = teacher_loss(model, self.graph, args.reg, self.group)
         stopper = EarlyStopper(args.patience)
         if self.resume is not None:
             optimizer.load_state_dict(self.resume["optimizer"])
@@ -121,7 +126,7 @@ class TeacherStage:
         def train_one_epoch():
             model.train()
             return train_epoch(loss_fn, self.sampler.epoch_batches(rng, args.batch),
-                               self.sampler.n_batches(args.batch), optimizer, self.device, log)
+                               self.sampler.n_batches(args.batch), optimizer, self.device, log, self.group)
 
         def evaluate():
             model.eval()
@@ -130,11 +135,14 @@ class TeacherStage:
         def on_evaluated(epoch, results):
             if not self.record.update(results[args.select_on]["Recall"], results, epoch):
                 return []
-            Checkpoint.save_checkpoint(self.save_path, model.state_dict(), self.meta())
+            if self.group.lead:
+                Checkpoint.save_checkpoint(self.save_path, model.state_dict(), self.meta())
             log.line(f"Model Saved: {args.model_save_path}")
             return ["#################best for now###########################", best_line(self.record)]
 
         def on_epoch_end(epoch, stopped):
+            if not self.group.lead:
+                return
             Resume.save_last(Resume.last_path(args.model_save_path), {
                 "role": "teacher", "train_fingerprint": self.dataset.fingerprint, "flags": vars(args),
                 "epoch": epoch, "stopped": stopped, "model": model.state_dict(), "optimizer": optimizer.state_dict(),

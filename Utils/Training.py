@@ -20,8 +20,10 @@ from typing import Callable, Dict, Iterable, Optional
 
 import torch
 
+from Utils import Parallel
 from Utils.Checkpoint import atomic_write
 from Utils.Errors import CheckpointError, DataError, NonFiniteError, discard_closed_stdout, interrupt_exit_code
+from Utils.Parallel import SOLO, Group
 
 
 # ----------------------------------------------------------------------------- logging
@@ -125,25 +127,32 @@ def read_history(path: str, missing_ok: bool = True) -> list:
 
 # ----------------------------------------------------------------------------- training
 def train_epoch(loss_fn: Callable, batches: Iterable, n_batches: int, optimizer: torch.optim.Optimizer,
-                device, log: Optional[RunLog] = None) -> Dict[str, float]:
+                device, log: Optional[RunLog] = None, group: Group = SOLO) -> Dict[str, float]:
     """One epoch: for each (ancs, poss, negs) batch, ``loss_fn`` returns a dict of scalar
     tensors with a ``'total'`` entry; step on it. Returns the mean of every part.
 
     A part that is NaN or infinite raises :class:`NonFiniteError` before the step, so the
-    weights stay those of the last finite step."""
+    weights stay those of the last finite step.
+
+    ``group`` (a data-parallel run, :mod:`Utils.Parallel`): ``loss_fn`` returns this process's
+    share of the batch's loss; the parts and the gradients are summed over the processes
+    before the check and the step, so every process takes the same step."""
+    params = [p for pg in optimizer.param_groups for p in pg["params"]]
     sums: Dict[str, float] = {}
     count = 0
     for step, (ancs, poss, negs) in enumerate(batches):
         ancs, poss, negs = (torch.from_numpy(a).to(device) for a in (ancs, poss, negs))
         parts = loss_fn(ancs, poss, negs)
         # one host read per step for all parts (on a GPU, one synchronisation instead of one per part)
-        values = dict(zip(parts, torch.stack([value.detach() for value in parts.values()]).tolist()))
+        stacked = group.sum_(torch.stack([value.detach() for value in parts.values()]))
+        values = dict(zip(parts, stacked.tolist()))
         bad = [name for name, value in values.items() if not math.isfinite(value)]
         if bad:  # stop before the step spreads it to the weights; name a part rather than the total
             name = next((name for name in bad if name != "total"), "total")
             raise NonFiniteError(f"loss part '{name}' is {values[name]} at batch {step + 1}/{n_batches}")
         optimizer.zero_grad(set_to_none=True)
         parts["total"].backward()
+        group.sum_gradients(params)
         optimizer.step()
         for name, value in values.items():
             sums[name] = sums.get(name, 0.0) + value
@@ -161,12 +170,14 @@ class EvalSuite:
     ``select_on`` names the split whose Recall chooses checkpoints and "best" records.
     """
 
-    def __init__(self, evaluators: Dict[str, "object"], select_on: str, log: Optional[RunLog] = None):
+    def __init__(self, evaluators: Dict[str, "object"], select_on: str, log: Optional[RunLog] = None,
+                 group: Group = SOLO):
         if select_on not in evaluators:
             raise ValueError(f"cannot select on {select_on!r}: no such split")
         self.evaluators = evaluators
         self.select_on = select_on
         self.log = log
+        self.group = group
 
     @torch.no_grad()
     def evaluate(self, embed: Callable) -> Dict[str, Dict[str, float]]:
@@ -180,7 +191,7 @@ class EvalSuite:
             if self.log is not None and self.log.interactive:
                 progress = lambda done, total, name=name: self.log.progress(  # noqa: E731
                     f"Evaluating {name}: {done}/{total} users")
-            results[name] = ev.evaluate(users, items, progress)
+            results[name] = ev.evaluate(users, items, progress, self.group)
         if self.log is not None:
             self.log.end_progress()
         return results
@@ -332,43 +343,58 @@ def format_metrics(metrics: Dict[str, float]) -> str:
 
 
 def open_run(args):
-    """The opening every stage shares: the device, seeds, the log with the args dump and "Start"."""
+    """The opening every stage shares: the device, the process group (:mod:`Utils.Parallel`:
+    one process unless started by torchrun), seeds, the log with the args dump and "Start".
+
+    Returns ``(device, log, group)``. Only rank 0 writes the console log and the history;
+    the other processes' log lines go nowhere."""
     import Params
     from Utils import Runtime
 
     device = Runtime.select_device(args)
+    group = Parallel.join(device)
     Runtime.seed_everything(args.seed)
-    log = RunLog(Params.history_file(args.his_save_path))
+    if group.lead:
+        log = RunLog(Params.history_file(args.his_save_path))
+    else:
+        log = RunLog(None, stream=open(os.devnull, "w"))
+        log.interactive = False
     log.line(Params.format_args(args), stamp=False)
+    if group.world > 1:
+        log.line(f"Data-parallel run: {group.world} processes ({torch.distributed.get_backend()})", stamp=False)
     log.line("Start")
-    return device, log
+    return device, log, group
 
 
-def run_stage(stage, log: RunLog) -> int:
+def run_stage(stage, log: RunLog, group: Group = SOLO) -> int:
     """Run a built stage (``stage.run()``), then print its ``summary()`` lines; return the exit status.
 
     Ctrl-C or SIGTERM (:class:`Utils.Errors.Terminated`) ends the stage as its last epoch
     would: what was saved stays, the summary is printed after ``stage.interrupted_line``,
-    and the status is 130 / 143.
+    and the status is 130 / 143. In a data-parallel run every process has checked its
+    inputs and earlier outputs (while building the stage) before rank 0 writes anything.
     """
     try:
+        group.barrier()
         stage.run()
     except KeyboardInterrupt as err:
         log.line(stage.interrupted_line)
         for line in stage.summary():
             log.line(line, stamp=False)
         return interrupt_exit_code(err)
+    finally:
+        group.close()
     for line in stage.summary():
         log.line(line, stamp=False)
     return 0
 
 
 def build_eval_suite(dataset, topk: int, batch_users: int, select_on: str, device,
-                     log: Optional[RunLog] = None) -> EvalSuite:
+                     log: Optional[RunLog] = None, group: Group = SOLO) -> EvalSuite:
     """Evaluators for test (always) and validation (when the dataset has it)."""
     from Utils.Metrics import Evaluator
 
     evaluators = {"test": Evaluator(dataset.train, dataset.test, topk, batch_users, device)}
     if dataset.val is not None:
         evaluators["val"] = Evaluator(dataset.train, dataset.val, topk, batch_users, device)
-    return EvalSuite(evaluators, select_on, log)
+    return EvalSuite(evaluators, select_on, log, group)

@@ -17,6 +17,15 @@ the whole epoch (the JSON says which).
 objective) from the same starting weights and prints one JSON line per K, each with its
 speed-up against the first K; ``--patience``/``--init_from_supervisor`` do not change
 the cost of a batch, so they are not benched here.
+
+``--blocks cpu,device`` does the same once per block shape of the all-node kernels:
+``cpu`` (256 x 4096, what a CPU run uses) and ``device`` (what a GPU run uses: whole anchor
+sets against column blocks of at most ``--block_mb`` MiB, here run on the CPU).
+``--count_ops`` adds ``ops_per_step``: the number of aten operators one training step
+dispatches (torch profiler, CPU; nested calls included), after the timing.
+
+``--device cuda`` runs everything on the GPU (``bench/gpu_check.sh``); ``--blocks`` then
+defaults to the device's shape.
 """
 import copy
 import argparse
@@ -53,10 +62,26 @@ def rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def sync(value=None):
+    """Wait for the GPU's queued work (nothing on the CPU), so that the clock reads it."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+    return value
+
+
 def timed(fn):
     start = time.perf_counter()
-    out = fn()
+    out = sync(fn())
     return out, time.perf_counter() - start
+
+
+def count_ops(loss_fn, batch, optimizer, device) -> int:
+    """aten operators dispatched by one training step (profiled on the CPU; nested calls included)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        train_epoch(loss_fn, iter([batch]), 1, optimizer, device)
+    return sum(event.count for event in prof.key_averages() if event.key.startswith("aten::"))
 
 
 def part_breakdown(model, graph, sup, cfg, top_range, batches, optimizer, gen):
@@ -68,41 +93,43 @@ def part_breakdown(model, graph, sup, cfg, top_range, batches, optimizer, gen):
 
     n_users = model.n_users
     for ancs, poss, negs in batches:
-        ancs, poss, negs = (torch.from_numpy(a) for a in (ancs, poss, negs))
-        (users, items), t = timed(lambda: model(graph))
+        ancs, poss, negs = (torch.from_numpy(a).to(sup.users.device) for a in (ancs, poss, negs))
+        (users, items), t = timed(lambda: sync(model(graph)))
         add("propagation_forward", t)
         leaf = torch.cat([users, items]).detach().requires_grad_()
         lu, li = leaf[:n_users], leaf[n_users:]
         uniq_u, uniq_i = torch.unique(ancs), torch.unique(poss)
-        rand = [torch.randint(0, n, (top_range,), generator=gen) for n in (model.n_users, model.n_items, model.n_items)]
+        rand = [torch.randint(0, n, (top_range,), generator=gen).to(ancs.device)
+                for n in (model.n_users, model.n_items, model.n_items)]
         cache = {} if cfg.use_subspcreg else None
-        sample = Losses.draw_contrast_sample(model.n_users, model.n_items, cfg.contrast_candidates, gen)
+        sample = Losses.draw_contrast_sample(model.n_users, model.n_items, cfg.contrast_candidates, gen, ancs.device)
         terms = {
             "bpr": lambda: Losses.bpr_loss(lu[ancs], li[poss], li[negs]),
             "pred_kd": lambda: Losses.prediction_kd_loss(lu, li, sup.users, sup.items, *rand, cfg.tempsoft),
             "emb_kd": lambda: Losses.embedding_kd_loss(sup.high_users, sup.high_items, lu, li, uniq_u, uniq_i,
-                                                       cfg.tempcd, sample) * cfg.cdreg,
+                                                       cfg.tempcd, sample, blocks=cfg.blocks) * cfg.cdreg,
             "contr_deno": lambda: Losses.contrastive_denominator_loss(lu, li, uniq_u, uniq_i, cfg.tempsc,
-                                                                      lse_cache=cache, sample=sample) * cfg.screg,
+                                                                      lse_cache=cache, sample=sample,
+                                                                      blocks=cfg.blocks) * cfg.screg,
         }
         if cfg.use_subspcreg:
             mask = model.emb_mask2_fixed
             terms["subspace"] = lambda: Losses.subspace_loss(
                 lu, li, mask[:n_users], mask[n_users:], uniq_u, uniq_i, cfg.tempsubsp, cfg.loosen,
-                cfg.subspcreg_version, lse_cache=cache, sample=sample) * cfg.subspcreg
+                cfg.subspcreg_version, lse_cache=cache, sample=sample, blocks=cfg.blocks) * cfg.subspcreg
         for name, fn in terms.items():
-            loss, t_fwd = timed(fn)
-            _, t_bwd = timed(lambda: loss.backward(retain_graph=True))
+            loss, t_fwd = timed(lambda: sync(fn()))
+            _, t_bwd = timed(lambda: sync(loss.backward(retain_graph=True)))
             add(f"{name}_forward", t_fwd)
             add(f"{name}_backward", t_bwd)
         optimizer.zero_grad(set_to_none=True)
         reg, t = timed(lambda: Losses.embedding_reg(model.uEmbeds, model.iEmbeds, cfg.reg)
                        + Losses.edge_weight_reg(model.adj_mask1_train, cfg.ereg))
-        _, t2 = timed(lambda: reg.backward())
+        _, t2 = timed(lambda: sync(reg.backward()))
         add("reg", t + t2)
-        _, t = timed(lambda: torch.cat([users, items]).backward(leaf.grad))
+        _, t = timed(lambda: sync(torch.cat([users, items]).backward(leaf.grad)))
         add("propagation_backward", t)
-        _, t = timed(optimizer.step)
+        _, t = timed(lambda: sync(optimizer.step()))
         add("optimizer", t)
     return {k: round(v / len(batches), 4) for k, v in parts.items()}
 
@@ -117,25 +144,34 @@ def main():
     parser.add_argument("--parts_batches", type=int, default=3)
     parser.add_argument("--contrast_candidates", default="0",
                         help="comma-separated K values of --contrast_candidates to time in turn (0 = exact)")
+    parser.add_argument("--blocks", default=None,
+                        help="comma-separated block shapes to time in turn: cpu (256 x 4096) and/or device "
+                             "(whole anchor sets, --block_mb per block); default: the device's own")
+    parser.add_argument("--block_mb", type=float, default=1024.0)
+    parser.add_argument("--count_ops", action="store_true", help="also count the operators of one step")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     opts = parser.parse_args()
     ks = [int(k) for k in opts.contrast_candidates.split(",")]
+    shapes = (opts.blocks or ("cpu" if opts.device == "cpu" else "device")).split(",")
+    if set(shapes) - {"cpu", "device"}:
+        parser.error(f"--blocks takes cpu and/or device, not {opts.blocks}")
     args = Params.parse_args([f"--dataset={opts.dataset}", f"--data_dir={opts.data_dir}", f"--threads={opts.threads}",
-                              "--device=cpu", *STAGE_FLAGS[opts.stage]])
+                              f"--device={opts.device}", *STAGE_FLAGS[opts.stage]])
     device = Runtime.select_device(args)
     Runtime.seed_everything(0)
     data = dh.load_dataset(args.data_dir, opts.dataset)
-    adj = dh.Graph.from_scipy(dh.propagation_matrix(data.train))
-    closure, t_closure = timed(lambda: dh.Graph.from_scipy(dh.closure_matrix(data.train, 1)))
+    adj = dh.Graph.from_scipy(dh.propagation_matrix(data.train)).to(device)
+    closure, t_closure = timed(lambda: dh.Graph.from_scipy(dh.closure_matrix(data.train, 1)).to(device))
     U, I = data.n_users, data.n_items
     result = {"bench": f"stage{opts.stage}", "dataset": opts.dataset, "train_interactions": int(data.train.nnz),
               "nodes": data.n_nodes, "threads": opts.threads,
               "adj_edges": adj.nnz, "closure_edges": closure.nnz, "closure_build_s": round(t_closure, 2)}
     if opts.stage == 2:
-        supervisor, sup_graph = LightGCN(U, I, 64, 8), adj
-        trainee, graph, run = LightGCN_sp(U, I, 64, 6, closure.nnz), closure, 1
+        supervisor, sup_graph = LightGCN(U, I, 64, 8).to(device), adj
+        trainee, graph, run = LightGCN_sp(U, I, 64, 6, closure.nnz).to(device), closure, 1
     else:
-        supervisor, sup_graph = LightGCN_sp(U, I, 64, 6, closure.nnz), closure
-        trainee, graph, run = LightGCN_sp(U, I, 64, 2, adj.nnz), adj, 2
+        supervisor, sup_graph = LightGCN_sp(U, I, 64, 6, closure.nnz).to(device), closure
+        trainee, graph, run = LightGCN_sp(U, I, 64, 2, adj.nnz).to(device), adj, 2
     sup, t = timed(lambda: frozen_outputs(supervisor, sup_graph))
     result["supervisor_once_s"] = round(t, 3)
     settings = run_settings(args, run, trainee_is_student=opts.stage == 3)
@@ -155,13 +191,16 @@ def main():
     start_state = copy.deepcopy(trainee.state_dict())
     epoch_batches = batches[:opts.batches] if opts.batches else batches
     first_per_batch = None
-    for k in ks:  # the same batches from the same weights, once per K
+    block_shapes = {"cpu": Losses.CPU_BLOCKS, "device": Losses.device_blocks("cuda", opts.block_mb)}
+    for k, shape in [(k, shape) for k in ks for shape in shapes]:  # the same batches from the same weights
         trainee.load_state_dict(start_state)
-        cfg = kd_config(args, settings)
-        cfg = Losses.KDConfig(**{**cfg.__dict__, "contrast_candidates": k})
+        cfg = kd_config(args, settings, device)
+        cfg = Losses.KDConfig(**{**cfg.__dict__, "contrast_candidates": k, "blocks": block_shapes[shape]})
         gen = torch.Generator().manual_seed(0)
         optimizer = Runtime.make_optimizer(trainee.parameters(), args.lr)
-        row = dict(result, contrast_candidates=k, use_subspcreg=cfg.use_subspcreg, loosen=cfg.loosen)
+        row = dict(result, contrast_candidates=k, blocks=shape, use_subspcreg=cfg.use_subspcreg, loosen=cfg.loosen)
+        if shape == "device":
+            row["block_mb"] = opts.block_mb
         part_breakdown(trainee, graph, sup, cfg, args.topRange, batches[:1], optimizer, gen)  # warm-up, not counted
         row["parts_per_batch_s"] = part_breakdown(trainee, graph, sup, cfg, args.topRange,
                                                   batches[1:1 + opts.parts_batches], optimizer, gen)
@@ -175,8 +214,12 @@ def main():
         suite = build_eval_suite(data, 20, args.tstBat, "val", device)
         trainee.eval()
         _, t_eval = timed(lambda: suite.evaluate(lambda: trainee(graph)))
-        row.update(eval_test_and_val_s=round(t_eval, 3), peak_rss_mb=round(rss_mb(), 1),
-                   machine=f"{platform.machine()} {os.cpu_count()} cpus, torch {torch.__version__}")
+        if opts.count_ops:
+            row["ops_per_step"] = count_ops(loss_fn, batches[0], optimizer, device)
+        machine = f"{platform.machine()} {os.cpu_count()} cpus, torch {torch.__version__}"
+        if device.type == "cuda":
+            machine += f", {torch.cuda.get_device_name(device)}"
+        row.update(eval_test_and_val_s=round(t_eval, 3), peak_rss_mb=round(rss_mb(), 1), machine=machine)
         print(json.dumps(row), flush=True)
 
 

@@ -1,7 +1,7 @@
 """Stage-1 benchmark on Yelp: one training epoch and one full evaluation of an
 8-layer, 64-d LightGCN teacher (batch 4096), printed as one JSON line.
 
-    python bench/bench_teacher.py [--data_dir ../shared/datasets] [--threads 2]
+    python bench/bench_teacher.py [--data_dir ../shared/datasets] [--threads 2] [--device cuda]
 
 Reports seconds per epoch and per evaluation, a per-part breakdown of the epoch
 (sampling, forward, backward, optimiser) and the peak RSS of the process.
@@ -40,13 +40,19 @@ def teacher_parser(description: str) -> argparse.ArgumentParser:
 def main():
     parser = teacher_parser(__doc__.splitlines()[0])
     parser.add_argument("--tstBat", type=int, default=64)
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     opts = parser.parse_args()
     torch.set_num_threads(opts.threads)
     torch.manual_seed(0)
+    device = Runtime.device_named(opts.device)
     data = dh.load_dataset(opts.data_dir, opts.dataset)
-    graph = dh.Graph.from_scipy(dh.propagation_matrix(data.train))
+    graph = dh.Graph.from_scipy(dh.propagation_matrix(data.train)).to(device)
     sampler = dh.NegativeSampler(data.train)
-    model = LightGCN(data.n_users, data.n_items, opts.latdim, opts.layers)
+    model = LightGCN(data.n_users, data.n_items, opts.latdim, opts.layers).to(device)
+
+    def sync():  # wait for the GPU's queued work, so that the clock reads it
+        if device.type == "cuda":
+            torch.cuda.synchronize()
     Runtime.keep_freed_memory()
     optimizer = Runtime.make_optimizer(model.parameters(), 4e-4)
     loss_fn = teacher_loss(model, graph, 1.5e-6)
@@ -58,14 +64,17 @@ def main():
         batches = list(sampler.epoch_batches(rng, opts.batch))
         parts["sampling"] += time.perf_counter() - t
         for ancs, poss, negs in batches:
-            ancs, poss, negs = (torch.from_numpy(a) for a in (ancs, poss, negs))
+            ancs, poss, negs = (torch.from_numpy(a).to(device) for a in (ancs, poss, negs))
             t0 = time.perf_counter()
             loss = loss_fn(ancs, poss, negs)["total"]
+            sync()
             t1 = time.perf_counter()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            sync()
             t2 = time.perf_counter()
             optimizer.step()
+            sync()
             t3 = time.perf_counter()
             parts["forward"] += t1 - t0
             parts["backward"] += t2 - t1
@@ -76,10 +85,11 @@ def main():
     t = time.perf_counter()
     epoch()
     epoch_s = time.perf_counter() - t
-    evaluator = Evaluator(data.train, data.test, 20, opts.tstBat, "cpu")
+    evaluator = Evaluator(data.train, data.test, 20, opts.tstBat, device)
     t = time.perf_counter()
     with torch.no_grad():
         users, items = model(graph)
+        sync()
         prop_s = time.perf_counter() - t
         metrics = evaluator.evaluate(users, items)
     eval_s = time.perf_counter() - t
@@ -89,7 +99,9 @@ def main():
         "train_epoch_s": round(epoch_s, 3), "train_parts_s": {k: round(v, 3) for k, v in parts.items()},
         "eval_s": round(eval_s, 3), "eval_propagation_s": round(prop_s, 3), "eval_recall": round(metrics["Recall"], 5),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "machine": f"{platform.machine()} {os.cpu_count()} cpus, torch {torch.__version__}",
+        "device": opts.device,
+        "machine": f"{platform.machine()} {os.cpu_count()} cpus, torch {torch.__version__}"
+                   + (f", {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""),
     }))
 
 

@@ -4,6 +4,7 @@
 # RUN_NAME=name replaces EXAMPLE in the output and log paths (used by yelp_reproduce.sh).
 # A stage refuses to replace the outputs of an earlier run at its paths: RESUME=1 continues an
 # interrupted run from its _last.ckpt (--resume=True), OVERWRITE=1 replaces it (--overwrite=True).
+# LAUNCH="torchrun --standalone --nproc_per_node=N" runs each stage as N data-parallel processes.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 DATA_DIR=${DATA_DIR:-./Datasets}
@@ -15,7 +16,7 @@ run_stage() {
     [ "${RESUME:-0}" = 1 ] && again+=(--resume=True)
     [ "${OVERWRITE:-0}" = 1 ] && again+=(--overwrite=True)
     mkdir -p logs "$out/$ckpts" "$out/$his"
-    python "$entry" "$@" "${again[@]}" --data_dir="$DATA_DIR" \
+    ${LAUNCH:-python} "$entry" "$@" "${again[@]}" --data_dir="$DATA_DIR" \
         --model_save_path="$out/$ckpts/$tag" --his_save_path="$out/$his/$tag" \
         | tee "./logs/${logname}_${dataset}_${example}_log"
 }

@@ -44,7 +44,7 @@ def test_quickstart_parses_and_its_flags_are_valid():
     assert subprocess.run(["bash", "-n", str(path)]).returncode == 0
     text = path.read_text().replace("\\\n", " ")
     common = re.search(r'^COMMON="(.*)"$', text, flags=re.M).group(1)
-    stages = re.findall(r"^python (pretrainTeacher|Main)\.py (.*?)\|", text, flags=re.M)
+    stages = re.findall(r"^\$LAUNCH (pretrainTeacher|Main)\.py (.*?)\|", text, flags=re.M)
     assert [script for script, _ in stages] == ["pretrainTeacher", "Main", "Main"]
     for script, rest in stages:
         argv = rest.replace("$COMMON", common).replace("$DATA_DIR", "D").replace("$OUT", "o").split()

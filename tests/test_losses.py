@@ -224,7 +224,7 @@ def test_soft_target_ce_matches_cross_entropy(blocks):
     users, items, um, im, ua, _ = random_problem(4)
     a = users.clone().requires_grad_()
     b = items.clone().requires_grad_()
-    value = L.soft_target_cross_entropy(a[ua], b, um[ua], im, 2, 0.5, block_rows=blocks[0], block_cols=blocks[1])
+    value = L.soft_target_cross_entropy(a[ua], b, um[ua], im, 2, 0.5, blocks=L.Blocks(*blocks))
     value.backward()
     a_ref = users.clone().requires_grad_()
     b_ref = items.clone().requires_grad_()
@@ -371,3 +371,28 @@ def test_kdconfig_validation():
         L.KDConfig(resample_ratio=0.0)
     with pytest.raises(ValueError):
         L.KDConfig(tempcd=0.0)
+
+
+def test_device_shaped_blocks_compute_the_cpu_blocks_objective():
+    """--block_mb shapes (whole anchor sets, or rows split when the budget is small) give the
+    loss and gradients of the CPU's 256 x 4096 blocks, up to float rounding."""
+    from test_fast_levers import _batch_inputs
+
+    assert L.device_blocks("cpu", 1024) is L.CPU_BLOCKS
+    whole = L.device_blocks("cuda", 1024)
+    assert whole.shape(3900, 42700) == (3900, 42700) and not whole.list_pairs
+    assert L.Blocks(budget=4096).shape(100, 5000) == (4, 1024)  # rows split: 1024 columns would not fit 100 rows
+    leaves = ("stu_users", "stu_items", "stu_u_embeds", "stu_i_embeds", "stu_edge_weight")
+    results = []
+    for blocks in (L.CPU_BLOCKS, whole, L.Blocks(budget=64, list_pairs=False), L.Blocks(budget=3000)):
+        inputs = _batch_inputs(seed=7)
+        cfg = L.KDConfig(use_subspcreg=True, loosen=1.0, subspcreg=0.5, blocks=blocks)
+        parts = L.kd_objective(cfg, **inputs)
+        grads = torch.autograd.grad(parts["total"], [inputs[k] for k in leaves], allow_unused=True)
+        results.append((parts, grads))
+    (ref_parts, ref_grads), *others = results
+    for parts, grads in others:
+        for name in ref_parts:
+            torch.testing.assert_close(parts[name], ref_parts[name], rtol=1e-5, atol=1e-7)
+        for g, r in zip(grads, ref_grads):
+            torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-7)
