@@ -1,5 +1,6 @@
 """Shared fixtures: the golden vectors in tests/data/reference, and ../shared/datasets (the Yelp
 split) for the few tests that need it; those skip cleanly when it is absent."""
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -37,6 +38,21 @@ def tiny_dir():
     if not path.is_dir():
         pytest.skip("tests/data/reference/tiny is not available")
     return path
+
+
+def tiny_data_dir(tmp_path, tiny_dir):
+    """``tmp_path/Datasets`` holding the tiny reference split as sparse_tiny (a link, nothing copied)."""
+    data = tmp_path / "Datasets"
+    data.mkdir(exist_ok=True)
+    if not (data / "sparse_tiny").exists():
+        os.symlink(tiny_dir, data / "sparse_tiny")
+    return data
+
+
+@pytest.fixture
+def tiny_data(tmp_path, tiny_dir):
+    """A --data_dir holding the tiny reference split (:func:`tiny_data_dir`)."""
+    return tiny_data_dir(tmp_path, tiny_dir)
 
 
 # The three stages on the tiny split, as the CLI tests run them (later flags override earlier ones)

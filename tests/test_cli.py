@@ -1,6 +1,5 @@
 """The command lines end to end: help, one-line errors, the three stages chained on tiny, determinism."""
 import json
-import os
 import pickle
 import re
 
@@ -16,12 +15,8 @@ def run(script, *flags, check=True):
 
 
 @pytest.fixture
-def data_dir(tmp_path, tiny_dir):
-    """A --data_dir holding the tiny reference split as sparse_tiny (a link, nothing copied)."""
-    root = tmp_path / "Datasets"
-    root.mkdir()
-    os.symlink(tiny_dir, root / "sparse_tiny")
-    return root
+def data_dir(tiny_data):
+    return tiny_data
 
 
 @pytest.mark.parametrize("script", ["Main.py", "pretrainTeacher.py"])

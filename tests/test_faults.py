@@ -9,6 +9,7 @@ import scipy.sparse as sp
 import DataHandler as dh
 from Utils.Errors import DataError
 from conftest import run_script
+from conftest import tiny_data_dir as _tiny_data
 
 
 class _Payload:
@@ -100,9 +101,7 @@ def test_an_index_past_the_shape_is_refused(tmp_path, fmt):
 def test_a_bad_input_leaves_the_earlier_history_untouched(tmp_path, tiny_dir):
     from conftest import TINY_STU
 
-    data = tmp_path / "Datasets"
-    data.mkdir()
-    os.symlink(tiny_dir, data / "sparse_tiny")
+    data = _tiny_data(tmp_path, tiny_dir)
     his = tmp_path / "stu.his"
     his.write_text('{"epoch": 0}\n')
     proc = run_script("Main.py", *TINY_STU, f"--data_dir={data}", f"--middle_teacher_model={tmp_path}/typo.mod",
@@ -130,14 +129,6 @@ def test_non_finite_or_negative_rates_are_refused_when_parsed(flag):
 
     with pytest.raises(ConfigError, match=flag.split("=")[0]):
         Params.parse_args([flag])
-
-
-def _tiny_data(tmp_path, tiny_dir):
-    data = tmp_path / "Datasets"
-    data.mkdir(exist_ok=True)
-    if not (data / "sparse_tiny").exists():
-        os.symlink(tiny_dir, data / "sparse_tiny")
-    return data
 
 
 def _one_error_line(proc, *needles):

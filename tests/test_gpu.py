@@ -1,6 +1,5 @@
 """The CUDA path against the CPU path. Every test here skips without a CUDA device;
 ``bench/gpu_check.sh`` runs them (then the benches) on a machine that has one."""
-import os
 
 import pytest
 import torch
@@ -33,13 +32,6 @@ def test_the_objective_on_the_device_with_its_blocks_is_the_cpu_objective(budget
     for g, r in zip(grads, ref_grads):
         torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-6)
 
-
-@pytest.fixture
-def tiny_data(tmp_path, tiny_dir):
-    root = tmp_path / "data"
-    root.mkdir()
-    os.symlink(tiny_dir, root / "sparse_tiny")
-    return root
 
 
 def _close_rows(cpu_rows, gpu_rows, rtol):

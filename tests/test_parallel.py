@@ -146,13 +146,6 @@ def _stage_pair(tmp_path, data_dir, script, flags):
     return folders
 
 
-@pytest.fixture
-def tiny_data(tmp_path, tiny_dir):
-    root = tmp_path / "data"
-    root.mkdir()
-    os.symlink(tiny_dir, root / "sparse_tiny")
-    return root
-
 
 def test_two_processes_train_the_teacher_as_one(tmp_path, tiny_data):
     one, two = _stage_pair(tmp_path, tiny_data, "pretrainTeacher.py", TINY_TEACHER)

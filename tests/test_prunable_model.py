@@ -7,7 +7,6 @@ import DataHandler as dh
 from Utils.Distill import FrozenOutputs, distill_loss, frozen_outputs, kd_config, run_settings
 from Model import LightGCN_sp
 from Params import parse_args
-from Utils import Losses
 from Utils.Spmm import propagate_layers, propagate_sum
 
 RTOL, ATOL = 1e-4, 1e-6
