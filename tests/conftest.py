@@ -73,3 +73,14 @@ def run_script(script, *flags, check=True):
     if check and proc.returncode != 0:
         raise AssertionError(f"{script} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return proc
+
+
+def train_tiny_supervisors(folder, data_dir):
+    """Train the tiny teacher (``folder/tea.mod``) and the intermediate model distilled from it;
+    return the intermediate model's global-best checkpoint (stage 3's --middle_teacher_model)."""
+    teacher, middle = Path(folder) / "tea", Path(folder) / "mid"
+    run_script("pretrainTeacher.py", *TINY_TEACHER, f"--data_dir={data_dir}", f"--model_save_path={teacher}",
+               f"--his_save_path={teacher}")
+    run_script("Main.py", *TINY_MID, f"--data_dir={data_dir}", f"--teacher_model={teacher}.mod",
+               f"--model_save_path={middle}", f"--his_save_path={middle}")
+    return f"{middle}_best_global_100_100.mod"

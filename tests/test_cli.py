@@ -8,7 +8,7 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from conftest import REF, TINY_MID, TINY_STU, TINY_TEACHER, YELP, run_script
+from conftest import REF, TINY_MID, TINY_STU, TINY_TEACHER, YELP, run_script, train_tiny_supervisors
 
 def run(script, *flags, check=True):
     return run_script(script, *flags, check=check)
@@ -186,13 +186,8 @@ def test_teacher_patience_stops_and_keeps_the_best_epoch(tmp_path, data_dir):
 def test_student_patience_carries_the_best_state_to_the_next_run(tmp_path, data_dir):
     """Stage 3 with --patience: the pruning run that stops early carries the state of its best
     epoch, so the next run starts exactly as after a run told to end at the stop epoch."""
-    teacher = tmp_path / "tea"
-    run("pretrainTeacher.py", *TINY_TEACHER, f"--data_dir={data_dir}", f"--model_save_path={teacher}",
-        f"--his_save_path={teacher}")
-    mid = tmp_path / "mid"
-    run("Main.py", *TINY_MID, f"--data_dir={data_dir}", f"--teacher_model={teacher}.mod",
-        f"--model_save_path={mid}", f"--his_save_path={mid}")
-    common = [*TINY_STU, f"--data_dir={data_dir}", f"--middle_teacher_model={mid}_best_global_100_100.mod",
+    mid = train_tiny_supervisors(tmp_path, data_dir)
+    common = [*TINY_STU, f"--data_dir={data_dir}", f"--middle_teacher_model={mid}",
               "--PRUNING_END=2", "--plots=False", "--lr=0.01"]
     early = run("Main.py", *common, "--mask_epoch=30", "--patience=1",
                 f"--model_save_path={tmp_path}/early", f"--his_save_path={tmp_path}/early")

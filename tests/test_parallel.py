@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from conftest import ROOT, TINY_MID, TINY_STU, TINY_TEACHER, run_script
+from conftest import ROOT, TINY_STU, TINY_TEACHER, run_script, train_tiny_supervisors
 from test_fast_levers import _batch_inputs
 from Utils import Losses as L
 from Utils.Parallel import SOLO, Group
@@ -154,15 +154,9 @@ def test_two_processes_train_the_teacher_as_one(tmp_path, tiny_data):
 
 
 def test_two_processes_distil_and_prune_the_student_as_one(tmp_path, tiny_data):
-    teacher = tmp_path / "teacher"
-    run_script("pretrainTeacher.py", *TINY_TEACHER, f"--data_dir={tiny_data}", f"--model_save_path={teacher}",
-               f"--his_save_path={teacher}")
-    middle = tmp_path / "mid"
-    run_script("Main.py", *TINY_MID, f"--data_dir={tiny_data}", f"--teacher_model={teacher}.mod",
-               f"--model_save_path={middle}", f"--his_save_path={middle}")
+    middle = train_tiny_supervisors(tmp_path, tiny_data)
     one, two = _stage_pair(tmp_path, tiny_data, "Main.py", [
-        *TINY_STU, f"--middle_teacher_model={middle}_best_global_100_100.mod", "--use_subspcreg=True",
-        "--contrast_candidates=40"])
+        *TINY_STU, f"--middle_teacher_model={middle}", "--use_subspcreg=True", "--contrast_candidates=40"])
     assert _outputs(one) == _outputs(two)
     assert any(name.endswith("_72_63.mod") for name in _outputs(one))  # pruned twice
     _assert_close_rows(read_history(str(one / "run.his")), read_history(str(two / "run.his")))

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, TINY_MID, TINY_STU, TINY_TEACHER, run_script
+from conftest import ROOT, TINY_MID, TINY_STU, TINY_TEACHER, run_script, train_tiny_supervisors
 
 
 @pytest.fixture(scope="module")
@@ -19,10 +19,7 @@ def tiny_root(tmp_path_factory):
     """A --data_dir with the tiny split, a teacher and an intermediate model trained on it."""
     root = tmp_path_factory.mktemp("resume")
     os.symlink(ROOT / "tests" / "data" / "reference" / "tiny", root / "sparse_tiny")
-    run_script("pretrainTeacher.py", *TINY_TEACHER, f"--data_dir={root}", f"--model_save_path={root}/tea",
-               f"--his_save_path={root}/tea")
-    run_script("Main.py", *TINY_MID, f"--data_dir={root}", f"--teacher_model={root}/tea.mod",
-               f"--model_save_path={root}/mid", f"--his_save_path={root}/mid")
+    train_tiny_supervisors(root, root)
     return root
 
 
