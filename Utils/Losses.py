@@ -697,13 +697,12 @@ def kd_objective(cfg: KDConfig, *, stu_users: torch.Tensor, stu_items: torch.Ten
         sample = draw_contrast_sample(stu_users.shape[0], stu_items.shape[0], cfg.contrast_candidates,
                                       generator, stu_users.device)
 
-    (ancs, n_triples), (poss, _), (negs, _) = (group.split(t) for t in (ancs, poss, negs))
+    (ancs, poss, negs), n_triples = group.split_rows(ancs, poss, negs)
     main = bpr_loss(stu_users[ancs], stu_items[poss], stu_items[negs], n_triples)
 
     pred_kd = zero
     if cfg.use_pre_level_kd:
-        (rand_users, n_rand), (rand_items1, _), (rand_items2, _) = (
-            group.split(t) for t in (rand_users, rand_items1, rand_items2))
+        (rand_users, rand_items1, rand_items2), n_rand = group.split_rows(rand_users, rand_items1, rand_items2)
         pred_kd = prediction_kd_loss(stu_users, stu_items, sup_users, sup_items, rand_users, rand_items1,
                                      rand_items2, cfg.tempsoft, n_rand) * cfg.softreg
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Iterable, Optional, Tuple
+from typing import Iterable, List, Optional, Tuple
 
 import torch
 
@@ -48,6 +48,12 @@ class Group:
         if self.world == 1:
             return index, None
         return torch.tensor_split(index, self.world)[self.rank], int(index.shape[0])
+
+    def split_rows(self, *tensors: torch.Tensor) -> Tuple[List[torch.Tensor], Optional[int]]:
+        """The shares of several equally long tensors (the columns of one batch, split alike)
+        and the batch's length (None alone), as :meth:`split`."""
+        shares = [self.split(t) for t in tensors]
+        return [share for share, _ in shares], shares[0][1]
 
     def sum_(self, tensor: torch.Tensor) -> torch.Tensor:
         """Sum ``tensor`` over the processes, in place (every process gets the same bits)."""

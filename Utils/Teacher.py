@@ -29,7 +29,7 @@ def teacher_loss(model: LightGCN, graph, reg: float, group: Group = SOLO):
     batch's BPR mean; rank 0 alone adds the weight decay."""
 
     def loss_fn(ancs, poss, negs):
-        (ancs, n_triples), (poss, _), (negs, _) = (group.split(t) for t in (ancs, poss, negs))
+        (ancs, poss, negs), n_triples = group.split_rows(ancs, poss, negs)
         # only the batch's rows of Ē are needed: propagate for those (same numbers as model(graph))
         nodes, where = torch.unique(torch.cat([ancs, poss + model.n_users, negs + model.n_users]),
                                     return_inverse=True)

@@ -34,6 +34,9 @@ def test_group_split_takes_contiguous_shares():
     shares = [Group(rank, 3).split(index) for rank in range(3)]
     assert [s.tolist() for s, _ in shares] == [[0, 1, 2], [3, 4], [5, 6]]
     assert {total for _, total in shares} == {7}
+    (a, b), total = Group(1, 3).split_rows(index, index + 10)
+    assert a.tolist() == [3, 4] and b.tolist() == [13, 14] and total == 7
+    assert SOLO.split_rows(index, index)[1] is None
 
 
 @pytest.mark.parametrize("config", [
