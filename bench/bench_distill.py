@@ -48,6 +48,7 @@ from Utils.Distill import distill_loss, frozen_outputs, kd_config, prune_config,
 from Model import LightGCN, LightGCN_sp  # noqa: E402
 from Utils import Losses, Pruning  # noqa: E402
 from Utils.Training import build_eval_suite, train_epoch  # noqa: E402
+from bench_teacher import sync  # noqa: E402  (bench/ is on the path as the script's folder)
 
 STAGE_FLAGS = {
     2: ["--train_middle_model=True", "--distill_from_middle_model=False", "--distill_from_teacher_model=True",
@@ -60,13 +61,6 @@ STAGE_FLAGS = {
 
 def rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def sync(value=None):
-    """Wait for the GPU's queued work (nothing on the CPU), so that the clock reads it."""
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        torch.cuda.synchronize()
-    return value
 
 
 def timed(fn):
@@ -94,7 +88,7 @@ def part_breakdown(model, graph, sup, cfg, top_range, batches, optimizer, gen):
     n_users = model.n_users
     for ancs, poss, negs in batches:
         ancs, poss, negs = (torch.from_numpy(a).to(sup.users.device) for a in (ancs, poss, negs))
-        (users, items), t = timed(lambda: sync(model(graph)))
+        (users, items), t = timed(lambda: model(graph))
         add("propagation_forward", t)
         leaf = torch.cat([users, items]).detach().requires_grad_()
         lu, li = leaf[:n_users], leaf[n_users:]
@@ -118,18 +112,18 @@ def part_breakdown(model, graph, sup, cfg, top_range, batches, optimizer, gen):
                 lu, li, mask[:n_users], mask[n_users:], uniq_u, uniq_i, cfg.tempsubsp, cfg.loosen,
                 cfg.subspcreg_version, lse_cache=cache, sample=sample, blocks=cfg.blocks) * cfg.subspcreg
         for name, fn in terms.items():
-            loss, t_fwd = timed(lambda: sync(fn()))
-            _, t_bwd = timed(lambda: sync(loss.backward(retain_graph=True)))
+            loss, t_fwd = timed(fn)
+            _, t_bwd = timed(lambda: loss.backward(retain_graph=True))
             add(f"{name}_forward", t_fwd)
             add(f"{name}_backward", t_bwd)
         optimizer.zero_grad(set_to_none=True)
         reg, t = timed(lambda: Losses.embedding_reg(model.uEmbeds, model.iEmbeds, cfg.reg)
                        + Losses.edge_weight_reg(model.adj_mask1_train, cfg.ereg))
-        _, t2 = timed(lambda: sync(reg.backward()))
+        _, t2 = timed(lambda: reg.backward())
         add("reg", t + t2)
-        _, t = timed(lambda: sync(torch.cat([users, items]).backward(leaf.grad)))
+        _, t = timed(lambda: torch.cat([users, items]).backward(leaf.grad))
         add("propagation_backward", t)
-        _, t = timed(lambda: sync(optimizer.step()))
+        _, t = timed(optimizer.step)
         add("optimizer", t)
     return {k: round(v / len(batches), 4) for k, v in parts.items()}
 

@@ -25,6 +25,14 @@ from Utils.Teacher import teacher_loss  # noqa: E402
 from Utils.Metrics import Evaluator  # noqa: E402
 
 
+def sync(value=None):
+    """Wait for the GPU's queued work (nothing on the CPU), so that a clock read after it counts
+    that work; returns ``value``. The benches of stages 1-3 share it."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+    return value
+
+
 def teacher_parser(description: str) -> argparse.ArgumentParser:
     """The options of the stage-1 benches (this one and bench_spmm.py): data, threads, teacher shape."""
     parser = argparse.ArgumentParser(description=description)
@@ -49,10 +57,6 @@ def main():
     graph = dh.Graph.from_scipy(dh.propagation_matrix(data.train)).to(device)
     sampler = dh.NegativeSampler(data.train)
     model = LightGCN(data.n_users, data.n_items, opts.latdim, opts.layers).to(device)
-
-    def sync():  # wait for the GPU's queued work, so that the clock reads it
-        if device.type == "cuda":
-            torch.cuda.synchronize()
     Runtime.keep_freed_memory()
     optimizer = Runtime.make_optimizer(model.parameters(), 4e-4)
     loss_fn = teacher_loss(model, graph, 1.5e-6)
