@@ -221,6 +221,15 @@ def cmd_summary(args) -> int:
     return 0
 
 
+def cmd_curve(args) -> int:
+    points = Plots.time_curve(Plots.load_histories(args.histories))
+    for line in Plots.curve_lines(points):
+        print(line)
+    if args.png:
+        print(f"Plot written: {Plots.plot_time_curve(points, args.png, args.topk)}", file=sys.stderr)
+    return 0
+
+
 def cmd_export(args) -> int:
     loaded = load_model_file(args.checkpoint, args.role)
     if loaded.compact is not None:
@@ -331,6 +340,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--select_on", choices=("val", "test"), default=None,
                    help="split that picks each run's best epoch (default: val when logged, else test)")
     p.set_defaults(func=cmd_summary)
+
+    p = sub.add_parser("curve", help="Recall/NDCG of every evaluated epoch against the wall time spent so far "
+                                     "(CSV on stdout; a PNG with --png)")
+    p.add_argument("histories", nargs="+", metavar="HISTORY", help=".his files, in pipeline order")
+    p.add_argument("--png", default=None, metavar="PATH", help="also draw test/val Recall against wall time here")
+    p.add_argument("--topk", type=int, default=20, help="K in the axis label (default: %(default)s)")
+    p.set_defaults(func=cmd_curve)
 
     p = sub.add_parser("export", help="write the compact export (surviving edges + non-zero entries)")
     p.add_argument("checkpoint", metavar="CHECKPOINT")

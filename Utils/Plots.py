@@ -9,6 +9,8 @@ object per epoch with ``stage``, ``epoch``, ``metrics`` ({'test': {'Recall', 'ND
 
 * :func:`plot_training` — Recall@K and NDCG@K per epoch, one series per stage and
   pruning run, laid end to end on one epoch axis (test solid, validation dashed).
+* :func:`time_curve` / :func:`plot_time_curve` — Recall@K of every evaluated epoch
+  against the wall time spent so far (CSV lines or a PNG): time-to-quality.
 * :func:`plot_tradeoff` — for each pruning run of the student, Recall@K at the run's
   best epoch (chosen on validation when the history has it, as the records are)
   against the % of edges kept and the % of embedding entries kept.
@@ -231,6 +233,77 @@ def summary_table(histories: Histories, select_on: Optional[str] = None) -> List
                 f"| {fmt(val, 'NDCG')} | {fmt(test, 'Recall')} | {fmt(test, 'NDCG')} | {len(group)} "
                 f"| {seconds / 60:.1f} min | {cumulative / 60:.1f} min |")
     return lines
+
+
+def time_curve(histories: Histories) -> List[dict]:
+    """Quality against wall time: one row per evaluated epoch of the histories, laid end
+    to end in the given order (a pipeline's teacher, intermediate and student files).
+
+    Each row: ``history`` (file label), ``model`` (stage / pruning run), ``epoch``, the
+    kept percentages, ``wall_min`` (training + evaluation seconds of every epoch up to and
+    including this one, over all earlier files too, in minutes) and the Recall / NDCG of
+    each logged split (``test_Recall``, ``val_NDCG``, …).
+    """
+    out, seconds = [], 0.0
+    for label, rows in _as_histories(histories).items():
+        for row in rows:
+            seconds += row.get("seconds", 0.0)
+            if "metrics" not in row:
+                continue
+            point = {"history": label, "model": _series_name("", _series_key(row))[2:], "epoch": row["epoch"],
+                     "edge_kept_pct": row.get("edge_kept_pct", 100.0), "emb_kept_pct": row.get("emb_kept_pct", 100.0),
+                     "wall_min": seconds / 60}
+            for split, metrics in row["metrics"].items():
+                for name, value in metrics.items():
+                    point[f"{split}_{name}"] = value
+            out.append(point)
+    return out
+
+
+def curve_lines(points: List[dict]) -> List[str]:
+    """:func:`time_curve`'s rows as CSV lines (header first); a split a row lacks is empty."""
+    metric_keys = sorted({k for p in points for k in p if k.split("_")[0] in ("test", "val")},
+                         key=lambda k: (k.split("_")[0] != "val", k))
+    header = ["history", "model", "epoch", "edge_kept_pct", "emb_kept_pct", "wall_min", *metric_keys]
+    lines = [",".join(header)]
+    for p in points:
+        cells = [p["history"], p["model"], str(p["epoch"]), f"{p['edge_kept_pct']:.2f}", f"{p['emb_kept_pct']:.2f}",
+                 f"{p['wall_min']:.2f}", *(f"{p[k]:.5f}" if k in p else "" for k in metric_keys)]
+        lines.append(",".join(cells))
+    return lines
+
+
+def plot_time_curve(points: List[dict], path: str, topk: int = 20) -> str:
+    """Test Recall@K (solid) and validation Recall@K (dashed, when logged) against wall
+    minutes, one colour per stage / pruning run; writes the PNG at ``path``."""
+    folder = os.path.dirname(path) or "."
+    if os.path.lexists(path) and not os.path.isfile(path):
+        raise ConfigError(f"{path} exists and is not a file: cannot write the plot there")
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"--png {path}: cannot create its folder ({exc.strerror or exc})") from None
+    fig, ax = plt.subplots(figsize=(11, 4.5))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    series: Dict[Tuple[str, str], List[dict]] = {}
+    for p in points:
+        series.setdefault((p["history"], p["model"]), []).append(p)
+    for n, ((label, model), rows) in enumerate(series.items()):
+        color = colors[n % len(colors)]
+        xs = [r["wall_min"] for r in rows]
+        ax.plot(xs, [r["test_Recall"] for r in rows], "-", color=color, marker="o" if len(xs) < 30 else None,
+                markersize=3, label=f"{label}: {model}")
+        if all("val_Recall" in r for r in rows):
+            ax.plot(xs, [r["val_Recall"] for r in rows], "--", color=color, linewidth=0.8)
+    ax.set_xlabel("wall time, training + evaluation (min)")
+    ax.set_ylabel(f"Recall@{topk}")
+    ax.grid(alpha=0.3)
+    ax.set_title("Quality against wall time: test (solid), validation (dashed)")
+    if series:
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    else:
+        ax.text(0.5, 0.5, "no evaluated epochs", ha="center", transform=ax.transAxes)
+    return _save(fig, path)
 
 
 def _reference_lines(histories: Mapping[str, Rows], split: str) -> List[Tuple[str, float]]:

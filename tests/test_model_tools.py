@@ -284,3 +284,31 @@ def test_summary_has_one_line_per_stage_and_run_at_its_best_validation_epoch(tra
         assert cells[5] == f"{best['metrics']['val']['Recall']:.4f}"
         assert cells[7] == f"{best['metrics']['test']['Recall']:.4f}"
         assert cells[2] == f"{best['edge_kept_pct']:.2f} %"
+
+
+def test_curve_lists_every_evaluated_epoch_against_the_summary_s_wall_time(trained, capsys, tmp_path):
+    from PIL import Image
+
+    out = trained["out"]
+    files = [out / "tea.his", out / "mid.his", out / "stu.his"]
+    rc, text, err = tool(capsys, "curve", *files, "--png", tmp_path / "c" / "curve.png")
+    assert rc == 0
+    header, *lines = text.splitlines()
+    columns = header.split(",")
+    assert columns[:6] == ["history", "model", "epoch", "edge_kept_pct", "emb_kept_pct", "wall_min"]
+    assert {"test_Recall", "test_NDCG", "val_Recall", "val_NDCG"} <= set(columns)
+    rows = [dict(zip(columns, line.split(","))) for line in lines]
+    evaluated = [(f.name[:-4], r) for f in files for r in Plots.load_history(str(f)) if "metrics" in r]
+    assert len(rows) == len(evaluated)
+    for row, (label, his) in zip(rows, evaluated):
+        assert row["history"] == label and int(row["epoch"]) == his["epoch"]
+        assert float(row["test_Recall"]) == pytest.approx(his["metrics"]["test"]["Recall"], abs=5e-6)
+    walls = [float(r["wall_min"]) for r in rows]
+    assert walls == sorted(walls) and walls[-1] > 0
+    summary = tool(capsys, "summary", *files)[1].splitlines()[-1]
+    total = sum(r.get("seconds", 0.0) for f in files for r in Plots.load_history(str(f))) / 60
+    assert summary.rstrip(" |").endswith(f"{total:.1f} min")
+    assert walls[-1] == pytest.approx(total, abs=0.006)  # the last epoch of each file is evaluated
+    assert "Plot written" in err
+    with Image.open(tmp_path / "c" / "curve.png") as image:
+        assert image.format == "PNG" and image.size[0] > 500
