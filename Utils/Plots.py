@@ -262,8 +262,9 @@ def time_curve(histories: Histories) -> List[dict]:
 
 def curve_lines(points: List[dict]) -> List[str]:
     """:func:`time_curve`'s rows as CSV lines (header first); a split a row lacks is empty."""
-    metric_keys = sorted({k for p in points for k in p if k.split("_")[0] in ("test", "val")},
-                         key=lambda k: (k.split("_")[0] != "val", k))
+    present = {k for p in points for k in p if k.split("_")[0] in ("test", "val")}
+    order = [f"{split}_{name}" for split in ("val", "test") for name in ("Recall", "NDCG")]
+    metric_keys = [k for k in order if k in present] + sorted(present - set(order))
     header = ["history", "model", "epoch", "edge_kept_pct", "emb_kept_pct", "wall_min", *metric_keys]
     lines = [",".join(header)]
     for p in points:
