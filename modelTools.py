@@ -225,8 +225,8 @@ def cmd_curve(args) -> int:
     points = Plots.time_curve(Plots.load_histories(args.histories))
     for line in Plots.curve_lines(points):
         print(line)
-    if args.png:
-        print(f"Plot written: {Plots.plot_time_curve(points, args.png, args.topk)}", file=sys.stderr)
+    if args.out:
+        print(f"Plot written: {Plots.plot_time_curve(points, args.out, args.topk, args.prefix)}", file=sys.stderr)
     return 0
 
 
@@ -342,10 +342,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_summary)
 
     p = sub.add_parser("curve", help="Recall/NDCG of every evaluated epoch against the wall time spent so far "
-                                     "(CSV on stdout; a PNG with --png)")
+                                     "(CSV on stdout; curve.png with --out)")
     p.add_argument("histories", nargs="+", metavar="HISTORY", help=".his files, in pipeline order")
-    p.add_argument("--png", default=None, metavar="PATH", help="also draw test/val Recall against wall time here")
+    p.add_argument("--out", default=None, metavar="DIR", help="also draw test/val Recall against wall time "
+                                                                 "as curve.png in this folder")
     p.add_argument("--topk", type=int, default=20, help="K in the axis label (default: %(default)s)")
+    p.add_argument("--prefix", default="", help="prefix of the PNG file name")
     p.set_defaults(func=cmd_curve)
 
     p = sub.add_parser("export", help="write the compact export (surviving edges + non-zero entries)")

@@ -274,16 +274,10 @@ def curve_lines(points: List[dict]) -> List[str]:
     return lines
 
 
-def plot_time_curve(points: List[dict], path: str, topk: int = 20) -> str:
+def plot_time_curve(points: List[dict], out_dir: str, topk: int = 20, prefix: str = "") -> str:
     """Test Recall@K (solid) and validation Recall@K (dashed, when logged) against wall
-    minutes, one colour per stage / pruning run; writes the PNG at ``path``."""
-    folder = os.path.dirname(path) or "."
-    if os.path.lexists(path) and not os.path.isfile(path):
-        raise ConfigError(f"{path} exists and is not a file: cannot write the plot there")
-    try:
-        os.makedirs(folder, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(f"--png {path}: cannot create its folder ({exc.strerror or exc})") from None
+    minutes, one colour per stage / pruning run; writes ``curve.png`` in ``out_dir``."""
+    path = _out_path(out_dir, prefix, "curve")
     fig, ax = plt.subplots(figsize=(11, 4.5))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     series: Dict[Tuple[str, str], List[dict]] = {}

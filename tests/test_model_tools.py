@@ -291,7 +291,7 @@ def test_curve_lists_every_evaluated_epoch_against_the_summary_s_wall_time(train
 
     out = trained["out"]
     files = [out / "tea.his", out / "mid.his", out / "stu.his"]
-    rc, text, err = tool(capsys, "curve", *files, "--png", tmp_path / "c" / "curve.png")
+    rc, text, err = tool(capsys, "curve", *files, "--out", tmp_path / "c")
     assert rc == 0
     header, *lines = text.splitlines()
     columns = header.split(",")
