@@ -21,7 +21,7 @@ import Params
 from Model import LightGCN, LightGCN_sp, model_from_tensors
 from Utils import Checkpoint, Pruning, Report, Resume, Runtime
 from Utils.Parallel import SOLO, Group
-from Utils.Losses import KDConfig, device_blocks, draw_contrast_sample, kd_objective
+from Utils.Losses import KDConfig, device_blocks, draw_contrast_sample, kd_objective, subspace_pair_index
 from Utils.Training import EarlyStopper, Record, RunLog, build_eval_suite, fit, train_epoch
 
 
@@ -137,9 +137,15 @@ def distill_loss(model: LightGCN_sp, graph, sup: FrozenOutputs, cfg: KDConfig, t
     ``draw()`` gives the batch's random (users, items, items) of the prediction-level KD;
     by default :func:`random_triples` from ``generator`` (tests inject fixed ones).
     ``group``: this process's share of the loss in a data-parallel run (:mod:`Utils.Parallel`).
+    The trainee's embedding mask is fixed for the life of ``loss_fn`` (one pruning run), so the
+    subspace term's positive pairs are listed here once (:func:`Utils.Losses.subspace_pair_index`).
     """
     n_users, n_items = model.n_users, model.n_items
     device = sup.users.device
+    pair_index = None
+    if cfg.use_subspcreg and cfg.subspcreg_version == "v3" and cfg.resample_ratio is None:
+        mask = model.emb_mask2_fixed.detach()
+        pair_index = subspace_pair_index(mask[:n_users], mask[n_users:], cfg.loosen, cfg.blocks)
     if draw is None:
         def draw():
             return random_triples(generator, top_range, n_users, n_items, device)
@@ -158,7 +164,7 @@ def distill_loss(model: LightGCN_sp, graph, sup: FrozenOutputs, cfg: KDConfig, t
                             sup_high_items=sup.high_items, ancs=ancs, poss=poss, negs=negs,
                             rand_users=rand_users, rand_items1=rand_items1, rand_items2=rand_items2,
                             emb_mask=model.emb_mask2_fixed, generator=generator, sample=sample, group=group,
-                            anchors=anchors)
+                            anchors=anchors, subspace_pairs=pair_index)
 
     return loss_fn
 

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Dict, MutableMapping, Optional, Tuple
+from typing import Dict, Mapping, MutableMapping, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -302,7 +302,8 @@ class _PositivePairLogitSums(torch.autograd.Function):
 
 def positive_pair_logit_sums(anc_emb: torch.Tensor, cand_emb: torch.Tensor, anc_mask: torch.Tensor,
                              cand_mask: torch.Tensor, loosen: float, *, block_rows: int = BLOCK_ROWS,
-                             block_cols: int = BLOCK_COLS, sparse_pairs: bool = True
+                             block_cols: int = BLOCK_COLS, sparse_pairs: bool = True,
+                             pairs: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
                              ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Subspace positives (docs/method.md#positive-pairs-and-the-loosen-factor) and the summed raw logits over them, without an n×m matrix.
 
@@ -315,11 +316,13 @@ def positive_pair_logit_sums(anc_emb: torch.Tensor, cand_emb: torch.Tensor, anc_
     blocked route); the pairs are the same, the sums differ only by float rounding.
     The masks must be 0/1; this is checked on the CPU only (on a GPU the check would make the
     host wait for the step's work; the stages' masks are 0/1 by construction).
+    ``pairs``: that list when the caller already has it (:meth:`Utils.MaskPairs.PairIndex.pairs_of`).
     """
-    for name, mask in (("anc_mask", anc_mask), ("cand_mask", cand_mask)):
-        if mask.device.type == "cpu" and not ((mask == 0) | (mask == 1)).all():
-            raise ValueError(f"{name} must be a 0/1 mask")
-    pairs = MaskPairs.positive_pairs(anc_mask, cand_mask, loosen) if sparse_pairs else None
+    if pairs is None:
+        for name, mask in (("anc_mask", anc_mask), ("cand_mask", cand_mask)):
+            if mask.device.type == "cpu" and not ((mask == 0) | (mask == 1)).all():
+                raise ValueError(f"{name} must be a 0/1 mask")
+        pairs = MaskPairs.positive_pairs(anc_mask, cand_mask, loosen) if sparse_pairs else None
     if pairs is not None:  # few positives: sum over their list, plain autograd
         n_idx, m_idx = (p.to(anc_emb.device) for p in pairs)
         counts = torch.bincount(n_idx, minlength=anc_emb.shape[0]).to(anc_emb.dtype)
@@ -508,7 +511,8 @@ def contrastive_denominator_loss(stu_users: torch.Tensor, stu_items: torch.Tenso
 def soft_target_cross_entropy(anc_emb: torch.Tensor, cand_emb: torch.Tensor, anc_mask: torch.Tensor,
                               cand_mask: torch.Tensor, loosen: float, temp: float, *,
                               lse: Optional[torch.Tensor] = None, blocks: Blocks = CPU_BLOCKS,
-                              total: Optional[int] = None) -> torch.Tensor:
+                              total: Optional[int] = None,
+                              pairs: Optional[Tuple[torch.Tensor, torch.Tensor]] = None) -> torch.Tensor:
     """One subspace kernel (docs/method.md#subspace-term): mean_n −Σ_m t_nm · log softmax_m(a_n·b_m/τ).
 
     = mean_n [ (Σ_m t_nm)·lse_n − (Σ_m t_nm a_n·b_m)/τ ], t the mask positives of
@@ -516,10 +520,11 @@ def soft_target_cross_entropy(anc_emb: torch.Tensor, cand_emb: torch.Tensor, anc
     with probability targets (sum over candidates, mean over anchors, t not normalised).
     ``lse`` may be passed when the row log-sum-exps of (a, b, τ) are already known.
     ``total``: the anchors are this process's share of ``total`` (:func:`_mean`).
+    ``pairs``: the positives already listed (see :func:`positive_pair_logit_sums`).
     """
     rows, cols = blocks.shape(anc_emb.shape[0], cand_emb.shape[0])
     counts, sums = positive_pair_logit_sums(anc_emb, cand_emb, anc_mask, cand_mask, loosen, block_rows=rows,
-                                            block_cols=cols, sparse_pairs=blocks.list_pairs)
+                                            block_cols=cols, sparse_pairs=blocks.list_pairs, pairs=pairs)
     if lse is None:
         lse = row_logsumexp_matmul(anc_emb, cand_emb, temp, block_rows=rows, block_cols=cols)
     return _mean(counts * lse - sums / temp, total)
@@ -532,12 +537,35 @@ def _random_subset(index: torch.Tensor, ratio: float, generator: Optional[torch.
     return index[perm]
 
 
+SUBSPACE_TABLES = ("ui", "iu", "uu", "ii")  # anchors → candidates of the v3 subspace term
+
+
+def subspace_pair_index(user_mask: torch.Tensor, item_mask: torch.Tensor, loosen: float,
+                        blocks: Blocks = CPU_BLOCKS) -> Dict[str, Optional[MaskPairs.PairIndex]]:
+    """The v3 term's positives of every user and item row, listed once for masks that stay fixed.
+
+    A pruning run's ``emb_mask2_fixed`` does not change within the run, so neither do the
+    positives t_nm; :func:`subspace_loss` then takes each batch's anchor rows from this
+    index instead of listing them again (the same pairs in the same order: the same loss).
+    A table whose pairs cannot be listed (on a device, or more than
+    :data:`Utils.MaskPairs.MAX_PAIRS`) maps to None and is listed per batch as before.
+    """
+    if not blocks.list_pairs:
+        return {key: None for key in SUBSPACE_TABLES}
+    masks = {"u": user_mask.detach(), "i": item_mask.detach()}
+    for name, mask in masks.items():
+        if mask.device.type == "cpu" and not ((mask == 0) | (mask == 1)).all():
+            raise ValueError(f"the {'user' if name == 'u' else 'item'} mask must be a 0/1 mask")
+    return {key: MaskPairs.PairIndex.build(masks[key[0]], masks[key[1]], loosen) for key in SUBSPACE_TABLES}
+
+
 def subspace_loss(users_emb: torch.Tensor, items_emb: torch.Tensor, user_mask: torch.Tensor,
                   item_mask: torch.Tensor, uniq_users: torch.Tensor, uniq_items: torch.Tensor,
                   temp: float, loosen: float, version: str = "v3", *, resample_ratio: Optional[float] = None,
                   generator: Optional[torch.Generator] = None,
                   lse_cache: Optional[MutableMapping] = None, sample: ContrastSample = EXACT,
-                  group: Group = SOLO, blocks: Blocks = CPU_BLOCKS) -> torch.Tensor:
+                  group: Group = SOLO, blocks: Blocks = CPU_BLOCKS,
+                  pair_index: Optional[Mapping[str, Optional[MaskPairs.PairIndex]]] = None) -> torch.Tensor:
     """Subspace uniformity constraint (docs/method.md#subspace-term), unweighted (multiply by ``subspcreg``).
 
     Positives: (a, b) with M_a·M_b ≥ ‖M_a‖₀ − δ and M_a·M_b ≥ ‖M_b‖₀ − δ, M the rows of
@@ -559,6 +587,8 @@ def subspace_loss(users_emb: torch.Tensor, items_emb: torch.Tensor, user_mask: t
     Σ_m t_nm a_n·b_m still run over the whole table, exactly.
     ``group``: this process takes its share of the anchors (after any resampling); the
     candidates stay whole (``Utils.Parallel``).
+    ``pair_index`` (v3 without resampling): :func:`subspace_pair_index` of these masks and δ;
+    the positives of each anchor are then read from it, not listed again.
     """
     if version not in SUBSPACE_VERSIONS:
         raise ValueError(f"subspcreg_version must be one of {SUBSPACE_VERSIONS}, got {version!r}")
@@ -585,6 +615,7 @@ def subspace_loss(users_emb: torch.Tensor, items_emb: torch.Tensor, user_mask: t
     cand_umask, cand_imask = user_mask, item_mask
     if resample_ratio is not None:
         sample = EXACT  # the candidates are already the resampled subsets
+        pair_index = None  # listed against whole tables, not these subsets
         keep_u = _random_subset(torch.arange(users_emb.shape[0], device=users_emb.device), resample_ratio, generator)
         keep_i = _random_subset(torch.arange(items_emb.shape[0], device=items_emb.device), resample_ratio, generator)
         cand_users, cand_umask = users_emb[keep_u], user_mask[keep_u]
@@ -599,8 +630,10 @@ def subspace_loss(users_emb: torch.Tensor, items_emb: torch.Tensor, user_mask: t
         mine, count = group.split(idx)
         anchors = a[mine]
         lse = _cached_lse(lse_cache, key, anchors, b, temp, rows, blocks)
+        index = pair_index.get(key) if pair_index is not None else None
+        pairs = None if index is None else tuple(p.to(anchors.device) for p in index.pairs_of(mine))
         total = total + soft_target_cross_entropy(anchors, b, ma[mine], mb, loosen, temp, lse=lse, blocks=blocks,
-                                                  total=count)
+                                                  total=count, pairs=pairs)
     return total
 
 
@@ -662,7 +695,9 @@ def kd_objective(cfg: KDConfig, *, stu_users: torch.Tensor, stu_items: torch.Ten
                  emb_mask: Optional[torch.Tensor] = None,
                  generator: Optional[torch.Generator] = None,
                  sample: Optional[ContrastSample] = None, group: Group = SOLO,
-                 anchors: Optional[Tuple[torch.Tensor, torch.Tensor]] = None) -> Dict[str, torch.Tensor]:
+                 anchors: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
+                 subspace_pairs: Optional[Mapping[str, Optional[MaskPairs.PairIndex]]] = None
+                 ) -> Dict[str, torch.Tensor]:
     """The per-batch loss of stages 2–3 (docs/method.md#total-objective; published ``Model.calcLoss``).
 
     total = main + pred_kd + emb_kd + reg + contr_deno + subspace, with
@@ -688,6 +723,8 @@ def kd_objective(cfg: KDConfig, *, stu_users: torch.Tensor, stu_items: torch.Ten
     and the same draws; each computes its share of every batch mean and rank 0 alone the
     weight decay, so the parts summed over the processes are the one-process loss.
     ``anchors``: (uniq(ancs), uniq(poss)) when the caller already has them (computed here otherwise).
+    ``subspace_pairs``: :func:`subspace_pair_index` of ``emb_mask`` and ``cfg.loosen`` when the
+    caller keeps the mask fixed over many batches (a pruning run); the same loss, faster.
     Returns a dict of scalar tensors: total, main, pred_kd, emb_kd, reg, contr_deno, subspace.
     """
     zero = stu_users.new_zeros(())
@@ -741,7 +778,7 @@ def kd_objective(cfg: KDConfig, *, stu_users: torch.Tensor, stu_items: torch.Ten
                                  cfg.tempsubsp, cfg.loosen, cfg.subspcreg_version,
                                  resample_ratio=cfg.resample_ratio, generator=generator,
                                  lse_cache=lse_cache, sample=sample, group=group,
-                                 blocks=cfg.blocks) * cfg.subspcreg
+                                 blocks=cfg.blocks, pair_index=subspace_pairs) * cfg.subspcreg
 
     total = main + pred_kd + reg + contr_deno + emb_kd + subspace
     return {"total": total, "main": main, "pred_kd": pred_kd, "emb_kd": emb_kd, "reg": reg,

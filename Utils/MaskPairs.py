@@ -8,6 +8,11 @@ anchor × candidate mask product inside the popcount windows; this module packs 
 mask row into 64-bit words, so M_a·M_b = popcount(M_a & M_b), and lists the positive
 pairs themselves. The caller then sums a_n·b_m over that list with ordinary autograd.
 Same pairs, so the same loss up to float rounding of the sums.
+
+Within a pruning run the mask does not change, so neither do the positives: a
+:class:`PairIndex` lists every row's positives against a whole table once per run, and
+each batch takes its anchors' rows from it (the same pairs in the same order as
+:func:`positive_pairs` on those anchors, so the same sums to the bit).
 """
 from __future__ import annotations
 
@@ -107,3 +112,43 @@ def positive_pairs(anc_mask: torch.Tensor, cand_mask: torch.Tensor, loosen: floa
     out_b = np.empty(total, dtype=np.int64)
     _fill_pairs(pa, pb, thr_a, thr_b, order_b, lo, hi, offsets, out_a, out_b)
     return torch.from_numpy(out_a), torch.from_numpy(out_b)
+
+
+class PairIndex:
+    """Every row's positives against one fixed candidate table, listed once (CSR).
+
+    ``indptr[r]:indptr[r + 1]`` of ``indices`` are the candidates (ascending) that form a
+    positive with row r of the anchor table. :meth:`pairs_of` gives, for a batch's anchor
+    rows, exactly what :func:`positive_pairs` would list for those rows.
+    """
+
+    def __init__(self, indptr: torch.Tensor, indices: torch.Tensor):
+        self.indptr = indptr
+        self.indices = indices
+
+    @classmethod
+    def build(cls, anc_mask: torch.Tensor, cand_mask: torch.Tensor, loosen: float,
+              max_pairs: int = MAX_PAIRS) -> Optional["PairIndex"]:
+        """The index of every row of ``anc_mask`` against ``cand_mask``; None where
+        :func:`positive_pairs` would give None (no Numba, not on the CPU, too many pairs)."""
+        pairs = positive_pairs(anc_mask, cand_mask, loosen, max_pairs)
+        if pairs is None:
+            return None
+        rows, cols = pairs  # rows ascending, candidates ascending within a row
+        indptr = torch.zeros(anc_mask.shape[0] + 1, dtype=torch.int64)
+        torch.cumsum(torch.bincount(rows, minlength=anc_mask.shape[0]), dim=0, out=indptr[1:])
+        return cls(indptr, cols)
+
+    @property
+    def n_pairs(self) -> int:
+        return int(self.indices.numel())
+
+    def pairs_of(self, rows: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(position in ``rows``, candidate index) of every positive of the anchor rows ``rows``."""
+        rows = rows.to("cpu", torch.int64)
+        starts, counts = self.indptr[rows], self.indptr[rows + 1] - self.indptr[rows]
+        positions = torch.repeat_interleave(torch.arange(rows.numel()), counts)
+        # the k-th pair of anchor n sits at indices[starts[n] + k]
+        first = torch.cumsum(counts, dim=0) - counts
+        offsets = torch.arange(positions.numel()) - first[positions] + starts[positions]
+        return positions, self.indices[offsets]

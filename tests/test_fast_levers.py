@@ -131,6 +131,43 @@ def test_too_many_positive_pairs_fall_back_to_the_dense_route():
     assert pairs is not None and pairs[0].numel() == 900
 
 
+@pytest.mark.parametrize("loosen", [0.0, 2.0])
+def test_pair_index_lists_what_positive_pairs_lists_for_any_anchor_rows(loosen):
+    g = torch.Generator().manual_seed(5)
+    ma, mb = (torch.rand(80, 70, generator=g) < 0.6).float(), (torch.rand(60, 70, generator=g) < 0.6).float()
+    ma[:20], mb[30:40] = mb[:20], ma[50:60]  # identical rows: positives at δ = 0
+    index = MaskPairs.PairIndex.build(ma, mb, loosen)
+    assert index is not None and index.n_pairs >= 30
+    for rows in (torch.arange(80), torch.tensor([55, 3, 3, 79, 0]), torch.tensor([], dtype=torch.int64)):
+        want = MaskPairs.positive_pairs(ma[rows], mb, loosen)
+        got = index.pairs_of(rows)
+        for x, y in zip(got, want):
+            torch.testing.assert_close(x, y, rtol=0, atol=0)
+    assert MaskPairs.PairIndex.build(torch.ones(30, 8), torch.ones(30, 8), 0.0, max_pairs=100) is None
+
+
+def test_subspace_pairs_listed_once_give_the_same_loss_and_gradients_to_the_bit(monkeypatch):
+    """A run's fixed mask: positives from the index instead of per batch, nothing else changes."""
+    inputs = _batch_inputs(3)
+    n_users = inputs["stu_users"].shape[0]
+    mask = inputs["emb_mask"]
+    cfg = L.KDConfig(use_subspcreg=True, loosen=2.0, contrast_candidates=16)
+    index = L.subspace_pair_index(mask[:n_users], mask[n_users:], cfg.loosen)
+    assert all(index[key] is not None for key in L.SUBSPACE_TABLES)
+    results = []
+    for pairs in (None, index):
+        if pairs is not None:  # the batch must not list its pairs again
+            monkeypatch.setattr(MaskPairs, "positive_pairs", None)
+        parts = L.kd_objective(cfg, **inputs, generator=torch.Generator().manual_seed(1), subspace_pairs=pairs)
+        leaves = (inputs["stu_users"], inputs["stu_items"])
+        results.append((parts["subspace"], parts["total"], *torch.autograd.grad(parts["total"], leaves)))
+    assert results[0][0] > 0
+    for got, want in zip(results[1], results[0]):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+    with pytest.raises(ValueError):
+        L.subspace_pair_index(mask[:n_users] * 0.5, mask[n_users:], 0.0)
+
+
 def test_early_stopper_counts_evaluations_since_the_best():
     stopper = EarlyStopper(2)
     seen = [stopper.should_stop(v, e) for e, v in enumerate([0.1, 0.3, 0.2, 0.3, 0.25, 0.2, 0.5])]
