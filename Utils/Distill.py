@@ -131,19 +131,20 @@ def random_triples(generator: torch.Generator, top_range: int, n_users: int, n_i
 
 def distill_loss(model: LightGCN_sp, graph, sup: FrozenOutputs, cfg: KDConfig, top_range: int,
                  generator: torch.Generator, draw: Optional[Callable[[], Tuple[torch.Tensor, ...]]] = None,
-                 group: Group = SOLO):
+                 group: Group = SOLO, list_pairs_once: bool = True):
     """The per-batch objective of stages 2–3 on the trainee's current outputs.
 
     ``draw()`` gives the batch's random (users, items, items) of the prediction-level KD;
     by default :func:`random_triples` from ``generator`` (tests inject fixed ones).
     ``group``: this process's share of the loss in a data-parallel run (:mod:`Utils.Parallel`).
     The trainee's embedding mask is fixed for the life of ``loss_fn`` (one pruning run), so the
-    subspace term's positive pairs are listed here once (:func:`Utils.Losses.subspace_pair_index`).
+    subspace term's positive pairs are listed here once (:func:`Utils.Losses.subspace_pair_index`);
+    ``list_pairs_once=False`` lists them in every batch instead (same loss; for the benchmark).
     """
     n_users, n_items = model.n_users, model.n_items
     device = sup.users.device
     pair_index = None
-    if cfg.use_subspcreg and cfg.subspcreg_version == "v3" and cfg.resample_ratio is None:
+    if list_pairs_once and cfg.use_subspcreg and cfg.subspcreg_version == "v3" and cfg.resample_ratio is None:
         mask = model.emb_mask2_fixed.detach()
         pair_index = subspace_pair_index(mask[:n_users], mask[n_users:], cfg.loosen, cfg.blocks)
     if draw is None:

@@ -21,6 +21,13 @@ the cost of a batch, so they are not benched here.
 ``--blocks cpu,device`` does the same once per block shape of the all-node kernels:
 ``cpu`` (256 x 4096, what a CPU run uses) and ``device`` (what a GPU run uses: whole anchor
 sets against column blocks of at most ``--block_mb`` MiB, here run on the CPU).
+``--prn_run N`` (stage 3) prunes the student N − 1 times first and times run N with its
+flags (run 6: 77.4 % of the edges, 32.8 % of the entries, the subspace slack δ = 4 of the
+published Yelp list); ``--subspace_pairs per_run,per_batch`` times the subspace term with its
+positive pairs listed once for the run (what Main.py does; the build is
+``pair_index_build_s``) and listed again in every batch (as before 2026-12-02), from the same
+weights: the same loss, so only the time differs.
+
 ``--count_ops`` adds ``ops_per_step``: the number of aten operators one training step
 dispatches (torch profiler, CPU; nested calls included), after the timing.
 
@@ -78,7 +85,7 @@ def count_ops(loss_fn, batch, optimizer, device) -> int:
     return sum(event.count for event in prof.key_averages() if event.key.startswith("aten::"))
 
 
-def part_breakdown(model, graph, sup, cfg, top_range, batches, optimizer, gen):
+def part_breakdown(model, graph, sup, cfg, top_range, batches, optimizer, gen, pair_index=None):
     """Time each piece of a training step separately (same work as kd_objective)."""
     parts = {}
 
@@ -110,7 +117,8 @@ def part_breakdown(model, graph, sup, cfg, top_range, batches, optimizer, gen):
             mask = model.emb_mask2_fixed
             terms["subspace"] = lambda: Losses.subspace_loss(
                 lu, li, mask[:n_users], mask[n_users:], uniq_u, uniq_i, cfg.tempsubsp, cfg.loosen,
-                cfg.subspcreg_version, lse_cache=cache, sample=sample, blocks=cfg.blocks) * cfg.subspcreg
+                cfg.subspcreg_version, lse_cache=cache, sample=sample, blocks=cfg.blocks,
+                pair_index=pair_index) * cfg.subspcreg
         for name, fn in terms.items():
             loss, t_fwd = timed(fn)
             _, t_bwd = timed(lambda: loss.backward(retain_graph=True))
@@ -144,11 +152,20 @@ def main():
     parser.add_argument("--block_mb", type=float, default=1024.0)
     parser.add_argument("--count_ops", action="store_true", help="also count the operators of one step")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--prn_run", type=int, default=2,
+                        help="stage 3: the pruning run timed, after N-1 pruning steps (default: %(default)s)")
+    parser.add_argument("--subspace_pairs", default="per_run",
+                        help="comma-separated: per_run (listed once, as Main.py does) and/or per_batch")
     opts = parser.parse_args()
     ks = [int(k) for k in opts.contrast_candidates.split(",")]
     shapes = (opts.blocks or ("cpu" if opts.device == "cpu" else "device")).split(",")
     if set(shapes) - {"cpu", "device"}:
         parser.error(f"--blocks takes cpu and/or device, not {opts.blocks}")
+    listings = opts.subspace_pairs.split(",")
+    if set(listings) - {"per_run", "per_batch"}:
+        parser.error(f"--subspace_pairs takes per_run and/or per_batch, not {opts.subspace_pairs}")
+    if opts.prn_run < 1 or (opts.stage == 2 and opts.prn_run != 2):
+        parser.error("--prn_run is stage 3's (1 or more)")
     args = Params.parse_args([f"--dataset={opts.dataset}", f"--data_dir={opts.data_dir}", f"--threads={opts.threads}",
                               f"--device={opts.device}", *STAGE_FLAGS[opts.stage]])
     device = Runtime.select_device(args)
@@ -165,18 +182,20 @@ def main():
         trainee, graph, run = LightGCN_sp(U, I, 64, 6, closure.nnz).to(device), closure, 1
     else:
         supervisor, sup_graph = LightGCN_sp(U, I, 64, 6, closure.nnz).to(device), closure
-        trainee, graph, run = LightGCN_sp(U, I, 64, 2, adj.nnz).to(device), adj, 2
+        trainee, graph, run = LightGCN_sp(U, I, 64, 2, adj.nnz).to(device), adj, opts.prn_run
     sup, t = timed(lambda: frozen_outputs(supervisor, sup_graph))
     result["supervisor_once_s"] = round(t, 3)
     settings = run_settings(args, run, trainee_is_student=opts.stage == 3)
-    if opts.stage == 3:  # the pruning step that leads into run 2, timed
+    if opts.stage == 3:  # the pruning steps that lead into the run, the last one timed
         mid_w, t_map = timed(lambda: Pruning.closure_weights_on_adj(adj.row, adj.col, closure.row, closure.col,
                                                                     supervisor.adj_mask1_train.detach(), adj.n_nodes))
-        state, t_prune = timed(lambda: Pruning.prune_state(
-            trainee.state_dict(), prune_config(args, settings), edge_row=adj.row, edge_col=adj.col,
-            scorers={"middle": lambda: sup.all}, mid_edge_weight_on_adj=mid_w))
-        trainee.load_state_dict(state)
-        result.update(pruning_step_s=round(t_prune, 3), closure_weight_map_once_s=round(t_map, 3),
+        t_prune = 0.0  # run 1 starts unpruned
+        for before in range(1, run):
+            state, t_prune = timed(lambda: Pruning.prune_state(
+                trainee.state_dict(), prune_config(args, run_settings(args, before, True)), edge_row=adj.row,
+                edge_col=adj.col, scorers={"middle": lambda: sup.all}, mid_edge_weight_on_adj=mid_w))
+            trainee.load_state_dict(state)
+        result.update(prn_run=run, pruning_step_s=round(t_prune, 3), closure_weight_map_once_s=round(t_map, 3),
                       edge_kept_pct=round(trainee.edge_kept_pct(), 2), emb_kept_pct=round(trainee.emb_kept_pct(), 2))
     sampler = dh.NegativeSampler(data.train)
     rng = np.random.default_rng(0)
@@ -186,19 +205,28 @@ def main():
     epoch_batches = batches[:opts.batches] if opts.batches else batches
     first_per_batch = None
     block_shapes = {"cpu": Losses.CPU_BLOCKS, "device": Losses.device_blocks("cuda", opts.block_mb)}
-    for k, shape in [(k, shape) for k in ks for shape in shapes]:  # the same batches from the same weights
+    configs = [(k, shape, listing) for k in ks for shape in shapes for listing in listings]
+    for k, shape, listing in configs:  # the same batches from the same weights
         trainee.load_state_dict(start_state)
         cfg = kd_config(args, settings, device)
         cfg = Losses.KDConfig(**{**cfg.__dict__, "contrast_candidates": k, "blocks": block_shapes[shape]})
         gen = torch.Generator().manual_seed(0)
         optimizer = Runtime.make_optimizer(trainee.parameters(), args.lr)
-        row = dict(result, contrast_candidates=k, blocks=shape, use_subspcreg=cfg.use_subspcreg, loosen=cfg.loosen)
+        row = dict(result, contrast_candidates=k, blocks=shape, use_subspcreg=cfg.use_subspcreg, loosen=cfg.loosen,
+                   subspace_pairs=listing)
         if shape == "device":
             row["block_mb"] = opts.block_mb
-        part_breakdown(trainee, graph, sup, cfg, args.topRange, batches[:1], optimizer, gen)  # warm-up, not counted
+        pair_index = None
+        if listing == "per_run" and cfg.use_subspcreg:
+            mask = trainee.emb_mask2_fixed
+            pair_index, t_index = timed(lambda: Losses.subspace_pair_index(mask[:U], mask[U:], cfg.loosen, cfg.blocks))
+            row["pair_index_build_s"] = round(t_index, 3)
+        part_breakdown(trainee, graph, sup, cfg, args.topRange, batches[:1], optimizer, gen,
+                       pair_index)  # warm-up, not counted
         row["parts_per_batch_s"] = part_breakdown(trainee, graph, sup, cfg, args.topRange,
-                                                  batches[1:1 + opts.parts_batches], optimizer, gen)
-        loss_fn = distill_loss(trainee, graph, sup, cfg, args.topRange, gen)
+                                                  batches[1:1 + opts.parts_batches], optimizer, gen, pair_index)
+        loss_fn = distill_loss(trainee, graph, sup, cfg, args.topRange, gen,
+                               list_pairs_once=listing == "per_run")
         _, t_epoch = timed(lambda: train_epoch(loss_fn, iter(epoch_batches), len(epoch_batches), optimizer, device))
         per_batch = t_epoch / len(epoch_batches)
         first_per_batch = first_per_batch or per_batch
