@@ -16,7 +16,9 @@
 #                14 in runs 5-6 (each of these prunings costs 0.002-0.003 of test Recall, recovered
 #                over several epochs). Tried and not kept (README): A (intermediate lr 5e-4, every
 #                run <= 20 epochs, patience 2), B (lr 1e-4 in runs 2-6), C (A's student after this
-#                intermediate model: runs 5-6 stopped two epochs after an early best).
+#                intermediate model: runs 5-6 stopped two epochs after an early best), E (this
+#                schedule with lr 1e-3 in runs 5-6).
+# About 39 minutes on the project's 2-core CPU (2026-12-03): teacher 19, intermediate 3, student 17.
 # Selection on validation (the default when valMat.pkl exists). Logs: logs/{tea,mid,stu}_yelp_reproduce_log;
 # checkpoints and histories under ./outModels/yelp/reproduce/.
 # FROM=intermediate or FROM=student starts at that stage, reusing the checkpoints the
