@@ -377,6 +377,7 @@ def run_stage(stage, log: RunLog, group: Group = SOLO) -> int:
     try:
         group.barrier()
         stage.run()
+        group.barrier()  # no process tears the group down while another still talks in it
     except KeyboardInterrupt as err:
         log.line(stage.interrupted_line)
         for line in stage.summary():
