@@ -12,7 +12,7 @@
 #   intermediate --lr=1e-4 (as published), at most 20 epochs, patience 1: validation peaks after its
 #                first epoch (schedule C in the README)
 #   student      --lr=5e-4 (published 1e-4); per-run epoch caps (published 600 each) with patience 4:
-#                16 epochs in run 1, 5 in runs 2-4 (they recover within an epoch of their pruning),
+#                16 epochs in run 1, 5 in runs 2-4 (they recover within 1-2 epochs of their pruning),
 #                14 in runs 5-6 (each of these prunings costs 0.002-0.003 of test Recall, recovered
 #                over several epochs). Tried and not kept (README): A (intermediate lr 5e-4, every
 #                run <= 20 epochs, patience 2), B (lr 1e-4 in runs 2-6), C (A's student after this
