@@ -339,6 +339,11 @@ def build_parser(prog=None):
     ours.add_argument('--threads', type=int, default=0, metavar='INT',
                       help='CPU threads for torch and the Numba kernels; 0 = the libraries\' default '
                            '(default: %(default)s)')
+    ours.add_argument('--deterministic', type=str2bool, default=True, metavar='BOOL',
+                      help='use only kernels whose sums do not depend on thread timing '
+                           '(torch.use_deterministic_algorithms), so that a rerun with the same seed, threads '
+                           'and machine writes identical files; False allows faster non-deterministic CUDA '
+                           'kernels (default: %(default)s)')
     ours.add_argument('--plots', type=str2bool, default=True, metavar='BOOL',
                       help='stage 3: draw <his_save_path>_training.png and _tradeoff.png at the end '
                            '(default: %(default)s)')

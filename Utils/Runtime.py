@@ -47,7 +47,27 @@ def select_device(args) -> torch.device:
     if device.type == "cuda" and Parallel.launched():
         device = torch.device("cuda", Parallel.local_rank())
         torch.cuda.set_device(device)
+    set_deterministic(args.deterministic, device)
     return device
+
+
+def set_deterministic(on: bool, device: torch.device) -> None:
+    """Choose kernels whose results do not depend on thread timing (``--deterministic``).
+
+    On CPU the one such kernel our steps reach is the accumulating ``index_put_`` behind the
+    backward pass of ``emb[indices]`` with repeated indices: with several threads it adds a
+    row's contributions in whatever order the threads reach them, so two runs differ by
+    about 1e-7 after one step. ``torch.use_deterministic_algorithms`` makes it add them in
+    index order (the Numba products already own their output rows). On CUDA it also needs
+    cuBLAS's fixed workspace (``CUBLAS_WORKSPACE_CONFIG``, set here before the first cuBLAS
+    call) and only warns for an operator that has no deterministic kernel. Freshly
+    allocated tensors are not filled (``fill_uninitialized_memory``): every kernel here
+    writes what it later reads, which the rerun tests check.
+    """
+    if on and device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(on, warn_only=device.type != "cpu")
+    torch.utils.deterministic.fill_uninitialized_memory = False
 
 
 def keep_freed_memory() -> None:

@@ -152,6 +152,8 @@ def main():
     parser.add_argument("--block_mb", type=float, default=1024.0)
     parser.add_argument("--count_ops", action="store_true", help="also count the operators of one step")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--deterministic", type=int, choices=(0, 1), default=1,
+                        help="1: deterministic kernels, as the stages run by default (--deterministic=True)")
     parser.add_argument("--prn_run", type=int, default=2,
                         help="stage 3: the pruning run timed, after N-1 pruning steps (default: %(default)s)")
     parser.add_argument("--subspace_pairs", default="per_run",
@@ -167,7 +169,8 @@ def main():
     if opts.prn_run < 1 or (opts.stage == 2 and opts.prn_run != 2):
         parser.error("--prn_run is stage 3's (1 or more)")
     args = Params.parse_args([f"--dataset={opts.dataset}", f"--data_dir={opts.data_dir}", f"--threads={opts.threads}",
-                              f"--device={opts.device}", *STAGE_FLAGS[opts.stage]])
+                              f"--device={opts.device}",
+                              f"--deterministic={bool(opts.deterministic)}", *STAGE_FLAGS[opts.stage]])
     device = Runtime.select_device(args)
     Runtime.seed_everything(0)
     data = dh.load_dataset(args.data_dir, opts.dataset)
@@ -175,7 +178,7 @@ def main():
     closure, t_closure = timed(lambda: dh.Graph.from_scipy(dh.closure_matrix(data.train, 1)).to(device))
     U, I = data.n_users, data.n_items
     result = {"bench": f"stage{opts.stage}", "dataset": opts.dataset, "train_interactions": int(data.train.nnz),
-              "nodes": data.n_nodes, "threads": opts.threads,
+              "nodes": data.n_nodes, "threads": opts.threads, "deterministic": opts.deterministic,
               "adj_edges": adj.nnz, "closure_edges": closure.nnz, "closure_build_s": round(t_closure, 2)}
     if opts.stage == 2:
         supervisor, sup_graph = LightGCN(U, I, 64, 8).to(device), adj

@@ -49,10 +49,13 @@ def main():
     parser = teacher_parser(__doc__.splitlines()[0])
     parser.add_argument("--tstBat", type=int, default=64)
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--deterministic", type=int, choices=(0, 1), default=1,
+                        help="1: deterministic kernels, as the stages run by default (--deterministic=True)")
     opts = parser.parse_args()
     torch.set_num_threads(opts.threads)
     torch.manual_seed(0)
     device = Runtime.device_named(opts.device)
+    Runtime.set_deterministic(bool(opts.deterministic), device)
     data = dh.load_dataset(opts.data_dir, opts.dataset)
     graph = dh.Graph.from_scipy(dh.propagation_matrix(data.train)).to(device)
     sampler = dh.NegativeSampler(data.train)
@@ -99,7 +102,7 @@ def main():
     eval_s = time.perf_counter() - t
     print(json.dumps({
         "bench": "stage1_teacher", "dataset": opts.dataset, "layers": opts.layers, "latdim": opts.latdim,
-        "batch": opts.batch, "tstBat": opts.tstBat, "threads": opts.threads,
+        "batch": opts.batch, "tstBat": opts.tstBat, "threads": opts.threads, "deterministic": opts.deterministic,
         "train_epoch_s": round(epoch_s, 3), "train_parts_s": {k: round(v, 3) for k, v in parts.items()},
         "eval_s": round(eval_s, 3), "eval_propagation_s": round(prop_s, 3), "eval_recall": round(metrics["Recall"], 5),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
