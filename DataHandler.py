@@ -22,6 +22,7 @@ import scipy.sparse as sp
 import torch
 
 from Utils.Errors import DataError
+from Utils.Runtime import require_memory
 
 
 # ----------------------------------------------------------------------------- splits
@@ -52,19 +53,75 @@ class _SplitUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
+def _stored_coords(mat, where: str):
+    """(rows, cols) of every entry a COO, LIL, DOK or DIA matrix stores, read from its own
+    arrays: a pickle bypasses SciPy's constructor checks, and SciPy's conversions trust them
+    (a negative index wraps to another item, one past the shape is dropped or crashes)."""
+    n_rows = mat.shape[0]
+    if mat.format == "coo":
+        if not (mat.row.size == mat.col.size == mat.data.size):
+            raise DataError(f"{where}: its row, column and value arrays differ in length")
+        return np.asarray(mat.row), np.asarray(mat.col)
+    if mat.format == "lil":
+        if len(mat.rows) != n_rows or len(mat.data) != n_rows:
+            raise DataError(f"{where}: it holds {len(mat.rows)} row lists for its {n_rows} rows")
+        lengths = np.fromiter(map(len, mat.rows), dtype=np.int64, count=n_rows)
+        if not np.array_equal(lengths, np.fromiter(map(len, mat.data), dtype=np.int64, count=n_rows)):
+            raise DataError(f"{where}: its column and value lists differ in length")
+        cols = np.concatenate([np.asarray(r, dtype=np.int64).ravel() for r in mat.rows] + [np.zeros(0, np.int64)])
+        return np.repeat(np.arange(n_rows, dtype=np.int64), lengths), cols
+    if mat.format == "dok":
+        keys = list(mat.keys())
+        if not all(isinstance(k, tuple) and len(k) == 2 for k in keys):
+            raise DataError(f"{where}: its keys are not (user, item) pairs")
+        coords = np.array(keys, dtype=np.int64).reshape(-1, 2)
+        return coords[:, 0], coords[:, 1]
+    # dia: data[k, j] is the entry (j - offsets[k], j). Within a diagonal that crosses the matrix,
+    # the positions whose row falls outside it are the format's padding (SciPy ignores them); a
+    # value on a diagonal that misses the matrix, or in a column past it, is an entry outside it
+    data, offsets = np.asarray(mat.data), np.asarray(mat.offsets, dtype=np.int64).ravel()
+    if data.ndim != 2 or data.shape[0] != offsets.size:
+        raise DataError(f"{where}: its {offsets.size} diagonal offsets do not match its values of shape {data.shape}")
+    diag, cols = np.nonzero(data)
+    offs = offsets[diag]
+    rows = cols - offs
+    padding = (offs > -n_rows) & (offs < mat.shape[1]) & (cols < mat.shape[1]) & ((rows < 0) | (rows >= n_rows))
+    return rows[~padding], cols[~padding]
+
+
+#: Bytes per node (user or item) that the propagation graph Â of any dataset needs at least while it
+#: is built: the Graph's two int64 row pointers (16 B) plus, for its N self-loops, 40 B in the
+#: Graph and 16 B in the SciPy CSR matrix it is converted from (docs/method.md#propagation-graph).
+GRAPH_BYTES_PER_NODE = 72
+
+
+def _require_graph_memory(n_rows: int, n_cols: int, where: str) -> None:
+    """Refuse a split whose shape alone makes the dataset's graph larger than this machine's memory
+    (checked before the split itself is converted, which allocates a pointer per row)."""
+    require_memory(GRAPH_BYTES_PER_NODE * (n_rows + n_cols),
+                   f"{where} is {n_rows}x{n_cols}: the graph of a dataset of that shape "
+                   f"({n_rows} users + {n_cols} items, {GRAPH_BYTES_PER_NODE} bytes each)",
+                   "check the shape: user and item ids must be numbered 0..n-1 without gaps "
+                   "(prepareData.py renumbers them)", error=DataError)
+
+
 def _checked_csr(mat, where: str) -> sp.csr_matrix:
-    """CSR of an unpickled sparse matrix whose indices were checked against its shape first
-    (a pickle bypasses SciPy's constructor checks, and converting out-of-range indices is unsafe)."""
+    """CSR of an unpickled sparse matrix whose indices were checked against its shape first,
+    the same check for every format (a pickle bypasses SciPy's constructor checks, and
+    converting out-of-range indices is unsafe), and whose shape fits in memory."""
     n_rows, n_cols = mat.shape
     try:
-        if mat.format == "coo":
-            for name, idx, bound in (("user", mat.row, n_rows), ("item", mat.col, n_cols)):
-                if idx.size and (idx.min() < 0 or idx.max() >= bound):
-                    raise DataError(f"{where}: a {name} index lies outside the matrix's shape {n_rows}x{n_cols}")
-            if not (mat.row.size == mat.col.size == mat.data.size):
-                raise DataError(f"{where}: its row, column and value arrays differ in length")
-        elif mat.format in ("csr", "csc", "bsr"):
+        if mat.format in ("csr", "csc", "bsr"):
             mat.check_format(full_check=True)
+        else:
+            rows, cols = _stored_coords(mat, where)
+            for name, idx, bound in (("user", rows, n_rows), ("item", cols, n_cols)):
+                bad = np.flatnonzero((idx < 0) | (idx >= bound)) if idx.size else idx
+                if bad.size:
+                    raise DataError(f"{where}: {name} index {int(idx[bad[0]])} lies outside the matrix's shape "
+                                    f"{n_rows}x{n_cols} ({bad.size} of its {idx.size} stored entries have a {name} index "
+                                    f"outside it)")
+        _require_graph_memory(n_rows, n_cols, where)
         return sp.csr_matrix(mat)
     except DataError:
         raise
@@ -168,15 +225,22 @@ def load_dataset(data_dir: str, name: str) -> Dataset:
 
 
 def load_dataset_dir(directory: str, name: str = "") -> Dataset:
-    """Load and check the splits stored in ``directory`` (docs/method.md#data)."""
+    """Load and check the splits stored in ``directory`` (docs/method.md#data): each one holds
+    interactions (an empty file is a mistake, not a split to skip; without ``valMat.pkl``
+    checkpoints are selected on test) and all have the same shape."""
     train_path = os.path.join(directory, "trnMat.pkl")
     test_path = os.path.join(directory, "tstMat.pkl")
     val_path = os.path.join(directory, "valMat.pkl")
     train = load_split(train_path, "train")
     test = load_split(test_path, "test")
     val = load_split(val_path, "validation") if os.path.exists(val_path) else None
-    if train.nnz == 0:
-        raise DataError(f"train file {train_path} has no interactions")
+    empty = (("train", train, train_path, "nothing to train on"),
+             ("test", test, test_path, "every Recall and NDCG would be 0"),
+             ("validation", val, val_path, "checkpoints would be selected on nothing; delete it to select on "
+                                           "test, or give it interactions"))
+    for what, mat, path, consequence in empty:
+        if mat is not None and mat.nnz == 0:
+            raise DataError(f"{what} file {path} has no interactions: {consequence}")
     for mat, path in ((test, test_path), (val, val_path)):
         if mat is not None and mat.shape != train.shape:
             raise DataError(

@@ -29,8 +29,8 @@ from pathlib import Path
 import torch
 
 from Utils.Errors import (ConfigError, OneLineErrorParser, Terminated, UserError, flush_stdout, interrupt_exit_code,
-                          report_user_error)
-from Utils.Runtime import expose_gpu
+                          quiet_library_warnings, report_user_error, speaks)
+from Utils.Runtime import MAX_SEED, expose_gpu
 
 STAGES = ('main', 'teacher')
 ARGS_DUMP_WIDTH = 80  # the published dump pads "name....value" to 80 characters
@@ -352,8 +352,11 @@ def build_parser(prog=None):
                            'there, exactly as if it had not stopped; the same flags, except how long and where '
                            'it runs (default: %(default)s)')
     ours.add_argument('--overwrite', type=str2bool, default=False, metavar='BOOL',
-                      help='replace the outputs of an earlier run at --model_save_path/--his_save_path; without '
-                           'it (or --resume) a stage refuses to start there (default: %(default)s)')
+                      help='replace the outputs of an earlier run of the same stage at --model_save_path/'
+                           '--his_save_path: once every input is checked, its history, _last.ckpt, checkpoints '
+                           'and reports are removed together, before the first epoch; without it (or --resume) '
+                           'a stage refuses to start there. Never replaces a file the stage reads or another '
+                           'stage\'s outputs (default: %(default)s)')
     ours.add_argument('--block_mb', type=float, default=1024.0, metavar='MB',
                       help='stages 2-3 on a GPU: memory budget of one block of the all-node contrastive '
                            'kernels; each term multiplies its whole anchor set against column blocks of '
@@ -426,8 +429,9 @@ def validate(args, stage='main'):
     for name in ('adj_mask_aug1', 'adj_mask_aug2'):  # β weights of the edge scores (any sign)
         if not math.isfinite(getattr(args, name)):
             _fail(f"--{name} must be a finite number, got {getattr(args, name)}")
-    if args.seed < 0:
-        _fail(f"--seed must be >= 0 (NumPy's generators refuse negative seeds), got {args.seed}")
+    if not 0 <= args.seed <= MAX_SEED:
+        _fail(f"--seed must be in [0, {MAX_SEED}] (NumPy's seeding refuses negative seeds and seeds of 2**32 "
+              f"or more), got {args.seed}")
     if args.subspcreg_version not in ('v1', 'v2', 'v3'):
         _fail(f"--subspcreg_version must be v1, v2 or v3, got {args.subspcreg_version!r}")
     if args.threads < 0:
@@ -479,6 +483,10 @@ def _validate_main(args):
     if args.PRUNING_START < 0 or args.PRUNING_END < args.PRUNING_START:
         _fail(f"need 0 <= --PRUNING_START <= --PRUNING_END, got "
               f"{args.PRUNING_START} and {args.PRUNING_END}")
+    if args.PRUNING_START == args.PRUNING_END == args.esc_train_prn_run and not args.run_no_adj_weights:
+        _fail(f"--esc_train_prn_run={args.esc_train_prn_run} skips the training of the only pruning run "
+              f"(--PRUNING_START = --PRUNING_END = {args.PRUNING_END}): nothing would be trained and no checkpoint "
+              "written; widen the range or leave out --esc_train_prn_run")
     needed = args.PRUNING_END + 1  # lists are indexed by run number
     for switch, list_name in DYNAMIC_LISTS:
         values = getattr(args, list_name)
@@ -558,14 +566,18 @@ def run_cli(main_fn, stage, argv=None):
     """Entry-point wrapper: parse and validate, call main_fn(args) and return its result.
 
     A UserError (ConfigError, DataError, CheckpointError) is printed as one line
-    ``error: <message>`` on stderr and exits with status 2, without a traceback.
-    SIGTERM is raised as :class:`Utils.Errors.Terminated` (a KeyboardInterrupt), so a
-    stage ends it as it ends Ctrl-C; one that arrives before the stage's handler exits
-    130 / 143 with one line. Other exceptions propagate unchanged.
+    ``error: <message>`` on stderr and exits with status 2, without a traceback; under
+    torchrun by rank 0 only (:func:`Utils.Errors.speaks`), the other ranks exit 2 silently.
+    The library warnings a wrong input provokes first are silenced
+    (:func:`Utils.Errors.quiet_library_warnings`). SIGTERM is raised as
+    :class:`Utils.Errors.Terminated` (a KeyboardInterrupt), so a stage ends it as it ends
+    Ctrl-C; one that arrives before the stage's handler exits 130 / 143 with one line.
+    Other exceptions propagate unchanged.
     """
     def terminate(signum, frame):
         raise Terminated()
 
+    quiet_library_warnings()
     previous = signal.signal(signal.SIGTERM, terminate)
     try:
         args = parse_args(argv, stage=stage)
@@ -574,7 +586,8 @@ def run_cli(main_fn, stage, argv=None):
         sys.exit(report_user_error(err))
     except KeyboardInterrupt as err:  # before the stage's own handler was in place (start-up)
         flush_stdout()
-        print('interrupted during start-up, before training began', file=sys.stderr)
+        if speaks():
+            print('interrupted during start-up, before training began', file=sys.stderr)
         sys.exit(interrupt_exit_code(err))
     finally:
         signal.signal(signal.SIGTERM, previous)

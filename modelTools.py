@@ -28,7 +28,8 @@ import DataHandler as dh
 import Params
 from Model import LightGCN, model_from_tensors
 from Utils import Checkpoint, Plots, Report
-from Utils.Errors import CheckpointError, ConfigError, DataError, OneLineErrorParser, UserError, report_user_error
+from Utils.Errors import (CheckpointError, ConfigError, DataError, OneLineErrorParser, UserError, quiet_library_warnings,
+                          report_user_error)
 from Utils.Metrics import Evaluator, popularity_embeddings, top_k_unseen
 from Utils.Runtime import device_named
 
@@ -65,7 +66,8 @@ def default_flags() -> argparse.Namespace:
 
 
 def load_data(loaded: Loaded, args) -> dh.Dataset:
-    """The dataset of ``--dataset``/``--data_dir``, else the one recorded in the checkpoint."""
+    """The dataset of ``--dataset``/``--data_dir``, else the one recorded in the checkpoint,
+    checked against the checkpoint (its shapes, then :func:`check_train_split`)."""
     name = args.dataset or loaded.flags.get("dataset") or loaded.meta.get("dataset")
     if not name:
         raise ConfigError(f"{loaded.ckpt.path} does not say which dataset it was trained on: pass --dataset")
@@ -77,7 +79,22 @@ def load_data(loaded: Loaded, args) -> dh.Dataset:
     elif (n_users, n_items) != (dataset.n_users, dataset.n_items):
         raise CheckpointError(f"compact export {loaded.ckpt.path} is for {n_users} users x {n_items} items but "
                               f"dataset {dataset.directory} has {dataset.n_users} x {dataset.n_items}")
+    check_train_split(loaded, dataset)
     return dataset
+
+
+def check_train_split(loaded: Loaded, dataset: dh.Dataset) -> None:
+    """Refuse a model trained on another train split, as the stages refuse such a supervisor
+    (:func:`Utils.Checkpoint.check_identity` on the train-split fingerprint; there is no flag to
+    override it there either): its scores would be those of another dataset of the same shape,
+    with other train items excluded. Files that record no fingerprint (published ``.mod`` files,
+    older checkpoints and exports) cannot be checked and are used as they are."""
+    try:
+        Checkpoint.check_identity(loaded.ckpt, Checkpoint.checkpoint_role(loaded.meta), dataset.fingerprint,
+                                  warn=lambda line: None)
+    except CheckpointError as err:
+        raise CheckpointError(f"{err}; the dataset read here is {dataset.directory}: pass the --dataset/--data_dir "
+                              "the model was trained on") from None
 
 
 def _closure_graph(train, flags: dict) -> dh.Graph:
@@ -386,6 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    quiet_library_warnings()
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -26,10 +26,12 @@ Tensor names stay as published, matching the models' ``state_dict``:
 from __future__ import annotations
 
 import argparse
+import errno
 import numbers
 import json
 import os
 import pickle
+import re
 import secrets
 import types
 from collections import OrderedDict
@@ -172,8 +174,44 @@ def atomic_write(path: str, mode: str, write: Any, what: str) -> None:
         except OSError:
             pass
         if isinstance(exc, OSError):
-            raise CheckpointError(f"cannot write {what} {path}: {exc.strerror or exc}") from exc
+            raise CheckpointError(f"cannot write {what} {path}: {os_error_reason(exc, path)}") from exc
         raise
+
+
+# What each errno means for a path the user gave, in words a researcher can act on.
+_OS_REASONS = {
+    errno.EINVAL: "the file system refuses this name (Invalid argument): FAT, NTFS and SMB drives forbid "
+                  "the characters : * ? \" < > | and names ending in a space or a dot; choose a plain name",
+    errno.ENOTDIR: "a part of the folder path is a regular file, not a folder",
+    errno.EISDIR: "a folder of that name is in the way",
+    errno.EACCES: "permission denied: choose a folder you can write to",
+    errno.EPERM: "operation not permitted: choose a folder you can write to",
+    errno.EROFS: "the file system is read-only",
+    errno.ENOSPC: "the disk is full",
+    errno.EDQUOT: "the disk quota is exceeded",
+    errno.ENAMETOOLONG: "the file name is too long",
+}
+
+
+def os_error_reason(exc: OSError, path: Optional[str] = None) -> str:
+    """Why writing the user's ``path`` failed, in words (never the bare ``[Errno N] …`` text);
+    when a part of the folder path is a regular file, which one."""
+    reason = _OS_REASONS.get(exc.errno, exc.strerror or str(exc) or type(exc).__name__)
+    if exc.errno in (errno.ENOTDIR, errno.EEXIST) and path:  # (EEXIST: os.makedirs met a file)
+        path = os.path.abspath(path)
+        blocker = next((part for part in [*_parents(path), path] if os.path.isfile(part)), None)
+        if blocker:
+            reason = f"{blocker} is a regular file, not a folder"
+    return reason
+
+
+def _parents(path: str) -> List[str]:
+    """``path``'s folders from the top down (``/a``, ``/a/b`` for ``/a/b/c``)."""
+    parts = []
+    while os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+        parts.append(path)
+    return parts[::-1]
 
 
 # --------------------------------------------------------------------------- loading
@@ -313,12 +351,30 @@ def _existing_file(path: PathLike) -> str:
     return path
 
 
-def _corrupt(path: str, exc: BaseException) -> CheckpointError:
+def refused_objects(path: str, what: str = "checkpoint", detail: Optional[str] = None) -> CheckpointError:
+    """The refusal of a file the weights-only reader will not load: one whole sentence (never
+    torch's advice to load it with ``weights_only=False``, which would run its code)."""
+    return CheckpointError(f"{what} {path} holds objects other than tensors and plain data"
+                           + (f" ({detail})" if detail else "") + ", so it is refused")
+
+
+def weights_only_error(path: str, exc: BaseException, what: str = "checkpoint") -> CheckpointError:
+    """The error for a file ``torch.load(weights_only=True)`` raised ``exc`` on: a refused global
+    (:func:`refused_objects`, naming it) or a damaged file (:func:`_corrupt`)."""
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+    if found:
+        return refused_objects(path, what, f"the global {found.group(1)}")
+    return _corrupt(path, exc, what)
+
+
+def _corrupt(path: str, exc: BaseException, what: str = "checkpoint") -> CheckpointError:
     text = str(exc).strip()
     reason = type(exc).__name__
+    if "WeightsUnpickler error:" in text:  # torch's own reason follows a paragraph of advice
+        text = text.split("WeightsUnpickler error:", 1)[1].strip()
     if text:  # first sentence of the first line: torch's zip errors run on for a paragraph
         reason += ": " + text.splitlines()[0].split(". ")[0][:160]
-    return CheckpointError(f"checkpoint {path} is not a PyTorch checkpoint or is corrupt ({reason})")
+    return CheckpointError(f"{what} {path} is not a PyTorch checkpoint or is corrupt ({reason})")
 
 
 # --------------------------------------------------------------------------- published .mod import
@@ -431,7 +487,7 @@ def _restricted_pickle_module(path: str) -> types.ModuleType:
                 return _STAND_INS[key]
             if key in _ALLOWED:
                 return _ALLOWED[key]
-            raise CheckpointError(f"refusing to load global {module}.{name} from {path}")
+            raise refused_objects(path, detail=f"refusing to load global {module}.{name}")
 
     def load(file: Any, **kwargs: Any) -> Any:
         return RestrictedUnpickler(file, **kwargs).load()

@@ -102,6 +102,8 @@ class Options:
                 raise ConfigError("--in_group must be in [0, 1]")
         elif not self.input:
             raise ConfigError(f"--input is required with --format {self.format}")
+        if self.seed < 0:
+            raise ConfigError(f"--seed must be >= 0 (NumPy's generators refuse negative seeds), got {self.seed}")
         if self.kcore < 0:
             raise ConfigError(f"--kcore must be >= 0 (0 disables the filter), got {self.kcore}")
         if self.split not in ("random", "time"):

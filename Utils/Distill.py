@@ -222,10 +222,13 @@ class DistillStage:
         self.args, self.device, self.log, self.group = args, device, log, group
         self.trainee_is_student = not args.train_middle_model
         self.role = "student" if self.trainee_is_student else "middle_teacher"
+        Resume.check_output_paths(args)
         log.line("Load Data")
         self.dataset = dh.load_dataset(args.data_dir, args.dataset)
         args.select_on = Params.resolve_select_on(args, self.dataset.val is not None)
         log.line(self.dataset.summary(), stamp=False)
+        Runtime.require_model_memory(self.dataset.n_users, self.dataset.n_items, args.latdim, device)
+        Runtime.require_triples_memory(args.topRange, device)
         self.adj = dh.Graph.from_scipy(dh.propagation_matrix(self.dataset.train)).to(device)
         self.closure = None
         if args.train_middle_model or args.distill_from_middle_model:
@@ -237,6 +240,7 @@ class DistillStage:
         self.rng = np.random.default_rng(args.seed)
         self.generator = torch.Generator().manual_seed(args.seed)
         self._load_supervisors()
+        Resume.check_outputs(args, self.role, self.input_files())
         self.resume = None
         if args.resume:
             self.resume = Resume.load_last(self.last_path, self.role, self.dataset.fingerprint, vars(args))
@@ -246,7 +250,6 @@ class DistillStage:
                      f"from {self.last_path}")
             self.first_state = None
         else:
-            Resume.check_outputs(args, ["_best_*.mod", "_2nd_best_*.mod"])
             self.first_state = self.initial_state()
 
     @property
@@ -255,6 +258,21 @@ class DistillStage:
 
     def _warn(self, line: str) -> None:
         self.log.line(line, stamp=False)
+
+    @property
+    def reads_teacher(self) -> bool:
+        """The teacher is loaded to supervise (stage 2) or to score the student's edges."""
+        args = self.args
+        return args.distill_from_teacher_model or (self.trainee_is_student and args.use_adj_mask_aug
+                                                   and args.use_tea2drop_edges)
+
+    def input_files(self) -> Dict[str, Optional[str]]:
+        """The checkpoints this stage reads, by flag (None: not read); none may be among its outputs."""
+        args = self.args
+        return {"middle_teacher_model": args.middle_teacher_model if args.distill_from_middle_model else None,
+                "teacher_model": args.teacher_model if self.reads_teacher else None,
+                "break_point": args.break_point if self.trainee_is_student and args.train_stu_from_break_point
+                else None}
 
     # -- supervisors and what pruning reads, all frozen, computed once
     def _load_supervisors(self) -> None:
@@ -272,7 +290,7 @@ class DistillStage:
                     self.adj.row, self.adj.col, self.closure.row, self.closure.col,
                     middle.adj_mask1_train.detach(), self.adj.n_nodes)
             log.line("Use the middle teacher (Intermediate KD model) to direct the training of student", stamp=False)
-        if args.distill_from_teacher_model or (student and args.use_adj_mask_aug and args.use_tea2drop_edges):
+        if self.reads_teacher:
             teacher = load_model(args.teacher_model, "teacher", self.dataset, self.device, latdim=args.latdim,
                                  warn=self._warn)
             self.teacher_out = frozen_outputs(teacher, self.adj)
@@ -443,6 +461,8 @@ class DistillStage:
         the best point of its training, pruned once more for the student."""
         args, resume = self.args, self.resume
         # the inputs were all checked when the stage was built
+        if resume is None and self.group.lead:
+            Resume.clear_earlier_run(args, self.role, self._warn)
         self.log.reset_history(resume["history"] if resume is not None else ())
         state = self.first_state
         first_run = resume["run"] if resume is not None else args.PRUNING_START

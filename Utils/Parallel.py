@@ -25,7 +25,28 @@ from typing import Iterable, List, Optional, Tuple
 
 import torch
 
-from Utils.Errors import ConfigError
+from Utils.Errors import ConfigError, PeerLost
+
+#: How torch.distributed says that the other end of a collective is gone (gloo raises a plain
+#: RuntimeError with these words; NCCL and the store raise torch.distributed.DistError).
+_PEER_GONE = ("closed by peer", "connection reset", "broken pipe", "timed out", "timeout")
+
+
+def _collective(call, *args) -> None:
+    """Run the collective ``call(*args)``; a peer that ended (a Ctrl-C, an error only it met, e.g.
+    an unwritable checkpoint that only rank 0 writes) raises :class:`PeerLost`, a one-line error
+    that ranks other than 0 leave unprinted, instead of the backend's traceback."""
+    try:
+        call(*args)
+    except RuntimeError as exc:
+        text = str(exc)
+        dist_error = getattr(torch.distributed, "DistError", ())
+        if not (isinstance(exc, dist_error) or any(words in text.lower() for words in _PEER_GONE)):
+            raise
+        reason = text.splitlines()[0].split("] ", 1)[-1].split(". ")[0][:120] if text else type(exc).__name__
+        raise PeerLost(f"another process of this data-parallel run ended while this one waited for it "
+                       f"({reason}); only rank 0 prints errors: if this is rank 0, run one process "
+                       "(plain python) to see the other's") from None
 
 
 @dataclass(frozen=True)
@@ -58,7 +79,7 @@ class Group:
     def sum_(self, tensor: torch.Tensor) -> torch.Tensor:
         """Sum ``tensor`` over the processes, in place (every process gets the same bits)."""
         if self.world > 1:
-            torch.distributed.all_reduce(tensor)
+            _collective(torch.distributed.all_reduce, tensor)
         return tensor
 
     def sum_gradients(self, params: Iterable[torch.Tensor]) -> None:
@@ -70,7 +91,7 @@ class Group:
             return
         params = [p for p in params if p.requires_grad]
         flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params])
-        torch.distributed.all_reduce(flat)
+        _collective(torch.distributed.all_reduce, flat)
         offset = 0
         for p in params:
             share = flat[offset:offset + p.numel()].view_as(p)
@@ -82,7 +103,7 @@ class Group:
 
     def barrier(self) -> None:
         if self.world > 1:
-            torch.distributed.barrier()
+            _collective(torch.distributed.barrier)
 
     def close(self) -> None:
         if self.world > 1 and torch.distributed.is_initialized():

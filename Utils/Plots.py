@@ -25,6 +25,7 @@ import matplotlib
 matplotlib.use("Agg")  # headless: never needs a display
 import matplotlib.pyplot as plt  # noqa: E402  (after the backend choice)
 
+from Utils.Checkpoint import os_error_reason  # noqa: E402
 from Utils.Errors import ConfigError, DataError  # noqa: E402
 from Utils.Training import read_history  # noqa: E402
 
@@ -125,10 +126,14 @@ def _out_path(out_dir: str, prefix: str, name: str) -> str:
 
 
 def _save(fig, path: str) -> str:
+    """Write ``fig`` to ``path`` through a temporary file beside it (never a half-written PNG);
+    a folder that cannot be written (permissions, a read-only or full disk) is a one-line error."""
     tmp = f"{path}.{os.getpid()}.tmp.png"
     try:
         fig.savefig(tmp, dpi=110, bbox_inches="tight")
         os.replace(tmp, path)
+    except OSError as exc:
+        raise ConfigError(f"cannot write the plot {path}: {os_error_reason(exc, path)}") from None
     finally:
         plt.close(fig)
         if os.path.exists(tmp):

@@ -7,22 +7,35 @@ records, the best state of the current run, the early-stopping counter, every ra
 generator the stage draws from and the history rows. ``--resume=True`` rebuilds all of it,
 so the continued run computes what the uninterrupted one would have, bit for bit.
 
-Before a stage writes anything it checks that it does not replace another run's outputs
-(:func:`check_outputs`): an earlier history, checkpoint or ``_last.ckpt`` at its paths is
-an error unless ``--resume=True`` (continue that run) or ``--overwrite=True`` (replace it).
+Before a stage reads its data it checks that its save paths are file-name prefixes in folders
+it can write (:func:`check_output_paths`). Before it writes anything it checks that it does
+not replace another run's outputs (:func:`check_outputs`): a file it reads (a supervisor, a
+break point, ``--load_model_tea``/``--load_his_tea``) or another stage's file among its
+outputs is always an error, even with ``--overwrite=True``; an earlier history, checkpoint or
+``_last.ckpt`` of its own stage is an error unless ``--resume=True`` (continue that run) or
+``--overwrite=True`` (replace it). ``--overwrite=True`` removes that earlier run's files as
+the new run starts (:func:`clear_earlier_run`), so a new run that fails before its first
+record leaves its own (empty) history and nothing of the old run: never a mixture of both.
+
+The resume file holds a sha256 digest of its contents (:func:`digest`), checked on
+``--resume=True``: a file damaged on disk is refused instead of resuming into another model.
 """
 from __future__ import annotations
 
 import glob
+import hashlib
 import os
 import random
-from typing import Any, Dict, List, Optional
+import tempfile
+from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 import torch
 
+import Params
 from Utils import Checkpoint
 from Utils.Errors import CheckpointError, ConfigError
+from Utils.Training import read_history
 
 FORMAT = "lightgnn-resume"
 VERSION = 1
@@ -59,24 +72,59 @@ def restore_rngs(states: Dict[str, Any], rng: np.random.Generator, generator: Op
 
 
 # ----------------------------------------------------------------------------- the file
+def digest(data: Dict[str, Any]) -> str:
+    """sha256 of a resume file's contents: every tensor's dtype, shape and bytes and every plain
+    value, walked in a fixed order (dict keys sorted), so the same contents always give the same
+    digest however the file was written or on which device the tensors were."""
+    hasher = hashlib.sha256()
+    _feed(hasher, data)
+    return hasher.hexdigest()
+
+
+def _feed(hasher, value: Any) -> None:
+    """Add ``value`` to ``hasher``, each kind tagged so that e.g. 1, 1.0, "1" and [1] differ."""
+    if isinstance(value, torch.Tensor):
+        tensor = value.detach().cpu().contiguous()
+        hasher.update(f"T{tensor.dtype}{tuple(tensor.shape)}:".encode())
+        hasher.update(tensor.reshape(-1).view(torch.uint8).numpy())
+    elif isinstance(value, dict):  # keys of one dict are all str or all int (the optimiser's state)
+        hasher.update(f"D{len(value)}:".encode())
+        for key in sorted(value, key=repr):
+            _feed(hasher, key)
+            _feed(hasher, value[key])
+    elif isinstance(value, (list, tuple)):  # (a reader may give either back)
+        hasher.update(f"L{len(value)}:".encode())
+        for item in value:
+            _feed(hasher, item)
+    else:  # None, bool, int, float, str: repr() is exact (floats round-trip)
+        hasher.update(f"{type(value).__name__}:{value!r};".encode("utf-8", "surrogatepass"))
+
+
 def save_last(path: str, payload: Dict[str, Any]) -> None:
-    """Write the resume file atomically (the previous one stays whole until the new one is)."""
+    """Write the resume file atomically (the previous one stays whole until the new one is),
+    with the :func:`digest` of everything else it holds under ``digest``."""
     data = {"format": FORMAT, "version": VERSION, **payload}
+    data["digest"] = digest(data)
     Checkpoint.atomic_write(path, "wb", lambda handle: torch.save(data, handle), "resume checkpoint")
 
 
 def load_last(path: str, role: str, fingerprint: str, flags: Dict[str, Any]) -> Dict[str, Any]:
-    """Read ``path`` for ``--resume=True``; it must be this stage's, on this train split, with
-    the same flags except :data:`MAY_CHANGE`."""
+    """Read ``path`` for ``--resume=True``; it must be whole (its digest), this stage's, on this
+    train split, with the same flags except :data:`MAY_CHANGE`."""
     if not os.path.isfile(path):
         raise CheckpointError(f"--resume=True but there is no {path} to continue from (the stage writes it at "
                               f"the end of every epoch; start without --resume)")
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # zip/pickle readers raise many types on damaged files
-        raise CheckpointError(f"cannot read resume checkpoint {path}: {' '.join(str(exc).split())[:200]}") from exc
+        raise Checkpoint.weights_only_error(path, exc, "resume checkpoint") from exc
     if not isinstance(data, dict) or data.get("format") != FORMAT or data.get("version") != VERSION:
         raise CheckpointError(f"{path} is not a resume checkpoint of this program")
+    stored = data.pop("digest", None)  # None: written before digests were stored; resumed unchecked
+    if stored is not None and stored != digest(data):
+        raise CheckpointError(f"resume checkpoint {path} is damaged: its contents do not match the sha256 digest "
+                              "written with them, so it is not resumed from (rerun with --overwrite=True to "
+                              "start again)")
     if data["role"] != role:
         raise CheckpointError(f"{path} resumes a {data['role']} stage, not a {role} stage")
     if data["train_fingerprint"] != fingerprint:
@@ -92,26 +140,114 @@ def load_last(path: str, role: str, fingerprint: str, flags: Dict[str, Any]) -> 
     return data
 
 
-# ----------------------------------------------------------------------------- earlier outputs
-def existing_outputs(model_save_path: str, his_save_path: str, checkpoint_patterns: List[str]) -> List[str]:
-    """The files of an earlier run at these paths: its history, ``_last.ckpt`` and checkpoints."""
-    found = []
-    his = his_save_path if his_save_path.endswith(".his") else his_save_path + ".his"
-    if os.path.isfile(his) and os.path.getsize(his) > 0:
-        found.append(his)
-    if os.path.isfile(last_path(model_save_path)):
-        found.append(last_path(model_save_path))
-    for pattern in checkpoint_patterns:
-        found += sorted(glob.glob(glob.escape(model_save_path) + pattern))
-    return found
+# ----------------------------------------------------------------------------- the output paths
+def check_output_paths(args) -> None:
+    """Refuse a ``--model_save_path``/``--his_save_path`` that names a folder rather than the
+    start of file names (``out/`` would write the hidden ``out/.mod``), or whose folder cannot
+    be made or written, before any data is read or any output written."""
+    for flag in ("model_save_path", "his_save_path"):
+        value = str(getattr(args, flag))
+        if value.endswith(("/", os.sep)) or os.path.basename(value) in ("", ".", ".."):
+            raise ConfigError(f"--{flag}={value} names a folder, but it is the start of the file names the stage "
+                              f"writes (--{flag}=out/run writes out/run.his, out/run_last.ckpt, ...): add a name, "
+                              f"e.g. --{flag}={os.path.join(value, 'run')}")
+        folder = os.path.dirname(os.path.abspath(value))
+        try:
+            os.makedirs(folder, exist_ok=True)
+            handle, probe = tempfile.mkstemp(dir=folder, prefix=".lightgnn-write-test-")
+            os.close(handle)
+            os.remove(probe)
+        except OSError as exc:
+            raise CheckpointError(f"--{flag}={value}: cannot write in {folder}: "
+                                  f"{Checkpoint.os_error_reason(exc, value)}") from None
 
 
-def check_outputs(args, checkpoint_patterns: List[str]) -> None:
-    """Refuse to replace an earlier run's outputs unless told to resume or overwrite it."""
-    if args.resume or args.overwrite:
+def output_patterns(args, role: str) -> List[str]:
+    """Glob patterns of every file the ``role`` stage writes at its save paths."""
+    model, his = glob.escape(args.model_save_path), glob.escape(args.his_save_path)
+    patterns = [glob.escape(last_path(args.model_save_path)), glob.escape(Params.history_file(args.his_save_path))]
+    if role == "teacher":
+        return patterns + [model + ".mod"]
+    patterns += [model + "_best_*.mod", model + "_2nd_best_*.mod", his + "_best_*.his", his + "_2nd_best_*.his",
+                 his + "_compression_prn*.json"]
+    return patterns + ([his + "_training.png", his + "_tradeoff.png"] if role == "student" else [])
+
+
+def existing_outputs(args, role: str) -> List[str]:
+    """The files already at the ``role`` stage's output paths (absolute, each once)."""
+    return sorted({os.path.abspath(path) for pattern in output_patterns(args, role)
+                   for path in glob.glob(pattern) if os.path.isfile(path)})
+
+
+def output_role(path: str) -> Optional[str]:
+    """The stage (role) that wrote an output file, as the file records it: a checkpoint's
+    metadata, a resume file's ``role``, a history row's ``stage``; None when it records none or
+    cannot be read (then it is not known to be another stage's)."""
+    try:
+        if path.endswith(".his"):
+            return next((row["stage"] for row in read_history(path) if "stage" in row), None)
+        if path.endswith("_last.ckpt"):
+            data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            return data.get("role") if isinstance(data, dict) else None
+        if path.endswith(".mod"):
+            ckpt = Checkpoint.load_checkpoint(path)
+            return None if ckpt.meta.get("source") == "published" else Checkpoint.checkpoint_role(ckpt.meta)
+    except Exception:  # unreadable or not ours: nothing says it is another stage's
+        return None
+    return None
+
+
+def _kind(path: str) -> str:
+    return ("resume checkpoint" if path.endswith("_last.ckpt") else "checkpoint" if path.endswith(".mod")
+            else "history" if path.endswith(".his") else "output")
+
+
+def check_outputs(args, role: str, inputs: Dict[str, Optional[str]], continuing: bool = False) -> None:
+    """Before the ``role`` stage writes anything, refuse outputs that would replace
+
+    * a file the stage reads (``inputs``: flag name -> path, None when not read), or a file
+      another stage wrote: always, even with ``--overwrite=True``;
+    * an earlier run of this stage: unless ``--resume=True`` (continue it), ``--overwrite=True``
+      (replace it) or ``continuing`` (``--load_model_tea`` with ``--load_his_tea``: the run
+      they name goes on in its own files, its rows kept first).
+    """
+    found = existing_outputs(args, role)
+    real = {os.path.realpath(path): path for path in found}
+    for flag, path in inputs.items():
+        if path and os.path.realpath(path) in real:
+            raise ConfigError(f"--{flag}={path} (the {output_role(path) or role} {_kind(path)} this stage reads) "
+                              f"is among the files it writes at --model_save_path={args.model_save_path} / "
+                              f"--his_save_path={args.his_save_path}: a stage never writes over its own input, even "
+                              "with --overwrite=True; choose other save paths")
+    if args.resume:  # the resume file's role was checked; the rest are the resumed run's own outputs
         return
-    found = existing_outputs(args.model_save_path, args.his_save_path, checkpoint_patterns)
-    if found:
-        raise ConfigError(f"an earlier run's outputs are at these paths ({found[0]}"
-                          + (f" and {len(found) - 1} more" if len(found) > 1 else "") + "): pass --resume=True to "
+    for path in found:
+        owner = output_role(path)
+        if owner is not None and owner != role:
+            raise ConfigError(f"{path} is the {owner} stage's {_kind(path)}, not this {role} stage's: "
+                              "--overwrite=True only replaces an earlier run of the same stage; choose other "
+                              "--model_save_path/--his_save_path")
+    earlier = [path for path in found if not (path.endswith(".his") and os.path.getsize(path) == 0)]
+    if earlier and not (args.overwrite or continuing):
+        raise ConfigError(f"an earlier run's outputs are at these paths ({earlier[0]}"
+                          + (f" and {len(earlier) - 1} more" if len(earlier) > 1 else "") + "): pass --resume=True to "
                           "continue it, --overwrite=True to replace it, or other --model_save_path/--his_save_path")
+
+
+def clear_earlier_run(args, role: str, say: Callable[[str], Any]) -> None:
+    """``--overwrite=True``: remove the earlier run's files (its history, ``_last.ckpt``,
+    checkpoints, record histories, reports and plots) together, as the new run starts, after
+    every input was checked and before its history is written. The new run then owns every
+    file at its paths: one that fails before its first record leaves no checkpoint of the old
+    run beside its new history."""
+    if not args.overwrite:
+        return
+    files = existing_outputs(args, role)
+    for path in files:
+        try:
+            os.remove(path)
+        except OSError as exc:
+            raise CheckpointError(f"--overwrite=True: cannot remove the earlier run's {path}: "
+                                  f"{Checkpoint.os_error_reason(exc, path)}") from None
+    if files:
+        say(f"--overwrite=True: removed the {len(files)} files of the earlier run at these paths")

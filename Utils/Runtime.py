@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import random
+from typing import Optional
 
 import numpy as np
 import torch
@@ -92,6 +93,10 @@ def make_optimizer(params, lr: float) -> torch.optim.Optimizer:
     return torch.optim.Adam(params, lr=lr, fused=True)
 
 
+#: The largest seed every seeder accepts (NumPy's ``np.random.seed`` refuses 2**32 and above).
+MAX_SEED = 2**32 - 1
+
+
 def seed_everything(seed: int) -> None:
     """Seed python's random, numpy and torch (every CUDA device too, when there is one)."""
     random.seed(seed)
@@ -99,3 +104,64 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     if torch.cuda.is_available():
         torch.cuda.manual_seed_all(seed)
+
+
+# ----------------------------------------------------------------------------- memory
+def machine_memory(device=None) -> Optional[int]:
+    """Bytes of memory where ``device``'s tensors live: a CUDA device's total memory, else the
+    machine's RAM (``SC_PHYS_PAGES`` x ``SC_PAGE_SIZE``); None where the system does not say."""
+    if device is not None and torch.device(device).type == "cuda":
+        return int(torch.cuda.get_device_properties(device).total_memory)
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def format_bytes(n_bytes: int) -> str:
+    """``n_bytes`` in the largest binary unit that keeps it at least 1 (``37.3 GiB``)."""
+    for unit, size in (("PiB", 2**50), ("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n_bytes >= size:
+            return f"{n_bytes / size:.1f} {unit}"
+    return f"{int(n_bytes)} bytes"
+
+
+def require_memory(n_bytes: int, what: str, advice: str, error=ConfigError, device=None) -> None:
+    """Refuse, before anything is allocated, what clearly cannot fit: ``what`` needs at least
+    ``n_bytes`` bytes, more than the whole memory of the machine (or of ``device``, a GPU).
+
+    ``n_bytes`` is a lower bound of what the caller is about to allocate, so nothing that could
+    fit is refused; without this check such a request ends in an allocator traceback, or the
+    kernel kills the process without a message. Raises ``error`` (one line: what, how much,
+    how much there is, and ``advice``)."""
+    total = machine_memory(device)
+    if total is not None and n_bytes > total:
+        where = "this GPU" if device is not None and torch.device(device).type == "cuda" else "this machine"
+        raise error(f"{what} needs at least {format_bytes(n_bytes)} of memory, more than the "
+                    f"{format_bytes(total)} {where} has; {advice}")
+
+
+#: Bytes per embedding entry that training holds at least: the float32 table, its gradient and
+#: Adam's two moments.
+TRAINED_ENTRY_BYTES = 16
+
+
+def require_model_memory(n_users: int, n_items: int, latdim: int, device=None) -> None:
+    """Refuse a ``--latdim`` whose embedding tables cannot be trained in this memory, before they
+    are allocated (:func:`require_memory`)."""
+    require_memory(TRAINED_ENTRY_BYTES * (n_users + n_items) * latdim,
+                   f"--latdim={latdim}: training {n_users} users + {n_items} items x {latdim} dimensions "
+                   f"(the tables, their gradients and Adam's two moments, float32)",
+                   "choose a smaller --latdim (the paper uses 64)", device=device)
+
+
+#: Bytes per random triple of the prediction-level KD: three int64 ids.
+TRIPLE_BYTES = 24
+
+
+def require_triples_memory(top_range: int, device=None) -> None:
+    """Refuse a ``--topRange`` whose random triples, drawn every batch, cannot fit in this memory."""
+    require_memory(TRIPLE_BYTES * top_range,
+                   f"--topRange={top_range}: the prediction-level KD's random (user, item, item) triples of "
+                   "every batch (three int64 ids each)",
+                   "choose a smaller --topRange (the published examples use 100000)", device=device)

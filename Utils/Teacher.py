@@ -7,7 +7,7 @@ and keeps the best checkpoint on the selection split.
 from __future__ import annotations
 
 import os
-from typing import List
+from typing import List, Optional
 
 import numpy as np
 import torch
@@ -16,6 +16,7 @@ import DataHandler as dh
 import Params
 from Model import LightGCN
 from Utils import Checkpoint, Resume, Runtime
+from Utils.Errors import DataError
 from Utils.Parallel import SOLO, Group
 from Utils.Losses import bpr_loss, embedding_reg
 from Utils.Training import (EarlyStopper, Record, RunLog, build_eval_suite, fit, format_metrics, read_history,
@@ -41,6 +42,34 @@ def teacher_loss(model: LightGCN, graph, reg: float, group: Group = SOLO):
     return loss_fn
 
 
+def continued_history(path: str, ckpt: Optional[Checkpoint.Checkpoint]) -> list:
+    """The rows of ``--load_his_tea``: a teacher history that exists and holds only teacher rows
+    (each row carries its ``stage``). When ``ckpt`` (``--load_model_tea``) records its best
+    epoch and metrics, as ours do, the history must hold that epoch with those metrics: a
+    history of another run, dataset or train split does not (a published ``.mod`` records
+    neither, and is not checked)."""
+    file = Params.history_file(path)
+    if not os.path.isfile(file):
+        raise DataError(f"--load_his_tea={path}: there is no history file {file} (check the path: the teacher "
+                        "stage writes <his_save_path>.his)")
+    rows = read_history(file)
+    other = next((row for row in rows if row.get("stage") != "teacher"), None)
+    if other is not None:
+        raise DataError(f"--load_his_tea={path}: {file} is not a teacher history (it holds rows of stage "
+                        f"{other.get('stage')!r}); give the .his file the teacher stage wrote")
+    meta = ckpt.meta if ckpt is not None else {}
+    if "epoch" in meta and "metrics" in meta:
+        if not rows:
+            raise DataError(f"--load_his_tea={path}: {file} holds no epoch to continue after; leave out "
+                            "--load_his_tea to train --load_model_tea's weights from epoch 0")
+        best = [row for row in rows if row.get("epoch") == meta["epoch"]]
+        if not best or best[-1].get("metrics") != meta["metrics"]:
+            raise DataError(f"--load_his_tea={path}: {file} is not the history of --load_model_tea={ckpt.path}: "
+                            f"it does not hold that checkpoint's epoch {meta['epoch']} with its metrics (a history "
+                            "of another run, dataset or train split?)")
+    return rows
+
+
 def best_line(record: Record) -> str:
     return (f"Epoch {record.epoch}, selected on {record.title}: "
             + "; ".join(f"{split}: {format_metrics(m)}" for split, m in record.metrics.items()))
@@ -53,10 +82,12 @@ class TeacherStage:
 
     def __init__(self, args, device, log: RunLog, group: Group = SOLO):
         self.args, self.device, self.log, self.group = args, device, log, group
+        Resume.check_output_paths(args)
         log.line("Load Data")
         self.dataset = dh.load_dataset(args.data_dir, args.dataset)
         args.select_on = Params.resolve_select_on(args, self.dataset.val is not None)
         log.line(self.dataset.summary(), stamp=False)
+        Runtime.require_model_memory(self.dataset.n_users, self.dataset.n_items, args.latdim, device)
         self.graph = dh.Graph.from_scipy(dh.propagation_matrix(self.dataset.train)).to(device)
         self.sampler = dh.NegativeSampler(self.dataset.train)
         self.suite = build_eval_suite(self.dataset, args.topk, args.tstBat, args.select_on, device, log, group)
@@ -65,14 +96,22 @@ class TeacherStage:
         self.save_path = args.model_save_path + ".mod"
         self.start_epoch = 0
         self.history: list = []
+        ckpt = None
         if args.load_model_tea:
             ckpt = Checkpoint.load_checkpoint(args.load_model_tea)
             Checkpoint.check_identity(ckpt, "teacher", self.dataset.fingerprint, lambda line: log.line(line, stamp=False))
             Checkpoint.check_compatible(ckpt, self.dataset.n_users, self.dataset.n_items, args.latdim, what="teacher")
             self.model.load_state_dict({k: ckpt.tensors[k] for k in ("uEmbeds", "iEmbeds")})
             log.line(f"Model Loaded: {args.load_model_tea}")
-        if args.load_his_tea:
-            self.history = read_history(Params.history_file(args.load_his_tea))
+        if args.load_his_tea and not args.resume:  # (a resumed run takes its history from the resume file)
+            self.history = continued_history(args.load_his_tea, ckpt)
+        # --load_model_tea with --load_his_tea continues the run they name, in its own files when the save
+        # paths are theirs: the history keeps their rows first and the .mod is replaced only by a point at
+        # least as good. Any other overlap of an input with the outputs is refused.
+        continuing = bool(args.load_model_tea and args.load_his_tea) and not args.overwrite
+        inputs = {} if continuing else {"load_model_tea": args.load_model_tea,
+                                        "load_his_tea": args.load_his_tea and Params.history_file(args.load_his_tea)}
+        Resume.check_outputs(args, "teacher", inputs, continuing)
         self.resume = None
         if args.resume:
             self.resume = Resume.load_last(Resume.last_path(args.model_save_path), "teacher",
@@ -81,12 +120,12 @@ class TeacherStage:
             self.record.restore(self.resume["record"])
             self.history = self.resume["history"]
             log.line(f"Resuming after epoch {self.resume['epoch']} from {Resume.last_path(args.model_save_path)}")
-        elif not (args.load_model_tea and args.load_his_tea):  # (those two continue the run they name)
-            Resume.check_outputs(args, [".mod"])
 
     def start_history(self) -> None:
         """Replace the output history (holding a resumed run's rows first); restore the record."""
         args, log = self.args, self.log
+        if self.resume is None and self.group.lead:
+            Resume.clear_earlier_run(args, "teacher", lambda line: log.line(line, stamp=False))
         log.reset_history(self.history)
         if self.resume is not None:
             self.start_epoch = self.resume["epoch"] + 1

@@ -21,8 +21,9 @@ from typing import Callable, Dict, Iterable, Optional
 import torch
 
 from Utils import Parallel
-from Utils.Checkpoint import atomic_write
-from Utils.Errors import CheckpointError, DataError, NonFiniteError, discard_closed_stdout, interrupt_exit_code
+from Utils.Checkpoint import atomic_write, os_error_reason
+from Utils.Errors import (CheckpointError, DataError, NonFiniteError, discard_closed_stdout, interrupt_exit_code,
+                          stdout_may_drop)
 from Utils.Parallel import SOLO, Group
 
 
@@ -48,7 +49,7 @@ class RunLog:
                 os.makedirs(folder, exist_ok=True)
             except OSError as exc:
                 raise CheckpointError(f"cannot create {folder} for the history {history_path}: "
-                                      f"{exc.strerror or exc}") from None
+                                      f"{os_error_reason(exc, folder)}") from None
 
     def line(self, message: str, stamp: bool = True) -> None:
         """Print one console line. When the console's reader is gone (``| tee`` ended by the
@@ -371,7 +372,9 @@ def run_stage(stage, log: RunLog, group: Group = SOLO) -> int:
 
     Ctrl-C or SIGTERM (:class:`Utils.Errors.Terminated`) ends the stage as its last epoch
     would: what was saved stays, the summary is printed after ``stage.interrupted_line``,
-    and the status is 130 / 143. In a data-parallel run every process has checked its
+    and the status is 130 / 143. The same Ctrl-C may kill the reader of a piped stdout
+    (``| tee log``) before it reads them, so these lines then go to stderr as well
+    (:func:`print_summary`). In a data-parallel run every process has checked its
     inputs and earlier outputs (while building the stage) before rank 0 writes anything.
     """
     try:
@@ -379,15 +382,25 @@ def run_stage(stage, log: RunLog, group: Group = SOLO) -> int:
         stage.run()
         group.barrier()  # no process tears the group down while another still talks in it
     except KeyboardInterrupt as err:
-        log.line(stage.interrupted_line)
-        for line in stage.summary():
-            log.line(line, stamp=False)
+        print_summary(stage, log, interrupted=True)
         return interrupt_exit_code(err)
     finally:
         group.close()
-    for line in stage.summary():
-        log.line(line, stamp=False)
+    print_summary(stage, log)
     return 0
+
+
+def print_summary(stage, log: RunLog, interrupted: bool = False) -> None:
+    """The stage's ``summary()`` lines (after ``stage.interrupted_line`` when ``interrupted``) on
+    the console log. After an interrupt they are also printed on stderr when the log writes to a
+    pipe that may drop them (:func:`Utils.Errors.stdout_may_drop`): the best record always
+    reaches the user, at worst twice (when tee survived, on a terminal that shows both)."""
+    lines = ([(stage.interrupted_line, True)] if interrupted else []) + [(text, False) for text in stage.summary()]
+    echo = interrupted and stdout_may_drop()
+    for text, stamp in lines:
+        log.line(text, stamp=stamp)
+        if echo and log.stream is sys.stdout:  # (once stdout broke, RunLog.line writes to stderr itself)
+            print(text, file=sys.stderr, flush=True)
 
 
 def build_eval_suite(dataset, topk: int, batch_users: int, select_on: str, device,

@@ -84,3 +84,12 @@ def train_tiny_supervisors(folder, data_dir):
     run_script("Main.py", *TINY_MID, f"--data_dir={data_dir}", f"--teacher_model={teacher}.mod",
                f"--model_save_path={middle}", f"--his_save_path={middle}")
     return f"{middle}_best_global_100_100.mod"
+
+
+@pytest.fixture(scope="module")
+def demo_dir(tmp_path_factory):
+    """A --data_dir holding the quick start's demo dataset (3,000 users x 2,000 items), generated:
+    large enough for torch's CPU kernels to split their work across threads."""
+    root = tmp_path_factory.mktemp("demo_data")
+    run_script("prepareData.py", "--format=synthetic", "--name=demo", f"--data_dir={root}")
+    return root

@@ -8,7 +8,6 @@ threads; the tiny split checks the stage 2 -> 3 chain quickly.
 """
 import os
 
-import pytest
 import torch
 
 from conftest import TINY_MID, TINY_STU, TINY_TEACHER, run_script
@@ -63,22 +62,15 @@ def assert_identical_runs(a, b):
             assert torch.equal(tensor, other), (name, key, (tensor.double() - other.double()).abs().max().item())
 
 
-@pytest.fixture(scope="module")
-def demo_dir(tmp_path_factory):
-    """The quick start's demo dataset, generated (not copied)."""
-    root = tmp_path_factory.mktemp("demo_data")
-    run_script("prepareData.py", "--format=synthetic", "--name=demo", f"--data_dir={root}")
-    return root
-
-
 DEMO = ["--dataset=demo", "--latdim=32", "--batch=2048", "--seed=7", THREADS]
+DEMO_TEACHER = [*DEMO, "--lr=1e-3", "--reg=1e-6", "--gnn_layer=3"]
 
 
 def test_stage1_twice_on_the_demo_data_is_bit_identical(demo_dir, tmp_path):
     for run in ("a", "b"):
         out = tmp_path / run
-        run_script("pretrainTeacher.py", *DEMO, f"--data_dir={demo_dir}", "--epoch_tea=3", "--lr=1e-3",
-                   "--reg=1e-6", "--gnn_layer=3", f"--model_save_path={out}/tea", f"--his_save_path={out}/tea")
+        run_script("pretrainTeacher.py", *DEMO_TEACHER, f"--data_dir={demo_dir}", "--epoch_tea=3",
+                   f"--model_save_path={out}/tea", f"--his_save_path={out}/tea")
     assert_identical_runs(tmp_path / "a", tmp_path / "b")
 
 
@@ -87,8 +79,8 @@ def test_stages_1_to_3_twice_on_the_demo_data_are_bit_identical(demo_dir, tmp_pa
     reach the accumulating kernels through the distillation terms, at the demo data's size."""
     for run in ("a", "b"):
         out = tmp_path / run
-        run_script("pretrainTeacher.py", *DEMO, f"--data_dir={demo_dir}", "--epoch_tea=1", "--lr=1e-3",
-                   "--gnn_layer=3", f"--model_save_path={out}/tea", f"--his_save_path={out}/tea")
+        run_script("pretrainTeacher.py", *DEMO_TEACHER, f"--data_dir={demo_dir}", "--epoch_tea=1",
+                   f"--model_save_path={out}/tea", f"--his_save_path={out}/tea")
         distil = [*DEMO, f"--data_dir={demo_dir}", "--gnn_layer=2", "--lr=5e-3", "--topRange=20000", "--plots=False"]
         run_script("Main.py", *distil, "--train_middle_model=True", "--distill_from_middle_model=False",
                    "--distill_from_teacher_model=True", f"--teacher_model={out}/tea.mod", "--mask_epoch=1",

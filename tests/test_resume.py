@@ -24,7 +24,7 @@ def tiny_root(tmp_path_factory):
 
 
 def stage_flags(root, stage):
-    common = [f"--data_dir={root}", "--plots=False"]
+    common = [f"--data_dir={root}", "--plots=False", "--threads=2"]  # the uninterrupted run's thread count
     if stage == "teacher":
         return "pretrainTeacher.py", [*TINY_TEACHER[:-1], "--epoch_tea=6", *common]
     if stage == "intermediate":
@@ -83,6 +83,26 @@ def test_sigkill_then_resume_ends_as_the_uninterrupted_run(tiny_root, tmp_path, 
     proc.communicate()
     resumed = run_script(script, *part, "--resume=True").stdout
     assert "Resuming" in resumed
+    assert_same_outputs(f"{tmp_path}/full", f"{tmp_path}/part")
+
+
+def test_demo_teacher_killed_after_its_4th_epoch_resumes_bit_for_bit(demo_dir, tmp_path):
+    """At the demo data's size torch's CPU kernels split their work over the 2 threads; the run
+    killed after epoch 3 (its 4th) and resumed writes what the uninterrupted one does."""
+    flags = ["--dataset=demo", f"--data_dir={demo_dir}", "--latdim=32", "--batch=2048", "--seed=7", "--lr=1e-3",
+             "--gnn_layer=3", "--epoch_tea=6", "--threads=2"]
+    run_script("pretrainTeacher.py", *flags, f"--model_save_path={tmp_path}/full", f"--his_save_path={tmp_path}/full")
+    part = [*flags, f"--model_save_path={tmp_path}/part", f"--his_save_path={tmp_path}/part"]
+    proc = subprocess.Popen([sys.executable, str(ROOT / "pretrainTeacher.py"), *part], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for line in proc.stdout:
+        if "Epoch 4/6, Time" in line:  # epoch 4's line: the 4th epoch's _last.ckpt is written
+            break
+    assert proc.poll() is None
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    assert torch.load(f"{tmp_path}/part_last.ckpt", weights_only=True)["epoch"] >= 3
+    assert "Resuming" in run_script("pretrainTeacher.py", *part, "--resume=True").stdout
     assert_same_outputs(f"{tmp_path}/full", f"{tmp_path}/part")
 
 
