@@ -5,6 +5,7 @@
     python modelTools.py export CHECKPOINT OUT
     python modelTools.py recommend CHECKPOINT --users 0,5,9 --topk 20
     python modelTools.py evaluate CHECKPOINT --split test
+    python modelTools.py compare RUN_A_FOLDER RUN_B_FOLDER
 
 CHECKPOINT is any model file: our checkpoints (teacher, intermediate, student), a
 published ``.mod`` file, or a compact export written by ``export``. The commands that
@@ -27,7 +28,7 @@ import torch
 import DataHandler as dh
 import Params
 from Model import LightGCN, model_from_tensors
-from Utils import Checkpoint, Plots, Report
+from Utils import Checkpoint, Compare, Plots, Report
 from Utils.Errors import (CheckpointError, ConfigError, DataError, OneLineErrorParser, UserError, quiet_library_warnings,
                           report_user_error)
 from Utils.Metrics import Evaluator, popularity_embeddings, top_k_unseen
@@ -322,6 +323,23 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_compare(args) -> int:
+    """Compare two runs' output folders; exit 0 when identical, 1 when anything differs."""
+    result = Compare.compare_runs(Compare.run_outputs(args.a), Compare.run_outputs(args.b))
+    for name in result.only_in_a:
+        print(f"{name}: only in {args.a}")
+    for name in result.only_in_b:
+        print(f"{name}: only in {args.b}")
+    for name, largest in result.different.items():
+        print(f"{name}: differs" + (f", largest absolute difference {largest:.3g}" if largest else ""))
+    if result.identical:
+        print(f"identical: {result.files} files (every tensor equal, every history row equal but for its timings)")
+        return 0
+    print(f"different: {len(result.different)} of the {result.files} files both hold differ"
+          + (f", largest absolute difference {result.max_abs_diff:.3g}" if result.max_abs_diff else ""))
+    return 1
+
+
 # ----------------------------------------------------------------------------- the parser
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineErrorParser(prog="modelTools.py", description=__doc__.split("\n\n")[0],
@@ -366,6 +384,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--topk", type=int, default=20, help="K in the axis label (default: %(default)s)")
     p.add_argument("--prefix", default="", help="prefix of the PNG file name")
     p.set_defaults(func=cmd_curve)
+
+    p = sub.add_parser("compare", help="compare the outputs of two runs (every tensor of their .mod/_last.ckpt "
+                                       "files, every history row but its timings); exit 1 when they differ")
+    p.add_argument("a", metavar="FOLDER_A", help="folder of the first run's outputs")
+    p.add_argument("b", metavar="FOLDER_B", help="folder of the second run's outputs")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("export", help="write the compact export (surviving edges + non-zero entries)")
     p.add_argument("checkpoint", metavar="CHECKPOINT")

@@ -36,7 +36,7 @@ import secrets
 import types
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Mapping, Optional, Union
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -212,6 +212,19 @@ def _parents(path: str) -> List[str]:
         path = os.path.dirname(path)
         parts.append(path)
     return parts[::-1]
+
+
+def tensors_in(value: Any, where: str = "") -> Iterator[Tuple[str, torch.Tensor]]:
+    """``(path, tensor)`` for every tensor inside a loaded checkpoint or resume file (dict keys in
+    sorted order, list items by index), to compare two runs' files tensor by tensor."""
+    if torch.is_tensor(value):
+        yield where, value
+    elif isinstance(value, dict):
+        for key in sorted(value, key=str):
+            yield from tensors_in(value[key], f"{where}/{key}")
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            yield from tensors_in(item, f"{where}[{i}]")
 
 
 # --------------------------------------------------------------------------- loading

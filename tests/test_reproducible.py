@@ -6,60 +6,17 @@ arrive (``Utils.Runtime.set_deterministic`` says which one and how it is fixed).
 (3,000 users x 2,000 items) is large enough for torch's CPU kernels to split work across
 threads; the tiny split checks the stage 2 -> 3 chain quickly.
 """
-import os
-
-import torch
-
 from conftest import TINY_MID, TINY_STU, TINY_TEACHER, run_script
-from Utils.Training import read_history
+from Utils.Compare import compare_runs, run_outputs
 
 THREADS = "--threads=2"
-TIMINGS = {"seconds", "train_seconds", "time", "wall_seconds"}
-
-
-def _strip_timings(value):
-    if isinstance(value, dict):
-        return {k: _strip_timings(v) for k, v in value.items() if k not in TIMINGS}
-    if isinstance(value, list):
-        return [_strip_timings(v) for v in value]
-    return value
-
-
-def _tensors(value, path=""):
-    """(path, tensor) for every tensor inside a loaded checkpoint or resume file."""
-    if torch.is_tensor(value):
-        yield path, value
-    elif isinstance(value, dict):
-        for key in sorted(value, key=str):
-            yield from _tensors(value[key], f"{path}/{key}")
-    elif isinstance(value, (list, tuple)):
-        for i, item in enumerate(value):
-            yield from _tensors(item, f"{path}[{i}]")
-
-
-def run_outputs(folder):
-    """Every file a run wrote: tensors of .mod/.ckpt files, history rows without timings."""
-    found = {}
-    for name in sorted(os.listdir(folder)):
-        path = os.path.join(folder, name)
-        if name.endswith((".mod", ".ckpt")):
-            found[name] = dict(_tensors(torch.load(path, weights_only=True)))
-        elif name.endswith(".his"):  # a history (JSON lines) or a stage-3 record file
-            found[name] = _strip_timings(read_history(path))
-    return found
 
 
 def assert_identical_runs(a, b):
-    out_a, out_b = run_outputs(a), run_outputs(b)
-    assert sorted(out_a) == sorted(out_b) and any(n.endswith(".mod") for n in out_a)
-    for name, content in out_a.items():
-        if name.endswith(".his"):
-            assert content == out_b[name], name
-            continue
-        assert sorted(content) == sorted(out_b[name]), name
-        for key, tensor in content.items():
-            other = out_b[name][key]
-            assert torch.equal(tensor, other), (name, key, (tensor.double() - other.double()).abs().max().item())
+    outputs = run_outputs(str(a))
+    result = compare_runs(outputs, run_outputs(str(b)))
+    assert any(name.endswith(".mod") for name in outputs)
+    assert result.identical, result
 
 
 DEMO = ["--dataset=demo", "--latdim=32", "--batch=2048", "--seed=7", THREADS]
@@ -104,3 +61,25 @@ def test_the_tiny_chain_twice_is_bit_identical(tiny_data, tmp_path):
         run_script("Main.py", *TINY_STU, *common, f"--middle_teacher_model={out}/mid_best_global_100_100.mod",
                    f"--model_save_path={out}/stu", f"--his_save_path={out}/stu")
     assert_identical_runs(tmp_path / "a", tmp_path / "b")
+
+
+def test_compare_reports_what_differs(tmp_path):
+    """``modelTools.py compare``: identical files pass; a changed tensor, a changed metric and a
+    missing file are each reported (exit 1), timings never."""
+    import json
+
+    import torch
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    for folder, value, seconds in ((a, 1.0, 3.0), (b, 1.0, 9.0)):
+        folder.mkdir()
+        torch.save({"uEmbeds": torch.full((2, 3), value)}, folder / "m.mod")
+        (folder / "m.his").write_text(json.dumps({"epoch": 0, "Recall": 0.5, "seconds": seconds}) + "\n")
+    assert run_script("modelTools.py", "compare", a, b).stdout.splitlines()[-1].startswith("identical")
+    torch.save({"uEmbeds": torch.full((2, 3), 1.25)}, b / "m.mod")
+    (b / "m.his").write_text(json.dumps({"epoch": 0, "Recall": 0.6, "seconds": 9.0}) + "\n")
+    (b / "extra.mod").write_bytes((b / "m.mod").read_bytes())
+    proc = run_script("modelTools.py", "compare", a, b, check=False)
+    assert proc.returncode == 1, proc.stderr
+    assert "m.mod: differs, largest absolute difference 0.25" in proc.stdout
+    assert "m.his: differs" in proc.stdout and "extra.mod: only in" in proc.stdout
