@@ -29,7 +29,10 @@ positive pairs listed once for the run (what Main.py does; the build is
 weights: the same loss, so only the time differs.
 
 ``--count_ops`` adds ``ops_per_step``: the number of aten operators one training step
-dispatches (torch profiler, CPU; nested calls included), after the timing.
+dispatches (torch profiler, CPU; nested calls included), after the timing, and
+``op_self_ms``: the self CPU milliseconds of that step's five costliest operators and of
+the accumulating ``index_put_`` (the one kernel ``--deterministic`` changes on CPU), so that
+modes compare by operator rather than by a wall time that drifts with the VM.
 
 ``--device cuda`` runs everything on the GPU (``bench/gpu_check.sh``); ``--blocks`` then
 defaults to the device's shape.
@@ -76,13 +79,18 @@ def timed(fn):
     return out, time.perf_counter() - start
 
 
-def count_ops(loss_fn, batch, optimizer, device) -> int:
-    """aten operators dispatched by one training step (profiled on the CPU; nested calls included)."""
+def count_ops(loss_fn, batch, optimizer, device):
+    """(aten operators dispatched by one training step, profiled on the CPU with nested calls
+    included; {operator: self CPU ms} of its five costliest and of ``aten::_index_put_impl_``)."""
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         train_epoch(loss_fn, iter([batch]), 1, optimizer, device)
-    return sum(event.count for event in prof.key_averages() if event.key.startswith("aten::"))
+    ops = [event for event in prof.key_averages() if event.key.startswith("aten::")]
+    costly = sorted(ops, key=lambda event: event.self_cpu_time_total, reverse=True)[:5]
+    costly += [event for event in ops if event.key == "aten::_index_put_impl_" and event not in costly]
+    return (sum(event.count for event in ops),
+            {event.key: round(event.self_cpu_time_total / 1000, 1) for event in costly})
 
 
 def part_breakdown(model, graph, sup, cfg, top_range, batches, optimizer, gen, pair_index=None):
@@ -152,8 +160,9 @@ def main():
     parser.add_argument("--block_mb", type=float, default=1024.0)
     parser.add_argument("--count_ops", action="store_true", help="also count the operators of one step")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    parser.add_argument("--deterministic", type=int, choices=(0, 1), default=1,
-                        help="1: deterministic kernels, as the stages run by default (--deterministic=True)")
+    parser.add_argument("--deterministic", default="1",
+                        help="comma-separated 1/0 to time in turn in this process, e.g. 1,0,1,0: 1 = deterministic "
+                             "kernels, as the stages run by default (--deterministic=True) (default: %(default)s)")
     parser.add_argument("--prn_run", type=int, default=2,
                         help="stage 3: the pruning run timed, after N-1 pruning steps (default: %(default)s)")
     parser.add_argument("--subspace_pairs", default="per_run",
@@ -164,13 +173,16 @@ def main():
     if set(shapes) - {"cpu", "device"}:
         parser.error(f"--blocks takes cpu and/or device, not {opts.blocks}")
     listings = opts.subspace_pairs.split(",")
+    modes = opts.deterministic.split(",")
+    if set(modes) - {"0", "1"}:
+        parser.error(f"--deterministic takes comma-separated 1 and 0, not {opts.deterministic}")
     if set(listings) - {"per_run", "per_batch"}:
         parser.error(f"--subspace_pairs takes per_run and/or per_batch, not {opts.subspace_pairs}")
     if opts.prn_run < 1 or (opts.stage == 2 and opts.prn_run != 2):
         parser.error("--prn_run is stage 3's (1 or more)")
     args = Params.parse_args([f"--dataset={opts.dataset}", f"--data_dir={opts.data_dir}", f"--threads={opts.threads}",
                               f"--device={opts.device}",
-                              f"--deterministic={bool(opts.deterministic)}", *STAGE_FLAGS[opts.stage]])
+                              *STAGE_FLAGS[opts.stage]])
     device = Runtime.select_device(args)
     Runtime.seed_everything(0)
     data = dh.load_dataset(args.data_dir, opts.dataset)
@@ -178,7 +190,7 @@ def main():
     closure, t_closure = timed(lambda: dh.Graph.from_scipy(dh.closure_matrix(data.train, 1)).to(device))
     U, I = data.n_users, data.n_items
     result = {"bench": f"stage{opts.stage}", "dataset": opts.dataset, "train_interactions": int(data.train.nnz),
-              "nodes": data.n_nodes, "threads": opts.threads, "deterministic": opts.deterministic,
+              "nodes": data.n_nodes, "threads": opts.threads,
               "adj_edges": adj.nnz, "closure_edges": closure.nnz, "closure_build_s": round(t_closure, 2)}
     if opts.stage == 2:
         supervisor, sup_graph = LightGCN(U, I, 64, 8).to(device), adj
@@ -208,14 +220,15 @@ def main():
     epoch_batches = batches[:opts.batches] if opts.batches else batches
     first_per_batch = None
     block_shapes = {"cpu": Losses.CPU_BLOCKS, "device": Losses.device_blocks("cuda", opts.block_mb)}
-    configs = [(k, shape, listing) for k in ks for shape in shapes for listing in listings]
-    for k, shape, listing in configs:  # the same batches from the same weights
+    configs = [(k, shape, listing, mode) for mode in modes for k in ks for shape in shapes for listing in listings]
+    for k, shape, listing, mode in configs:  # the same batches from the same weights
+        Runtime.set_deterministic(mode == "1", device)
         trainee.load_state_dict(start_state)
         cfg = kd_config(args, settings, device)
         cfg = Losses.KDConfig(**{**cfg.__dict__, "contrast_candidates": k, "blocks": block_shapes[shape]})
         gen = torch.Generator().manual_seed(0)
         optimizer = Runtime.make_optimizer(trainee.parameters(), args.lr)
-        row = dict(result, contrast_candidates=k, blocks=shape, use_subspcreg=cfg.use_subspcreg, loosen=cfg.loosen,
+        row = dict(result, deterministic=int(mode), contrast_candidates=k, blocks=shape, use_subspcreg=cfg.use_subspcreg, loosen=cfg.loosen,
                    subspace_pairs=listing)
         if shape == "device":
             row["block_mb"] = opts.block_mb
@@ -240,7 +253,7 @@ def main():
         trainee.eval()
         _, t_eval = timed(lambda: suite.evaluate(lambda: trainee(graph)))
         if opts.count_ops:
-            row["ops_per_step"] = count_ops(loss_fn, batches[0], optimizer, device)
+            row["ops_per_step"], row["op_self_ms"] = count_ops(loss_fn, batches[0], optimizer, device)
         machine = f"{platform.machine()} {os.cpu_count()} cpus, torch {torch.__version__}"
         if device.type == "cuda":
             machine += f", {torch.cuda.get_device_name(device)}"
