@@ -93,3 +93,12 @@ def demo_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("demo_data")
     run_script("prepareData.py", "--format=synthetic", "--name=demo", f"--data_dir={root}")
     return root
+
+
+def tiny_root_with_supervisors(tmp_path_factory, name):
+    """A --data_dir holding the tiny split (linked) in which the tiny teacher (``tea.*``) and the
+    intermediate model distilled from it (``mid*``) were trained (:func:`train_tiny_supervisors`)."""
+    root = tmp_path_factory.mktemp(name)
+    os.symlink(REF / "tiny", root / "sparse_tiny")
+    train_tiny_supervisors(root, root)
+    return root

@@ -12,7 +12,7 @@ import zipfile
 import pytest
 import torch
 
-from conftest import ROOT, TINY_MID, TINY_STU, TINY_TEACHER, run_script, train_tiny_supervisors
+from conftest import TINY_MID, TINY_STU, TINY_TEACHER, run_script, tiny_root_with_supervisors
 from test_faults import _one_error_line
 from Utils import Checkpoint, Resume
 from Utils.Errors import CheckpointError
@@ -21,10 +21,7 @@ from Utils.Errors import CheckpointError
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A --data_dir with the tiny split, a teacher (tea.*) and an intermediate model (mid*) trained on it."""
-    root = tmp_path_factory.mktemp("outputs")
-    os.symlink(ROOT / "tests" / "data" / "reference" / "tiny", root / "sparse_tiny")
-    train_tiny_supervisors(root, root)
-    return root
+    return tiny_root_with_supervisors(tmp_path_factory, "outputs")
 
 
 @pytest.fixture

@@ -11,16 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, TINY_MID, TINY_STU, TINY_TEACHER, run_script, train_tiny_supervisors
+from conftest import ROOT, TINY_MID, TINY_STU, TINY_TEACHER, run_script, tiny_root_with_supervisors
 
 
 @pytest.fixture(scope="module")
 def tiny_root(tmp_path_factory):
     """A --data_dir with the tiny split, a teacher and an intermediate model trained on it."""
-    root = tmp_path_factory.mktemp("resume")
-    os.symlink(ROOT / "tests" / "data" / "reference" / "tiny", root / "sparse_tiny")
-    train_tiny_supervisors(root, root)
-    return root
+    return tiny_root_with_supervisors(tmp_path_factory, "resume")
 
 
 def stage_flags(root, stage):
