@@ -371,7 +371,8 @@ def build_parser(prog=None):
     fast.add_argument('--contrast_candidates', type=int, default=0, metavar='K',
                       help='stages 2-3: estimate every sum over a whole user/item table in the embedding-'
                            'level KD, auxiliary denominator and subspace (v3) terms from K rows drawn per '
-                           'batch, scaled by table size / K (unbiased); K >= the table size is exact '
+                           'batch, scaled by table size / K (an unbiased estimate of each sum, but not of its log, the '
+                           'loss, nor of the gradient); K >= the table size is exact '
                            '(0 = exact, the published objective; default: %(default)s)')
     fast.add_argument('--init_from_supervisor', type=str2bool, default=False, metavar='BOOL',
                       help='stages 2-3: the first pruning run starts the trainee\'s layer-0 embeddings from '

@@ -371,7 +371,9 @@ def table_logsumexp(anchors: torch.Tensor, table: torch.Tensor, temp: float,
         Σ_{m ∈ T} exp(a_n·b_m/τ)  ≈  (|T| / K) · Σ_{m ∈ S} exp(a_n·b_m/τ),
         so  lse_n ≈ log(|T| / K) + log Σ_{m ∈ S} exp(a_n·b_m/τ).
 
-    E_S[(|T|/K) Σ_{m∈S} x_m] = Σ_{m∈T} x_m because every row is in S with probability K/|T|.
+    E_S[(|T|/K) Σ_{m∈S} x_m] = Σ_{m∈T} x_m because every row is in S with probability K/|T|;
+    the log of the estimate is biased low (Jensen), and since log(|T|/K) is a constant its
+    gradient is the softmax over S alone, not an unbiased estimate of the exact gradient.
     Gradients reach only the sampled rows of ``table``. ``sample=None`` is the exact sum.
     ``blocks``: the kernel's block shape (:class:`Blocks`).
     """
