@@ -1,0 +1,162 @@
+"""How far the sampled all-node sums (``--contrast_candidates K``) move each loss term and its
+gradient from the exact ones, on a saved student state.
+
+    python bench/bench_estimator.py --student STU.mod --supervisor MID.mod [--run 6] [--ks 2048,8192]
+                                    [--draws 8] [--batches 2] [--data_dir ../shared/datasets]
+
+The student checkpoint is a state of pruning run ``--run`` (its masks give the subspace term's
+positives); the flags it was trained with, recorded in it, give every weight and temperature,
+and ``--run`` the per-run settings (the subspace term is on from run 2). The supervisor (the
+intermediate model the student was distilled from) gives H. On ``--batches`` batches of the
+seeded sampler, each all-node term of stage 3 (``emb_kd``: the two InfoNCE terms,
+``contr_deno``: the four auxiliary denominators, ``subspace``: the v3 soft-target cross entropy)
+is computed exactly and with ``--draws`` samples of K rows per table, with its gradient with
+respect to the student's propagated embeddings Ē. One JSON line per (term, K):
+
+* ``value_rel_err``: (mean over draws of the sampled value − exact) / |exact|; ``value_rel_sd``
+  the spread of one draw's value around it, relative to |exact|;
+* ``grad_norm_ratio``: mean over draws of ‖g_K‖ / ‖g_exact‖;
+* ``grad_cos``: mean over draws of cos(g_K, g_exact); ``mean_grad_cos``: cos of the mean of
+  the draws' gradients with g_exact (what averaging over batches can reach: a bias);
+
+and one line per denominator (``mass``): over the batch's anchors, how many rows of the table
+carry 90 % of exp(a·b/τ) (median and 90th percentile) against the table's size and K.
+"""
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+import DataHandler as dh  # noqa: E402
+import Params  # noqa: E402
+from Utils import Checkpoint, Losses, Runtime  # noqa: E402
+from Utils.Distill import frozen_outputs, kd_config, load_model, run_settings  # noqa: E402
+
+TERMS = ("emb_kd", "contr_deno", "subspace")
+
+
+def recorded_args(path: str, data_dir: str, dataset: str):
+    """The flags the checkpoint was trained with, over today's defaults, on this data."""
+    flags = Checkpoint.load_checkpoint(path).meta.get("flags", {})
+    args = Params.parse_args(["--distill_from_middle_model=True"])
+    for key, value in flags.items():
+        if hasattr(args, key):
+            setattr(args, key, value)
+    args.data_dir, args.dataset, args.contrast_candidates = data_dir, dataset, 0
+    return args
+
+
+def term_values_and_grads(cfg, users, items, student, sup, batch, sample, pairs):
+    """{term: (value, gradient wrt [Ē_users; Ē_items])} of one batch with ``sample``."""
+    ancs, poss, negs = batch
+    parts = Losses.kd_objective(cfg, stu_users=users, stu_items=items, stu_u_embeds=student.uEmbeds,
+                                stu_i_embeds=student.iEmbeds, stu_edge_weight=student.adj_mask1_train,
+                                sup_users=sup.users, sup_items=sup.items, sup_high_users=sup.high_users,
+                                sup_high_items=sup.high_items, ancs=ancs, poss=poss, negs=negs,
+                                rand_users=ancs[:1], rand_items1=poss[:1], rand_items2=negs[:1],
+                                emb_mask=student.emb_mask2_fixed, sample=sample, subspace_pairs=pairs)
+    out = {}
+    for term in TERMS:
+        value = parts[term]
+        if not value.requires_grad:
+            continue
+        grads = torch.autograd.grad(value, [users, items], retain_graph=True)
+        out[term] = (float(value.detach()), torch.cat([g.reshape(-1) for g in grads]).double())
+    return out
+
+
+def mass_rows(anchors: torch.Tensor, table: torch.Tensor, temp: float, share: float = 0.9) -> np.ndarray:
+    """Per anchor: how many rows of ``table`` carry ``share`` of Σ_m exp(a·b_m/τ)."""
+    counts = []
+    for start in range(0, anchors.shape[0], 256):
+        logits = anchors[start:start + 256] @ table.T / temp
+        weights = torch.softmax(logits, dim=1).sort(dim=1, descending=True).values.cumsum(dim=1)
+        counts.append((weights < share).sum(dim=1) + 1)
+    return torch.cat(counts).numpy()
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--student", required=True, help="a student checkpoint of pruning run --run")
+    parser.add_argument("--supervisor", required=True, help="the intermediate model it was distilled from")
+    parser.add_argument("--run", type=int, required=True, help="the pruning run of --student")
+    parser.add_argument("--ks", default="2048,8192")
+    parser.add_argument("--draws", type=int, default=8)
+    parser.add_argument("--batches", type=int, default=2)
+    parser.add_argument("--data_dir", default=os.path.join(HERE, "..", "..", "shared", "datasets"))
+    parser.add_argument("--dataset", default="yelp")
+    parser.add_argument("--threads", type=int, default=2)
+    opts = parser.parse_args()
+    torch.set_num_threads(opts.threads)
+    args = recorded_args(opts.student, opts.data_dir, opts.dataset)
+    data = dh.load_dataset(args.data_dir, args.dataset)
+    adj = dh.Graph.from_scipy(dh.propagation_matrix(data.train))
+    closure = dh.closure_graph(data.train, vars(args))
+    supervisor = load_model(opts.supervisor, "middle_teacher", data, "cpu", graph=closure)
+    sup = frozen_outputs(supervisor, closure)
+    student = load_model(opts.student, "student", data, "cpu", graph=adj, n_layers=args.gnn_layer)
+    settings = run_settings(args, opts.run, trainee_is_student=True)
+    cfg = kd_config(args, settings)
+    U, I = data.n_users, data.n_items
+    mask = student.emb_mask2_fixed.detach()
+    pairs = Losses.subspace_pair_index(mask[:U], mask[U:], cfg.loosen, cfg.blocks) if cfg.use_subspcreg else None
+    with torch.no_grad():
+        out_u, out_i = student(adj)
+    users, items = out_u.clone().requires_grad_(), out_i.clone().requires_grad_()
+    sampler = dh.NegativeSampler(data.train)
+    batches = [tuple(torch.from_numpy(a) for a in b)
+               for b in list(sampler.epoch_batches(np.random.default_rng(0), args.batch))[:opts.batches]]
+    base = {"bench": "estimator", "student": opts.student, "run": opts.run, "draws": opts.draws,
+            "batches": opts.batches, "edge_kept_pct": round(student.edge_kept_pct(), 2),
+            "emb_kept_pct": round(student.emb_kept_pct(), 2)}
+    generator = torch.Generator().manual_seed(0)
+    for k in [int(k) for k in opts.ks.split(",")]:
+        stats = {term: {"rel": [], "norm": [], "cos": [], "exact": [], "mean_grad_cos": []} for term in TERMS}
+        for batch in batches:
+            exact = term_values_and_grads(cfg, users, items, student, sup, batch, Losses.EXACT, pairs)
+            sums = {term: 0.0 for term in exact}
+            for _ in range(opts.draws):
+                sample = Losses.draw_contrast_sample(U, I, k, generator)
+                for term, (value, grad) in term_values_and_grads(cfg, users, items, student, sup, batch, sample,
+                                                                 pairs).items():
+                    ex_value, ex_grad = exact[term]
+                    stats[term]["rel"].append((value - ex_value) / abs(ex_value))
+                    stats[term]["norm"].append(float(grad.norm() / ex_grad.norm()))
+                    stats[term]["cos"].append(float(torch.nn.functional.cosine_similarity(grad, ex_grad, dim=0)))
+                    sums[term] = sums[term] + grad
+            for term in exact:
+                stats[term]["mean_grad_cos"].append(
+                    float(torch.nn.functional.cosine_similarity(sums[term], exact[term][1], dim=0)))
+        for term, s in stats.items():
+            if not s["rel"]:
+                continue
+            print(json.dumps({**base, "term": term, "k": k, "value_rel_err": round(float(np.mean(s["rel"])), 5),
+                              "value_rel_sd": round(float(np.std(s["rel"])), 5),
+                              "grad_norm_ratio": round(float(np.mean(s["norm"])), 4),
+                              "grad_cos": round(float(np.mean(s["cos"])), 4),
+                              "mean_grad_cos": round(float(np.mean(s["mean_grad_cos"])), 4)}), flush=True)
+    ancs, poss, _ = batches[0]
+    uu, ui = torch.unique(ancs), torch.unique(poss)
+    norm = torch.nn.functional.normalize
+    with torch.no_grad():
+        tables = {  # name: (anchors, table, τ)
+            "emb_kd_users": (norm(sup.high_users[uu] + 1e-8, dim=1), norm(out_u + 1e-8, dim=1), cfg.tempcd),
+            "emb_kd_items": (norm(sup.high_items[ui] + 1e-8, dim=1), norm(out_i + 1e-8, dim=1), cfg.tempcd),
+            "deno_ui": (out_u[uu], out_i, cfg.tempsc), "deno_iu": (out_i[ui], out_u, cfg.tempsc),
+            "deno_uu": (out_u[uu], out_u, cfg.tempsc), "deno_ii": (out_i[ui], out_i, cfg.tempsc),
+        }
+        for name, (anchors, table, temp) in tables.items():
+            rows = mass_rows(anchors, table, temp)
+            print(json.dumps({**base, "mass": name, "temp": temp, "table_rows": table.shape[0],
+                              "rows_for_90pct_median": int(np.median(rows)),
+                              "rows_for_90pct_p90": int(np.percentile(rows, 90)),
+                              "anchors": int(anchors.shape[0])}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
