@@ -272,7 +272,7 @@ def test_a_published_checkpoint_is_accepted_with_one_warning(tmp_path, tiny_dir)
     assert len(warnings) == 1 and "published .mod file" in warnings[0]
 
 
-# ----------------------------------------------------------------------------- issue 11, point 7 leftovers
+# ----------------------------------------------------------------------------- more one-line refusals
 
 
 def test_topk_above_the_item_count_is_one_line_error_before_anything_is_written(tmp_path, tiny_dir):

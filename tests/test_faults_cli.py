@@ -1,4 +1,4 @@
-"""Command-line and process faults (issue 20, point 4): each is one ``error:`` line (exit 2) or a
+"""Command-line and process faults: each is one ``error:`` line (exit 2) or a
 documented behaviour: a model evaluated on another train split, plots to a folder that cannot be
 written, Ctrl-C under ``| tee``, errors under torchrun, library warnings before a refusal."""
 import os

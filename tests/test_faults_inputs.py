@@ -1,4 +1,4 @@
-"""Input faults (issue 20, point 4): split files whose stored indices escape their shape in any
+"""Input faults: split files whose stored indices escape their shape in any
 sparse format, empty splits, seeds and sizes past what the libraries or the machine accept, and a
 pruning range that would train nothing. Each is refused in one line before anything is allocated
 or written."""

@@ -1,4 +1,4 @@
-"""Output files and checkpoints (issue 20, point 4): a stage never writes over a file it reads or
+"""Output files and checkpoints: a stage never writes over a file it reads or
 another stage's files, a failed --overwrite run leaves nothing of the old run, a damaged resume
 file is refused, --load_his_tea must be this teacher's history, save paths are checked before
 training, and every refusal is one complete line."""

@@ -274,7 +274,7 @@ def test_write_failure_leaves_no_partial_output(tmp_path, monkeypatch):
     assert os.listdir(tmp_path / "D") == []
 
 
-# ----------------------------------------------------------------------------- speed (issue 4, point 2)
+# ----------------------------------------------------------------------------- speed
 def test_recbole_movielens_100k_size_converts_under_10s(tmp_path):
     rng = np.random.default_rng(5)
     n_users, n_items, n = 943, 1682, 100_000
