@@ -58,7 +58,7 @@ from Utils.Distill import distill_loss, frozen_outputs, kd_config, prune_config,
 from Model import LightGCN, LightGCN_sp  # noqa: E402
 from Utils import Losses, Pruning  # noqa: E402
 from Utils.Training import build_eval_suite, train_epoch  # noqa: E402
-from bench_teacher import sync  # noqa: E402  (bench/ is on the path as the script's folder)
+from bench_teacher import deterministic_modes, sync  # noqa: E402  (bench/ is on the path as the script's folder)
 
 STAGE_FLAGS = {
     2: ["--train_middle_model=True", "--distill_from_middle_model=False", "--distill_from_teacher_model=True",
@@ -173,9 +173,7 @@ def main():
     if set(shapes) - {"cpu", "device"}:
         parser.error(f"--blocks takes cpu and/or device, not {opts.blocks}")
     listings = opts.subspace_pairs.split(",")
-    modes = opts.deterministic.split(",")
-    if set(modes) - {"0", "1"}:
-        parser.error(f"--deterministic takes comma-separated 1 and 0, not {opts.deterministic}")
+    modes = deterministic_modes(parser, opts.deterministic)
     if set(listings) - {"per_run", "per_batch"}:
         parser.error(f"--subspace_pairs takes per_run and/or per_batch, not {opts.subspace_pairs}")
     if opts.prn_run < 1 or (opts.stage == 2 and opts.prn_run != 2):

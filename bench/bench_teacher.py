@@ -45,6 +45,14 @@ def teacher_parser(description: str) -> argparse.ArgumentParser:
     return parser
 
 
+def deterministic_modes(parser: argparse.ArgumentParser, text: str) -> list:
+    """The entries of ``--deterministic`` ("1,0,1,0"), each "1" or "0" (the benches of stages 1-3)."""
+    modes = text.split(",")
+    if set(modes) - {"0", "1"}:
+        parser.error(f"--deterministic takes comma-separated 1 and 0, not {text}")
+    return modes
+
+
 def main():
     parser = teacher_parser(__doc__.splitlines()[0])
     parser.add_argument("--tstBat", type=int, default=64)
@@ -54,9 +62,7 @@ def main():
                              "(train_epoch_s is the first; all are in train_epoch_s_by_deterministic); 1 = "
                              "deterministic kernels, as the stages run by default (default: %(default)s)")
     opts = parser.parse_args()
-    modes = opts.deterministic.split(",")
-    if set(modes) - {"0", "1"}:
-        parser.error(f"--deterministic takes comma-separated 1 and 0, not {opts.deterministic}")
+    modes = deterministic_modes(parser, opts.deterministic)
     torch.set_num_threads(opts.threads)
     torch.manual_seed(0)
     device = Runtime.device_named(opts.device)
