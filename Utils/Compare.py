@@ -14,7 +14,7 @@ from typing import Any, Dict, List
 
 import torch
 
-from Utils.Checkpoint import tensors_in
+from Utils.Checkpoint import tensors_in, weights_only_error
 from Utils.Errors import ConfigError
 from Utils.Training import read_history
 
@@ -40,7 +40,11 @@ def run_outputs(folder: str) -> Dict[str, Any]:
     for name in sorted(os.listdir(folder)):
         path = os.path.join(folder, name)
         if name.endswith((".mod", ".ckpt")):
-            found[name] = dict(tensors_in(torch.load(path, map_location="cpu", weights_only=True)))
+            try:
+                loaded = torch.load(path, map_location="cpu", weights_only=True)
+            except Exception as exc:  # damaged or foreign files: one line, as the stages refuse them
+                raise weights_only_error(path, exc) from exc
+            found[name] = dict(tensors_in(loaded))
         elif name.endswith(".his"):
             found[name] = without_timings(read_history(path))
     return found
