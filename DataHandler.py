@@ -372,13 +372,10 @@ def closure_matrix(train: sp.csr_matrix, layers: int = 1, sample: bool = False, 
     return sym_normalise(c)
 
 
-def closure_graph(train: sp.csr_matrix, flags) -> Graph:
-    """Ĉ as a :class:`Graph`, built as the flags ``adj_aug_layer``, ``adj_aug_sample``,
-    ``adj_aug_sample_ratio``, ``adj_aug_sample_random`` and ``seed`` of the mapping
-    ``flags`` say (``vars(args)``, or a checkpoint's flags over the defaults)."""
-    return Graph.from_scipy(closure_matrix(train, int(flags["adj_aug_layer"]), bool(flags["adj_aug_sample"]),
-                                           float(flags["adj_aug_sample_ratio"]),
-                                           bool(flags["adj_aug_sample_random"]), int(flags["seed"])))
+def closure_graph(train: sp.csr_matrix, closure) -> Graph:
+    """Ĉ as a :class:`Graph`, built as ``closure`` (:class:`Utils.Config.Closure`) says."""
+    return Graph.from_scipy(closure_matrix(train, closure.layers, closure.sample, closure.sample_ratio,
+                                           closure.sample_random, closure.seed))
 
 
 # ----------------------------------------------------------------------------- sampling

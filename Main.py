@@ -24,15 +24,16 @@ from Utils.Training import open_run, run_stage
 
 
 def main(args) -> int:
-    device, log, group = open_run(args)
-    stage = DistillStage(args, device, log, group)  # reads and checks every input before the history is replaced
+    device, log, group = open_run(Params.runtime_config(args), Params.format_args(args),
+                                  Params.history_file(args.his_save_path))
+    cfg = Params.distill_config(args, device)
+    stage = DistillStage.from_files(cfg, device, log, group)  # reads and checks every input first
     status = run_stage(stage, log, group)
-    if status == 0 and not args.train_middle_model and args.plots and group.lead:
+    if status == 0 and cfg.trainee_is_student and args.plots and group.lead:
         from Utils import Plots  # matplotlib is loaded only when plots are drawn
 
-        Plots.plot_after_training(args.his_save_path,
-                                  args.middle_teacher_model if args.distill_from_middle_model else None,
-                                  args.topk, lambda line: log.line(line, stamp=False))
+        Plots.plot_after_training(args.his_save_path, cfg.middle_path, args.topk,
+                                  lambda line: log.line(line, stamp=False))
     return status
 
 

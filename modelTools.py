@@ -99,7 +99,7 @@ def check_train_split(loaded: Loaded, dataset: dh.Dataset) -> None:
 
 
 def _closure_graph(train, flags: dict) -> dh.Graph:
-    return dh.closure_graph(train, {**vars(default_flags()), **flags})
+    return dh.closure_graph(train, Params.closure_config({**vars(default_flags()), **flags}))
 
 
 def model_graph(loaded: Loaded, dataset: dh.Dataset, choice: str = "auto") -> Tuple[dh.Graph, str]:

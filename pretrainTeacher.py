@@ -17,8 +17,10 @@ from Utils.Training import open_run, run_stage
 
 
 def main(args) -> int:
-    device, log, group = open_run(args)
-    return run_stage(TeacherStage(args, device, log, group), log, group)
+    device, log, group = open_run(Params.runtime_config(args), Params.format_args(args),
+                                  Params.history_file(args.his_save_path))
+    stage = TeacherStage.from_files(Params.teacher_config(args), device, log, group)
+    return run_stage(stage, log, group)
 
 
 if __name__ == "__main__":

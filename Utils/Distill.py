@@ -1,28 +1,28 @@
 """Stages 2 and 3: distil a frozen supervisor into a trainee, pruning the student between runs.
 
 Stage 2 trains the intermediate model on the closure graph Ĉ under the teacher; stage 3
-trains the student on Â under the intermediate model and prunes it after every pruning
-run (``docs/method.md#stages-2-and-3-distillation``). :class:`DistillStage` holds one invocation's data,
-graphs, frozen supervisor outputs and records; :meth:`DistillStage.run` walks the pruning
-runs. Flags reach the kernels through small configs built here, in one place each:
-:func:`run_settings` (what may change per run), :func:`kd_config` (the loss) and
-:func:`prune_config` (the pruning step).
+trains the student on Â under the intermediate model (or the teacher) and prunes it after
+every pruning run (``docs/method.md#stages-2-and-3-distillation``). :class:`DistillStage`
+runs the pruning runs with the loop every stage shares (:meth:`Utils.Training.Stage.fit`);
+:meth:`DistillStage.from_files` reads its inputs, :class:`Supervisors` holds what the
+frozen models give it (computed once), :class:`DistillLoss` is the per-batch objective.
+Each run's settings (epochs, learning rate, loss, pruning step) arrive ready in a
+:class:`Utils.Config.RunConfig`.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Tuple
 
-import numpy as np
 import torch
 
 import DataHandler as dh
-import Params
 from Model import LightGCN, LightGCN_sp, model_from_tensors
 from Utils import Checkpoint, Pruning, Report, Resume, Runtime
+from Utils.Config import DistillConfig, RunConfig
+from Utils.Losses import KDConfig, draw_contrast_sample, kd_objective, subspace_pair_index
 from Utils.Parallel import SOLO, Group
-from Utils.Losses import KDConfig, device_blocks, draw_contrast_sample, kd_objective, subspace_pair_index
-from Utils.Training import EarlyStopper, Record, RunLog, build_eval_suite, fit, train_epoch
+from Utils.Training import EarlyStopper, Record, RunLog, Stage
 
 
 # ----------------------------------------------------------------------------- frozen models
@@ -64,64 +64,6 @@ def load_model(path: str, role: str, dataset, device, graph=None, latdim: Option
     return model_from_tensors(ckpt.tensors, dataset.n_users, dataset.n_items, layers).to(device)
 
 
-# ----------------------------------------------------------------------------- per-run settings
-@dataclass
-class RunSettings:
-    """Flags that may change from one pruning run to the next (the ``--use_dynamic_*`` lists)."""
-
-    epochs: int
-    lr: float
-    beta1: float
-    beta2: float
-    subspcreg: float
-    tempsubsp: float
-    use_subspcreg: bool
-    loosen: float
-
-
-def run_settings(args, run: int, trainee_is_student: bool) -> RunSettings:
-    def pick(use_list: bool, values, default):
-        return values[run] if use_list else default
-
-    return RunSettings(
-        epochs=int(pick(args.use_dynamic_epoch, args.epoch_list, args.mask_epoch)),
-        lr=float(pick(args.use_dynamic_lr, args.lr_list, args.lr)),
-        beta1=float(pick(args.use_dynamic_adj_mask_aug1, args.adj_mask_aug_list1, args.adj_mask_aug1)),
-        beta2=float(pick(args.use_dynamic_adj_mask_aug2, args.adj_mask_aug_list2, args.adj_mask_aug2)),
-        subspcreg=float(pick(args.use_dynamic_subspcreg, args.subspcreg_list, args.subspcreg)),
-        tempsubsp=float(pick(args.use_dynamic_tempsubsp, args.tempsubsp_list, args.tempsubsp)),
-        use_subspcreg=bool(args.use_subspcreg and trainee_is_student
-                           and args.hyper_contr_start_prn_run <= run <= args.hyper_contr_end_prn_run),
-        loosen=float(args.hyper_contr_loosen_factor[run]) if run < len(args.hyper_contr_loosen_factor) else 0.0,
-    )
-
-
-def kd_config(args, settings: RunSettings, device="cpu") -> KDConfig:
-    """The loss configuration of a run; the kernels' block shape is that of ``device``."""
-    return KDConfig(
-        use_pre_level_kd=args.use_pre_level_kd, softreg=args.softreg, tempsoft=args.tempsoft,
-        use_emb_level_kd=args.use_emb_level_kd, cdreg=args.cdreg, tempcd=args.tempcd,
-        use_contr_deno=args.use_contr_deno, screg=args.screg, tempsc=args.tempsc, reg=args.reg,
-        use_ereg=args.use_ereg, ereg=args.ereg, use_subspcreg=settings.use_subspcreg,
-        subspcreg=settings.subspcreg, tempsubsp=settings.tempsubsp, subspcreg_version=args.subspcreg_version,
-        loosen=settings.loosen, use_ly0emb4subspcreg=args.use_ly0emb4subspcreg,
-        resample_ratio=args.hyper_contr_resample_ratio if args.hyper_contr_resample else None,
-        contrast_candidates=args.contrast_candidates, blocks=device_blocks(device, args.block_mb))
-
-
-def prune_config(args, settings: RunSettings) -> Pruning.PruneConfig:
-    """The pruning step between student runs, from the flags and this run's β₁/β₂."""
-    scoring = None
-    if args.use_adj_mask_aug:
-        scoring = "teacher" if args.use_tea2drop_edges else "middle" if args.use_mTea2drop_edges else "student"
-    return Pruning.PruneConfig(
-        edge_pct=args.pruning_percent_adj, emb_pct=args.pruning_percent_emb,
-        keep_weights=args.keep_adj_weights2next_prn, scoring=scoring, beta1=settings.beta1,
-        use_middle_weights=args.use_SM_edgeW2aug, beta2=settings.beta2, use_tanh=args.use_tanh2aug,
-        use_abs=args.adj_weights_abs, random_edges=args.use_adj_random_pruning,
-        random_embeddings=args.use_emb_random_pruning)
-
-
 def random_triples(generator: torch.Generator, top_range: int, n_users: int, n_items: int,
                    device) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The batch's random users and two random item lists of the prediction-level KD."""
@@ -129,45 +71,48 @@ def random_triples(generator: torch.Generator, top_range: int, n_users: int, n_i
                  for n in (n_users, n_items, n_items))
 
 
-def distill_loss(model: LightGCN_sp, graph, sup: FrozenOutputs, cfg: KDConfig, top_range: int,
-                 generator: torch.Generator, draw: Optional[Callable[[], Tuple[torch.Tensor, ...]]] = None,
-                 group: Group = SOLO, list_pairs_once: bool = True):
-    """The per-batch objective of stages 2–3 on the trainee's current outputs.
+class DistillLoss:
+    """The per-batch objective of stages 2–3 (:func:`Utils.Losses.kd_objective`) on the trainee's
+    current outputs, for one pruning run; called as ``loss(ancs, poss, negs)``.
 
-    ``draw()`` gives the batch's random (users, items, items) of the prediction-level KD;
-    by default :func:`random_triples` from ``generator`` (tests inject fixed ones).
+    ``draw()`` gives the batch's random (users, items, items) of the prediction-level KD
+    (:func:`random_triples` from ``generator``; tests replace it with fixed ones).
     ``group``: this process's share of the loss in a data-parallel run (:mod:`Utils.Parallel`).
-    The trainee's embedding mask is fixed for the life of ``loss_fn`` (one pruning run), so the
-    subspace term's positive pairs are listed here once (:func:`Utils.Losses.subspace_pair_index`);
-    ``list_pairs_once=False`` lists them in every batch instead (same loss; for the benchmark).
+    The trainee's embedding mask is fixed for a pruning run, so the subspace term's positive
+    pairs are listed once here (:attr:`pair_index`; None lists them in every batch: the same
+    loss, slower, as ``bench/bench_distill.py`` measures).
     """
-    n_users, n_items = model.n_users, model.n_items
-    device = sup.users.device
-    pair_index = None
-    if list_pairs_once and cfg.use_subspcreg and cfg.subspcreg_version == "v3" and cfg.resample_ratio is None:
-        mask = model.emb_mask2_fixed.detach()
-        pair_index = subspace_pair_index(mask[:n_users], mask[n_users:], cfg.loosen, cfg.blocks)
-    if draw is None:
-        def draw():
-            return random_triples(generator, top_range, n_users, n_items, device)
 
-    def loss_fn(ancs, poss, negs):
+    def __init__(self, model: LightGCN_sp, graph, supervisor: FrozenOutputs, kd: KDConfig, top_range: int,
+                 generator: torch.Generator, group: Group = SOLO):
+        self.model, self.graph, self.supervisor, self.kd = model, graph, supervisor, kd
+        self.top_range, self.generator, self.group = top_range, generator, group
+        self.pair_index = None
+        if kd.use_subspcreg and kd.subspcreg_version == "v3" and kd.resample_ratio is None:
+            mask, n_users = model.emb_mask2_fixed.detach(), model.n_users
+            self.pair_index = subspace_pair_index(mask[:n_users], mask[n_users:], kd.loosen, kd.blocks)
+
+    def draw(self) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return random_triples(self.generator, self.top_range, self.model.n_users, self.model.n_items,
+                              self.supervisor.users.device)
+
+    def __call__(self, ancs, poss, negs) -> Dict[str, torch.Tensor]:
         # first what reads back to the host or comes from it (the draws, the distinct anchors), in
         # the order the objective draws them: on a GPU this happens before the step's device work
         # is queued, so the only wait on that work is the loss parts' read-back (train_epoch)
-        rand_users, rand_items1, rand_items2 = draw()
-        sample = draw_contrast_sample(n_users, n_items, cfg.contrast_candidates, generator, device)
+        model, sup = self.model, self.supervisor
+        rand_users, rand_items1, rand_items2 = self.draw()
+        sample = draw_contrast_sample(model.n_users, model.n_items, self.kd.contrast_candidates, self.generator,
+                                      sup.users.device)
         anchors = (torch.unique(ancs), torch.unique(poss))
-        users, items = model(graph)
-        return kd_objective(cfg, stu_users=users, stu_items=items, stu_u_embeds=model.uEmbeds,
+        users, items = model(self.graph)
+        return kd_objective(self.kd, stu_users=users, stu_items=items, stu_u_embeds=model.uEmbeds,
                             stu_i_embeds=model.iEmbeds, stu_edge_weight=model.adj_mask1_train,
                             sup_users=sup.users, sup_items=sup.items, sup_high_users=sup.high_users,
                             sup_high_items=sup.high_items, ancs=ancs, poss=poss, negs=negs,
                             rand_users=rand_users, rand_items1=rand_items1, rand_items2=rand_items2,
-                            emb_mask=model.emb_mask2_fixed, generator=generator, sample=sample, group=group,
-                            anchors=anchors, subspace_pairs=pair_index)
-
-    return loss_fn
+                            emb_mask=model.emb_mask2_fixed, generator=self.generator, sample=sample,
+                            group=self.group, anchors=anchors, subspace_pairs=self.pair_index)
 
 
 # ----------------------------------------------------------------------------- records
@@ -180,11 +125,12 @@ RECORD_SPECS = (  # key, published title (log prefix), checkpoint suffix
 )
 
 
-def make_records(args) -> Dict[str, Record]:
-    """The five records of stages 2–3; the two "2nd best" ones follow their best with a gap."""
+def make_records(gaps: Tuple[float, float]) -> Dict[str, Record]:
+    """The five records of stages 2–3; the two "2nd best" ones follow their best with a gap
+    (``gaps``: with learned edge weights, with fixed ones)."""
     records = {key: Record(title=title, suffix=suffix) for key, title, suffix in RECORD_SPECS}
-    records["w2"].gap, records["w2"].reference = args.train_2nd_best_gap, records["w"]
-    records["wo2"].gap, records["wo2"].reference = args.fixed_2nd_best_gap, records["wo"]
+    records["w2"].gap, records["w2"].reference = gaps[0], records["w"]
+    records["wo2"].gap, records["wo2"].reference = gaps[1], records["wo"]
     return records
 
 
@@ -198,249 +144,257 @@ def record_line(record: Record, select_on: str) -> str:
     return text
 
 
-def update_records(run_best: Record, records: Dict[str, Record], keys, value: float, results, epoch: int,
-                   run: int, kind: str, edge_pct: float, emb_pct: float) -> Optional[List[Record]]:
-    """One evaluation's bookkeeping: None when it is not a new best of its run; otherwise the
-    records among ``keys`` it improved, updated in order (a "2nd best" after its best), whose
-    checkpoints are to be written."""
-    if not run_best.update(value, results, epoch, run, kind, edge_pct, emb_pct):
-        return None
-    return [records[key] for key in keys if records[key].update(value, results, epoch, run, kind, edge_pct, emb_pct)]
+@dataclass
+class PruningRun:
+    """The moving parts of one pruning run's training: which records it may improve, its own
+    best point (``best``) and the state the run hands on (``best_state``, that point's)."""
+
+    index: int
+    learn_edges: bool
+    n_epochs: int
+    edge_pct: float
+    emb_pct: float
+    best: Record = field(default_factory=lambda: Record(title="run"))
+    best_state: Optional[Dict[str, torch.Tensor]] = None
+
+    @property
+    def kind(self) -> str:
+        return "Train Mask" if self.learn_edges else "Fixed Mask"
+
+    @property
+    def keys(self) -> Tuple[str, ...]:
+        return ("global", "w", "w2") if self.learn_edges else ("global", "wo", "wo2")
+
+    def update(self, records: Dict[str, Record], value: float, results, epoch: int) -> Optional[List[Record]]:
+        """One evaluation's bookkeeping: None when it is not a new best of this run; otherwise the
+        records it improved, updated in order (a "2nd best" after its best), to be saved."""
+        point = dict(metrics=results, epoch=epoch, prn_run=self.index, kind=self.kind, edge_pct=self.edge_pct,
+                     emb_pct=self.emb_pct)
+        if not self.best.update(value, **point):
+            return None
+        return [records[key] for key in self.keys if records[key].update(value, **point)]
 
 
 def state_of(model: torch.nn.Module) -> Dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-# ----------------------------------------------------------------------------- the stage
-class DistillStage:
-    """Everything one stage-2/3 invocation holds: data, graphs, frozen supervisor, records."""
+# ----------------------------------------------------------------------------- the supervisors
+@dataclass
+class Supervisors:
+    """What the frozen models give a stage, computed once: ``supervisor`` (the outputs distilled
+    from) and its layer-0 embeddings ``layer0`` (``--init_from_supervisor``); for the student's
+    pruning, ``teacher``/``middle`` outputs that may score edges and ``middle_weight_on_adj``
+    (``--use_SM_edgeW2aug``: Ĉ's learned weights on Â's edges)."""
 
+    supervisor: FrozenOutputs
+    layer0: torch.Tensor
+    teacher: Optional[FrozenOutputs] = None
+    middle: Optional[FrozenOutputs] = None
+    middle_weight_on_adj: Optional[torch.Tensor] = None
+
+    @classmethod
+    def load(cls, cfg: DistillConfig, dataset, adj, closure, device, log: RunLog) -> "Supervisors":
+        """Read the intermediate model and/or the teacher that ``cfg`` names."""
+        warn = lambda line: log.line(line, stamp=False)  # noqa: E731
+        middle = teacher = None
+        if cfg.middle_path is not None:
+            model = load_model(cfg.middle_path, "middle_teacher", dataset, device, graph=closure,
+                               latdim=cfg.data.latdim, warn=warn).eval()
+            middle = (frozen_outputs(model, closure), model.layer0().detach().clone())
+            weights = None
+            if cfg.middle_edge_weights:
+                weights = Pruning.closure_weights_on_adj(adj.row, adj.col, closure.row, closure.col,
+                                                         model.adj_mask1_train.detach(), adj.n_nodes)
+            log.line("Use the middle teacher (Intermediate KD model) to direct the training of student", stamp=False)
+        if cfg.teacher_path is not None:
+            model = load_model(cfg.teacher_path, "teacher", dataset, device, latdim=cfg.data.latdim, warn=warn)
+            teacher = (frozen_outputs(model, adj), model.layer0().detach().clone())
+            log.line("Use the teacher to direct the training", stamp=False)
+        chosen = middle if cfg.supervisor == "middle" else teacher
+        return cls(supervisor=chosen[0], layer0=chosen[1], teacher=teacher and teacher[0],
+                   middle=middle and middle[0], middle_weight_on_adj=weights if middle else None)
+
+
+# ----------------------------------------------------------------------------- the stage
+@dataclass
+class DistillStart:
+    """Where the first pruning run starts: ``break_point`` (a student state, ``--break_point``),
+    or ``resume`` (the resume file of an interrupted run); neither: from Xavier or, with
+    ``init_from_supervisor``, from the supervisor's layer-0 embeddings."""
+
+    break_point: Optional[Dict[str, torch.Tensor]] = None
+    resume: Optional[Dict] = None
+
+
+class DistillStage(Stage):
+    """One stage-2/3 invocation: the pruning runs of a trainee distilled from :class:`Supervisors`."""
+
+    model_class = "LightGCN_sp"
     interrupted_line = "Interrupted: the records so far are kept"
 
-    def __init__(self, args, device, log: RunLog, group: Group = SOLO):
-        self.args, self.device, self.log, self.group = args, device, log, group
-        self.trainee_is_student = not args.train_middle_model
-        self.role = "student" if self.trainee_is_student else "middle_teacher"
-        Resume.check_output_paths(args)
-        log.line("Load Data")
-        self.dataset = dh.load_dataset(args.data_dir, args.dataset)
-        args.select_on = Params.resolve_select_on(args, self.dataset.val is not None)
-        log.line(self.dataset.summary(), stamp=False)
-        Runtime.require_model_memory(self.dataset.n_users, self.dataset.n_items, args.latdim, device)
-        Runtime.require_triples_memory(args.topRange, device)
-        self.adj = dh.Graph.from_scipy(dh.propagation_matrix(self.dataset.train)).to(device)
-        self.closure = None
-        if args.train_middle_model or args.distill_from_middle_model:
-            self.closure = dh.closure_graph(self.dataset.train, vars(args)).to(device)
-        self.graph = self.closure if args.train_middle_model else self.adj
-        self.sampler = dh.NegativeSampler(self.dataset.train)
-        self.suite = build_eval_suite(self.dataset, args.topk, args.tstBat, args.select_on, device, log, group)
-        self.records = make_records(args)
-        self.rng = np.random.default_rng(args.seed)
-        self.generator = torch.Generator().manual_seed(args.seed)
-        self._load_supervisors()
-        Resume.check_outputs(args, self.role, self.input_files())
-        self.resume = None
-        if args.resume:
-            self.resume = Resume.load_last(self.last_path, self.role, self.dataset.fingerprint, vars(args))
+    def __init__(self, cfg: DistillConfig, dataset, graph, supervisors: Supervisors, log: RunLog, device,
+                 group: Group = SOLO, start: Optional[DistillStart] = None):
+        self.role = cfg.role
+        self.stage_name = "student" if cfg.trainee_is_student else "intermediate"
+        super().__init__(cfg, dataset, graph, log, device, group)
+        self.supervisors = supervisors
+        self.records = make_records(cfg.gaps)
+        self.generator = torch.Generator().manual_seed(cfg.loop.seed)
+        self.current: Optional[PruningRun] = None
+        self.resume = start.resume if start is not None else None
+        if self.resume is not None:
             for key, saved in self.resume["records"].items():
                 self.records[key].restore(saved)
             log.line(f"Resuming pruning run {self.resume['run']} after epoch {self.resume['epoch']} "
-                     f"from {self.last_path}")
-            self.first_state = None
-        else:
-            self.first_state = self.initial_state()
+                     f"from {cfg.outputs.last_path}")
+        self.first_state = None if self.resume is not None else self.initial_state(start)
 
-    @property
-    def last_path(self) -> str:
-        return Resume.last_path(self.args.model_save_path)
-
-    def _warn(self, line: str) -> None:
-        self.log.line(line, stamp=False)
-
-    @property
-    def reads_teacher(self) -> bool:
-        """The teacher is loaded to supervise (stage 2) or to score the student's edges."""
-        args = self.args
-        return args.distill_from_teacher_model or (self.trainee_is_student and args.use_adj_mask_aug
-                                                   and args.use_tea2drop_edges)
-
-    def input_files(self) -> Dict[str, Optional[str]]:
-        """The checkpoints this stage reads, by flag (None: not read); none may be among its outputs."""
-        args = self.args
-        return {"middle_teacher_model": args.middle_teacher_model if args.distill_from_middle_model else None,
-                "teacher_model": args.teacher_model if self.reads_teacher else None,
-                "break_point": args.break_point if self.trainee_is_student and args.train_stu_from_break_point
-                else None}
-
-    # -- supervisors and what pruning reads, all frozen, computed once
-    def _load_supervisors(self) -> None:
-        args, log = self.args, self.log
-        self.teacher_out = self.middle_out = None
-        self.mid_weight_on_adj = None
-        student = self.trainee_is_student
-        if args.distill_from_middle_model:  # (Params makes every pruning use of the middle model need it)
-            middle = load_model(args.middle_teacher_model, "middle_teacher", self.dataset, self.device,
-                                graph=self.closure, latdim=args.latdim, warn=self._warn).eval()
-            self.middle_out = frozen_outputs(middle, self.closure)
-            self.supervisor_e0 = middle.layer0().detach().clone()
-            if student and args.use_SM_edgeW2aug:
-                self.mid_weight_on_adj = Pruning.closure_weights_on_adj(
-                    self.adj.row, self.adj.col, self.closure.row, self.closure.col,
-                    middle.adj_mask1_train.detach(), self.adj.n_nodes)
-            log.line("Use the middle teacher (Intermediate KD model) to direct the training of student", stamp=False)
-        if self.reads_teacher:
-            teacher = load_model(args.teacher_model, "teacher", self.dataset, self.device, latdim=args.latdim,
-                                 warn=self._warn)
-            self.teacher_out = frozen_outputs(teacher, self.adj)
-            if args.distill_from_teacher_model:
-                self.supervisor_e0 = teacher.layer0().detach().clone()
-            log.line("Use the teacher to direct the training", stamp=False)
-        self.supervisor = self.middle_out if args.distill_from_middle_model else self.teacher_out
-
-    def prune(self, state: Dict[str, torch.Tensor], settings: RunSettings) -> Dict[str, torch.Tensor]:
-        """The state the next run starts from: one pruning step of the student's ``state``."""
-        def student_outputs():
-            with torch.no_grad():
-                return torch.cat(self.build_trainee(state)(self.adj), dim=0)
-
-        scorers = {"student": student_outputs}
-        if self.teacher_out is not None:
-            scorers["teacher"] = lambda: self.teacher_out.all
-        if self.middle_out is not None:
-            scorers["middle"] = lambda: self.middle_out.all
-        return Pruning.prune_state(state, prune_config(self.args, settings), edge_row=self.adj.row,
-                                   edge_col=self.adj.col, scorers=scorers,
-                                   mid_edge_weight_on_adj=self.mid_weight_on_adj, generator=self.generator)
+    @classmethod
+    def from_files(cls, cfg: DistillConfig, device, log: RunLog, group: Group = SOLO) -> "DistillStage":
+        """Read and check every input (data, supervisors, a break point, a resume file) and the
+        outputs it would replace, then build the stage."""
+        Resume.check_output_paths(cfg.outputs)
+        log.line("Load Data")
+        dataset = dh.load_dataset(cfg.data.data_dir, cfg.data.dataset)
+        select_on = cfg.evaluation.split(dataset.val is not None, cfg.data.folder)
+        log.line(dataset.summary(), stamp=False)
+        Runtime.require_model_memory(dataset.n_users, dataset.n_items, cfg.data.latdim, device)
+        Runtime.require_triples_memory(cfg.top_range, device)
+        adj = dh.Graph.from_scipy(dh.propagation_matrix(dataset.train)).to(device)
+        closure = dh.closure_graph(dataset.train, cfg.closure).to(device) if cfg.closure is not None else None
+        graph = adj if cfg.trainee_is_student else closure
+        supervisors = Supervisors.load(cfg, dataset, adj, closure, device, log)
+        Resume.check_outputs(cfg.outputs, cfg.role, cfg.inputs())
+        start = DistillStart()
+        if cfg.outputs.resume:
+            start.resume = Resume.load_last(cfg.outputs.last_path, cfg.role, dataset.fingerprint,
+                                            {**cfg.flags, "select_on": select_on})
+        elif cfg.break_point is not None:
+            model = load_model(cfg.break_point, "student", dataset, device, graph=graph, latdim=cfg.data.latdim,
+                               n_layers=cfg.data.gnn_layer, warn=lambda line: log.line(line, stamp=False))
+            log.line(f"Model Loaded: {cfg.break_point}")
+            start.break_point = state_of(model)
+        return cls(cfg, dataset, graph, supervisors, log, device, group, start)
 
     # -- models
     def build_trainee(self, state: Optional[Dict[str, torch.Tensor]]) -> LightGCN_sp:
-        model = LightGCN_sp(self.dataset.n_users, self.dataset.n_items, self.args.latdim, self.args.gnn_layer,
+        data = self.cfg.data
+        model = LightGCN_sp(self.dataset.n_users, self.dataset.n_items, data.latdim, data.gnn_layer,
                             self.graph.nnz).to(self.device)
         if state is not None:
             model.load_state_dict({k: v.to(self.device) for k, v in state.items()})
         return model
 
-    def initial_state(self) -> Optional[Dict[str, torch.Tensor]]:
+    def initial_state(self, start: Optional[DistillStart]) -> Optional[Dict[str, torch.Tensor]]:
         """The first run's starting state: a break point, the supervisor's E₀, or None (fresh)."""
-        args = self.args
-        if self.trainee_is_student and args.train_stu_from_break_point:
-            model = load_model(args.break_point, "student", self.dataset, self.device, graph=self.graph,
-                               latdim=args.latdim, n_layers=args.gnn_layer, warn=self._warn)
-            self.log.line(f"Model Loaded: {args.break_point}")
-            return state_of(model)
-        if not args.init_from_supervisor:
+        if start is not None and start.break_point is not None:
+            return start.break_point
+        if not self.cfg.init_from_supervisor:
             return None
         state = state_of(self.build_trainee(None))
-        n_users = self.dataset.n_users
-        state["uEmbeds"] = self.supervisor_e0[:n_users].clone()
-        state["iEmbeds"] = self.supervisor_e0[n_users:].clone()
+        n_users, layer0 = self.dataset.n_users, self.supervisors.layer0
+        state["uEmbeds"], state["iEmbeds"] = layer0[:n_users].clone(), layer0[n_users:].clone()
         self.log.line("Trainee embeddings initialised from the supervisor's layer-0 embeddings "
                       "(--init_from_supervisor)")
         return state
 
+    def prune(self, state: Dict[str, torch.Tensor], prune_cfg: Pruning.PruneConfig) -> Dict[str, torch.Tensor]:
+        """The state the next run starts from: one pruning step of the student's ``state``."""
+        def student_outputs():
+            with torch.no_grad():
+                return torch.cat(self.build_trainee(state)(self.graph), dim=0)
+
+        sup = self.supervisors
+        scorers = {"student": student_outputs}
+        if sup.teacher is not None:
+            scorers["teacher"] = lambda: sup.teacher.all
+        if sup.middle is not None:
+            scorers["middle"] = lambda: sup.middle.all
+        return Pruning.prune_state(state, prune_cfg, edge_row=self.graph.row, edge_col=self.graph.col,
+                                   scorers=scorers, mid_edge_weight_on_adj=sup.middle_weight_on_adj,
+                                   generator=self.generator)
+
     # -- records and checkpoints
-    def save_record(self, record: Record, model: LightGCN_sp) -> None:
-        args = self.args
+    def save_record(self, record: Record) -> None:
+        outputs = self.cfg.outputs
         name = f"_{record.suffix}_{int(record.edge_pct)}_{int(record.emb_pct)}"
-        record.path = args.model_save_path + name + ".mod"
+        record.path = outputs.model_path + name + ".mod"
         if not self.group.lead:  # (every process keeps the record's path for its summary)
             return
-        meta = {"stage": "intermediate" if args.train_middle_model else "student", "role": self.role,
-                "model_class": "LightGCN_sp", "graph": "closure" if args.train_middle_model else "adjacency",
-                "adj_aug_layer": args.adj_aug_layer, "adj_aug_sample": args.adj_aug_sample,
-                "dataset": args.dataset, "data_dir": args.data_dir, "train_fingerprint": self.dataset.fingerprint,
-                "n_users": self.dataset.n_users, "n_items": self.dataset.n_items,
-                "latdim": args.latdim, "gnn_layer": args.gnn_layer, "n_edges": self.graph.nnz,
-                "edge_kept_pct": record.edge_pct, "emb_kept_pct": record.emb_pct, "record": record.as_dict(),
-                "select_on": args.select_on, "flags": vars(args)}
-        Checkpoint.save_checkpoint(record.path, model.state_dict(), meta)
-        Checkpoint.save_json(args.his_save_path + name + ".his", {"record": record.as_dict(),
-                                                                  "history": self.log.history_rows()})
-        self.log.line(f"Model Saved: {args.model_save_path}")
+        meta = self.checkpoint_meta(graph="adjacency" if self.cfg.trainee_is_student else "closure",
+                                    adj_aug_layer=self.flags.get("adj_aug_layer"),
+                                    adj_aug_sample=self.flags.get("adj_aug_sample"),
+                                    edge_kept_pct=record.edge_pct, emb_kept_pct=record.emb_pct,
+                                    record=record.as_dict())
+        Checkpoint.save_checkpoint(record.path, self.model.state_dict(), meta)
+        Checkpoint.save_json(outputs.history_path + name + ".his", {"record": record.as_dict(),
+                                                                    "history": self.log.history_rows()})
+        self.log.line(f"Model Saved: {outputs.model_path}")
 
     def summary(self) -> List[str]:
         lines = ["#" * 34 + "Best results for now" + "#" * 46]
         for key, _, _ in RECORD_SPECS:
             record = self.records[key]
-            lines.append(record_line(record, self.args.select_on))
+            lines.append(record_line(record, self.select_on))
             if record.path:
                 lines.append(f"    checkpoint: {record.path}")
         return lines
 
-    # -- training
-    def train_run(self, model: LightGCN_sp, run: int, settings: RunSettings, learn_edges: bool,
-                  n_epochs: int, resume: Optional[dict] = None) -> Dict[str, torch.Tensor]:
+    # -- one pruning run
+    def train_run(self, model: LightGCN_sp, run_cfg: RunConfig, learn_edges: bool, n_epochs: int,
+                  resume: Optional[dict] = None) -> Dict[str, torch.Tensor]:
         """Train one pruning run; return the model's state at its best evaluation (the final
         state when none was evaluated). ``resume``: the resume file of a run stopped within it.
         After every epoch of a learned-edge run, the resume file is written."""
-        args, log = self.args, self.log
+        self.model = model
         model.adj_mask1_train.requires_grad_(learn_edges)
-        optimizer = Runtime.make_optimizer([p for p in model.parameters() if p.requires_grad], settings.lr)
-        loss_fn = distill_loss(model, self.graph, self.supervisor, kd_config(args, settings, self.device),
-                               args.topRange, self.generator, group=self.group)
-        kind = "Train Mask" if learn_edges else "Fixed Mask"
-        keys = ("global", "w", "w2") if learn_edges else ("global", "wo", "wo2")
-        edge_pct, emb_pct = model.edge_kept_pct(), model.emb_kept_pct()
-        run_best = Record(title="run")
-        best = {}
-        stopper = EarlyStopper(args.patience)
+        self.optimizer = Runtime.make_optimizer([p for p in model.parameters() if p.requires_grad], run_cfg.lr)
+        self.loss_fn = DistillLoss(model, self.graph, self.supervisors.supervisor, run_cfg.kd, self.cfg.top_range,
+                                   self.generator, self.group)
+        run = self.current = PruningRun(run_cfg.run, learn_edges, n_epochs, model.edge_kept_pct(),
+                                        model.emb_kept_pct())
+        self.stopper = EarlyStopper(self.cfg.loop.patience)
+        self.row_info = {"stage": self.role, "prn_run": run.index, "kind": run.kind,
+                         "edge_kept_pct": run.edge_pct, "emb_kept_pct": run.emb_pct}
         start_epoch = 0
         if resume is not None:
-            optimizer.load_state_dict(resume["optimizer"])
-            run_best.restore(resume["run_best"])
-            if resume["best_state"] is not None:
-                best["state"] = resume["best_state"]
-            stopper.load(resume["stopper"])
+            self.optimizer.load_state_dict(resume["optimizer"])
+            run.best.restore(resume["run_best"])
+            run.best_state = resume["best_state"]
+            self.stopper.load(resume["stopper"])
             Resume.restore_rngs(resume["rngs"], self.rng, self.generator)
             start_epoch = resume["epoch"] + 1
             if resume["stopped"]:  # stopped early: the run is over (one that ran out of epochs may go on)
-                return best.get("state") or state_of(model)
+                return run.best_state or state_of(model)
+        self.fit(n_epochs, start_epoch)
+        return run.best_state or state_of(model)
 
-        def train_one_epoch():
-            model.train()
-            return train_epoch(loss_fn, self.sampler.epoch_batches(self.rng, args.batch),
-                               self.sampler.n_batches(args.batch), optimizer, self.device, log, self.group)
+    def keep(self, epoch: int, results) -> List[str]:
+        run = self.current
+        improved = run.update(self.records, results[self.select_on]["Recall"], results, epoch)
+        if improved is not None:  # a new best of this run: its state is what the run hands on
+            for record in improved:
+                self.save_record(record)
+            run.best_state = state_of(self.model)
+        sel, best = results[self.select_on], run.best
+        what = ("Train Edge Weights & Emb. before Pruning Run" if run.learn_edges
+                else "Train Emb. with Fixed Edge Weights in Pruning Run")
+        lines = [f"{what} PRN:[{run.index}] (Dataset {self.cfg.data.dataset} Get Mask) Epoch:[{epoch}/{run.n_epochs}], "
+                 f"Recall:[{sel['Recall']:.5f}] NDCG:[{sel['NDCG']:.5f}] | Best Recall:[{best.value:.5f}] "
+                 f"Best NDCG:[{best.metrics[self.select_on]['NDCG']:.5f}] at Epoch:[{best.epoch}] | "
+                 f"Adj:[{run.edge_pct:.5f}%] Emb:[{run.emb_pct:.5f}%]"]
+        lines += [record_line(self.records[key], self.select_on) for key, _, _ in RECORD_SPECS]
+        return lines + [""]
 
-        def evaluate():
-            model.eval()
-            return self.suite.evaluate(lambda: model(self.graph))
-
-        def on_evaluated(epoch, results):
-            improved = update_records(run_best, self.records, keys, results[args.select_on]["Recall"], results,
-                                      epoch, run, kind, edge_pct, emb_pct)
-            if improved is not None:  # a new best of this run: its state is what the run hands on
-                for record in improved:
-                    self.save_record(record, model)
-                best["state"] = state_of(model)
-            sel = results[args.select_on]
-            what = ("Train Edge Weights & Emb. before Pruning Run" if learn_edges
-                    else "Train Emb. with Fixed Edge Weights in Pruning Run")
-            lines = [f"{what} PRN:[{run}] (Dataset {args.dataset} Get Mask) Epoch:[{epoch}/{n_epochs}], "
-                     f"Recall:[{sel['Recall']:.5f}] NDCG:[{sel['NDCG']:.5f}] | Best Recall:[{run_best.value:.5f}] "
-                     f"Best NDCG:[{run_best.metrics[args.select_on]['NDCG']:.5f}] at Epoch:[{run_best.epoch}] | "
-                     f"Adj:[{edge_pct:.5f}%] Emb:[{emb_pct:.5f}%]"]
-            lines += [record_line(self.records[key], args.select_on) for key, _, _ in RECORD_SPECS]
-            return lines + [""]
-
-        def on_epoch_end(epoch, stopped):
-            if not self.group.lead:
-                return
-            Resume.save_last(self.last_path, {
-                "role": self.role, "train_fingerprint": self.dataset.fingerprint, "flags": vars(args), "run": run,
-                "epoch": epoch, "stopped": stopped, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "run_best": run_best.as_dict(), "best_state": best.get("state"),
-                "records": {key: record.as_dict() for key, record in self.records.items()},
-                "stopper": stopper.state(), "rngs": Resume.capture_rngs(self.rng, self.generator),
-                "history": log.history_rows()})
-
-        fit(n_epochs=n_epochs, start_epoch=start_epoch, tst_every=args.tstEpoch, train_one_epoch=train_one_epoch,
-            evaluate=evaluate, on_evaluated=on_evaluated, log=log, select_on=args.select_on,
-            row_info={"stage": self.role, "prn_run": run, "kind": kind, "edge_kept_pct": edge_pct,
-                      "emb_kept_pct": emb_pct}, patience=args.patience, stopper=stopper,
-            on_epoch_end=on_epoch_end if learn_edges else None)
-        return best.get("state") or state_of(model)
+    def end_epoch(self, epoch: int, stopped: bool) -> None:
+        run = self.current
+        if not (self.group.lead and run.learn_edges):  # (the fixed-mask copies are not resumed)
+            return
+        Resume.save_last(self.cfg.outputs.last_path, self.resume_payload(
+            epoch, stopped, run=run.index, run_best=run.best.as_dict(), best_state=run.best_state,
+            records={key: record.as_dict() for key, record in self.records.items()},
+            rngs=Resume.capture_rngs(self.rng, self.generator)))
 
     def log_sparsity(self, model: LightGCN_sp) -> None:
         self.log.line("Model Prepared")
@@ -450,42 +404,49 @@ class DistillStage:
         self.log.line(f"Sparsity: Adj:[{model.edge_kept_pct():.2f}%] | Emb:[{model.emb_kept_pct():.2f}%]", stamp=False)
         self.log.line("-" * 100, stamp=False)
 
-    def train_fixed_copy(self, state, run: int, settings: RunSettings) -> None:
+    def train_fixed_copy(self, state, run_cfg: RunConfig) -> None:
         """--run_no_adj_weights: train a copy with every mask frozen for --fix_epoch epochs."""
         model = self.build_trainee(state)
         self.log_sparsity(model)
-        self.train_run(model, run, settings, learn_edges=False, n_epochs=self.args.fix_epoch)
+        self.train_run(model, run_cfg, learn_edges=False, n_epochs=self.cfg.fixed_copy_epochs)
+
+    def run_one(self, state, run_cfg: RunConfig, resuming: Optional[dict]) -> Dict[str, torch.Tensor]:
+        """Pruning run ``run_cfg.run`` from ``state``: train it (or skip it), report it, prune the student."""
+        model = self.build_trainee(resuming["model"] if resuming is not None else state)
+        self.log_sparsity(model)
+        if not run_cfg.train:
+            self.log.line(f"Skipping the training of pruning run {run_cfg.run} (--esc_train_prn_run)")
+            state = state_of(model)
+        else:
+            state = self.train_run(model, run_cfg, learn_edges=True, n_epochs=run_cfg.epochs, resume=resuming)
+        # the masks do not change within a run: this is the report of the run's best checkpoint
+        if self.group.lead:
+            Report.log_run_report(model.state_dict(), {"stage": self.role, "model_class": self.model_class,
+                                                       "dataset": self.cfg.data.dataset,
+                                                       "gnn_layer": self.cfg.data.gnn_layer},
+                                  f"{self.cfg.outputs.history_path}_compression_prn{run_cfg.run}.json",
+                                  lambda line: self.log.line(line, stamp=False),
+                                  title=f"Compression report, pruning run {run_cfg.run}")
+        if run_cfg.prune is not None:
+            state = self.prune(state, run_cfg.prune)
+        return state
 
     def run(self) -> None:
-        """Pruning runs PRUNING_START..PRUNING_END; each starts from the state the last one left:
-        the best point of its training, pruned once more for the student."""
-        args, resume = self.args, self.resume
+        """The pruning runs; each starts from the state the last one left: the best point of its
+        training, pruned once more for the student."""
+        cfg, resume = self.cfg, self.resume
         # the inputs were all checked when the stage was built
         if resume is None and self.group.lead:
-            Resume.clear_earlier_run(args, self.role, self._warn)
+            Resume.clear_earlier_run(cfg.outputs, self.role, lambda line: self.log.line(line, stamp=False))
         self.log.reset_history(resume["history"] if resume is not None else ())
         state = self.first_state
-        first_run = resume["run"] if resume is not None else args.PRUNING_START
-        for run in range(first_run, args.PRUNING_END + 1):
-            settings = run_settings(args, run, self.trainee_is_student)
-            resuming = resume if resume is not None and run == first_run else None
-            if args.run_no_adj_weights and run == args.PRUNING_START:
-                self.train_fixed_copy(state, run, settings)
-            model = self.build_trainee(resuming["model"] if resuming is not None else state)
-            self.log_sparsity(model)
-            if run == args.esc_train_prn_run:
-                self.log.line(f"Skipping the training of pruning run {run} (--esc_train_prn_run)")
-                state = state_of(model)
-            else:
-                state = self.train_run(model, run, settings, learn_edges=True, n_epochs=settings.epochs,
-                                       resume=resuming)
-            # the masks do not change within a run: this is the report of the run's best checkpoint
-            if self.group.lead:
-                Report.log_run_report(model.state_dict(), {"stage": self.role, "model_class": "LightGCN_sp",
-                                                           "dataset": args.dataset, "gnn_layer": args.gnn_layer},
-                                      f"{args.his_save_path}_compression_prn{run}.json", self._warn,
-                                      title=f"Compression report, pruning run {run}")
-            if self.trainee_is_student:
-                state = self.prune(state, settings)
-            if args.run_no_adj_weights:
-                self.train_fixed_copy(state, run, settings)
+        first = resume["run"] if resume is not None else cfg.runs[0].run
+        for run_cfg in cfg.runs:
+            if run_cfg.run < first:
+                continue
+            resuming = resume if resume is not None and run_cfg.run == first else None
+            if cfg.fixed_copy_epochs is not None and run_cfg is cfg.runs[0]:
+                self.train_fixed_copy(state, run_cfg)
+            state = self.run_one(state, run_cfg, resuming)
+            if cfg.fixed_copy_epochs is not None:
+                self.train_fixed_copy(state, run_cfg)

@@ -350,7 +350,7 @@ def compute_pruned_state(
 @dataclass(frozen=True)
 class PruneConfig:
     """What one pruning step does, built from the flags in one place
-    (``Utils.Distill.prune_config``).
+    (``Params.prune_config``).
 
     ``scoring`` names the model whose output embeddings score edges (the β₁ term of
     :func:`edge_importance`): None (no β₁ term, ``--use_adj_mask_aug=False``), "teacher",

@@ -27,13 +27,13 @@ import hashlib
 import os
 import random
 import tempfile
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Mapping, Optional
 
 import numpy as np
 import torch
 
-import Params
 from Utils import Checkpoint
+from Utils.Config import Outputs
 from Utils.Errors import CheckpointError, ConfigError
 from Utils.Training import read_history
 
@@ -43,10 +43,6 @@ VERSION = 1
 # Flags a resumed run may change: where and how fast it runs, and how long it goes on.
 MAY_CHANGE = {"resume", "overwrite", "threads", "device", "gpu", "block_mb", "plots", "epoch_tea", "mask_epoch",
               "use_dynamic_epoch", "epoch_list", "PRUNING_END", "patience", "load_model_tea", "load_his_tea"}
-
-
-def last_path(model_save_path: str) -> str:
-    return f"{model_save_path}_last.ckpt"
 
 
 # ----------------------------------------------------------------------------- random generators
@@ -141,12 +137,12 @@ def load_last(path: str, role: str, fingerprint: str, flags: Dict[str, Any]) -> 
 
 
 # ----------------------------------------------------------------------------- the output paths
-def check_output_paths(args) -> None:
+def check_output_paths(outputs: Outputs) -> None:
     """Refuse a ``--model_save_path``/``--his_save_path`` that names a folder rather than the
     start of file names (``out/`` would write the hidden ``out/.mod``), or whose folder cannot
     be made or written, before any data is read or any output written."""
-    for flag in ("model_save_path", "his_save_path"):
-        value = str(getattr(args, flag))
+    for flag, value in (("model_save_path", outputs.model_path), ("his_save_path", outputs.history_path)):
+        value = str(value)
         if value.endswith(("/", os.sep)) or os.path.basename(value) in ("", ".", ".."):
             raise ConfigError(f"--{flag}={value} names a folder, but it is the start of the file names the stage "
                               f"writes (--{flag}=out/run writes out/run.his, out/run_last.ckpt, ...): add a name, "
@@ -162,10 +158,10 @@ def check_output_paths(args) -> None:
                                   f"{Checkpoint.os_error_reason(exc, value)}") from None
 
 
-def output_patterns(args, role: str) -> List[str]:
+def output_patterns(outputs: Outputs, role: str) -> List[str]:
     """Glob patterns of every file the ``role`` stage writes at its save paths."""
-    model, his = glob.escape(args.model_save_path), glob.escape(args.his_save_path)
-    patterns = [glob.escape(last_path(args.model_save_path)), glob.escape(Params.history_file(args.his_save_path))]
+    model, his = glob.escape(outputs.model_path), glob.escape(outputs.history_path)
+    patterns = [glob.escape(outputs.last_path), glob.escape(outputs.history_file)]
     if role == "teacher":
         return patterns + [model + ".mod"]
     patterns += [model + "_best_*.mod", model + "_2nd_best_*.mod", his + "_best_*.his", his + "_2nd_best_*.his",
@@ -173,9 +169,9 @@ def output_patterns(args, role: str) -> List[str]:
     return patterns + ([his + "_training.png", his + "_tradeoff.png"] if role == "student" else [])
 
 
-def existing_outputs(args, role: str) -> List[str]:
+def existing_outputs(outputs: Outputs, role: str) -> List[str]:
     """The files already at the ``role`` stage's output paths (absolute, each once)."""
-    return sorted({os.path.abspath(path) for pattern in output_patterns(args, role)
+    return sorted({os.path.abspath(path) for pattern in output_patterns(outputs, role)
                    for path in glob.glob(pattern) if os.path.isfile(path)})
 
 
@@ -202,7 +198,7 @@ def _kind(path: str) -> str:
             else "history" if path.endswith(".his") else "output")
 
 
-def check_outputs(args, role: str, inputs: Dict[str, Optional[str]], continuing: bool = False) -> None:
+def check_outputs(outputs: Outputs, role: str, inputs: Mapping[str, Optional[str]], continuing: bool = False) -> None:
     """Before the ``role`` stage writes anything, refuse outputs that would replace
 
     * a file the stage reads (``inputs``: flag name -> path, None when not read), or a file
@@ -211,15 +207,15 @@ def check_outputs(args, role: str, inputs: Dict[str, Optional[str]], continuing:
       (replace it) or ``continuing`` (``--load_model_tea`` with ``--load_his_tea``: the run
       they name goes on in its own files, its rows kept first).
     """
-    found = existing_outputs(args, role)
+    found = existing_outputs(outputs, role)
     real = {os.path.realpath(path): path for path in found}
     for flag, path in inputs.items():
         if path and os.path.realpath(path) in real:
             raise ConfigError(f"--{flag}={path} (the {output_role(path) or role} {_kind(path)} this stage reads) "
-                              f"is among the files it writes at --model_save_path={args.model_save_path} / "
-                              f"--his_save_path={args.his_save_path}: a stage never writes over its own input, even "
+                              f"is among the files it writes at --model_save_path={outputs.model_path} / "
+                              f"--his_save_path={outputs.history_path}: a stage never writes over its own input, even "
                               "with --overwrite=True; choose other save paths")
-    if args.resume:  # the resume file's role was checked; the rest are the resumed run's own outputs
+    if outputs.resume:  # the resume file's role was checked; the rest are the resumed run's own outputs
         return
     for path in found:
         owner = output_role(path)
@@ -228,21 +224,21 @@ def check_outputs(args, role: str, inputs: Dict[str, Optional[str]], continuing:
                               "--overwrite=True only replaces an earlier run of the same stage; choose other "
                               "--model_save_path/--his_save_path")
     earlier = [path for path in found if not (path.endswith(".his") and os.path.getsize(path) == 0)]
-    if earlier and not (args.overwrite or continuing):
+    if earlier and not (outputs.overwrite or continuing):
         raise ConfigError(f"an earlier run's outputs are at these paths ({earlier[0]}"
                           + (f" and {len(earlier) - 1} more" if len(earlier) > 1 else "") + "): pass --resume=True to "
                           "continue it, --overwrite=True to replace it, or other --model_save_path/--his_save_path")
 
 
-def clear_earlier_run(args, role: str, say: Callable[[str], Any]) -> None:
+def clear_earlier_run(outputs: Outputs, role: str, say: Callable[[str], Any]) -> None:
     """``--overwrite=True``: remove the earlier run's files (its history, ``_last.ckpt``,
     checkpoints, record histories, reports and plots) together, as the new run starts, after
     every input was checked and before its history is written. The new run then owns every
     file at its paths: one that fails before its first record leaves no checkpoint of the old
     run beside its new history."""
-    if not args.overwrite:
+    if not outputs.overwrite:
         return
-    files = existing_outputs(args, role)
+    files = existing_outputs(outputs, role)
     for path in files:
         try:
             os.remove(path)

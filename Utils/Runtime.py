@@ -1,7 +1,7 @@
 """Where and how a run executes: the one device, CPU threads, seeding, memory, the optimiser.
 
-Entry points call :func:`select_device` and :func:`seed_everything` once and pass the
-results down; nothing below them picks a device of its own.
+Entry points call :func:`select_device` (with a :class:`Utils.Config.Runtime`) and
+:func:`seed_everything` once and pass the results down; nothing below them picks a device.
 """
 from __future__ import annotations
 
@@ -16,10 +16,10 @@ from Utils import Parallel, Spmm
 from Utils.Errors import ConfigError
 
 
-def expose_gpu(args) -> None:
+def expose_gpu(gpu: Optional[str]) -> None:
     """--gpu, when given, replaces CUDA_VISIBLE_DEVICES (the published tool always forced '2')."""
-    if getattr(args, "gpu", None) is not None:
-        os.environ["CUDA_VISIBLE_DEVICES"] = args.gpu
+    if gpu is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu
 
 
 def device_named(name: str) -> torch.device:
@@ -31,24 +31,24 @@ def device_named(name: str) -> torch.device:
     return torch.device("cuda")
 
 
-def select_device(args) -> torch.device:
+def select_device(runtime) -> torch.device:
     """The one device of a training run, after --gpu (CUDA_VISIBLE_DEVICES) and --threads.
 
     Under torchrun (:mod:`Utils.Parallel`) each process takes the GPU of its local rank, and
     on CPU, without --threads, an equal share of the machine's cores."""
-    expose_gpu(args)
-    threads = args.threads
+    expose_gpu(runtime.gpu)
+    threads = runtime.threads
     if threads <= 0 and Parallel.launched():
         threads = max(1, (os.cpu_count() or 1) // Parallel.local_world())
     if threads > 0:
         torch.set_num_threads(threads)
         Spmm.set_threads(threads)
     keep_freed_memory()
-    device = device_named(args.device)
+    device = device_named(runtime.device)
     if device.type == "cuda" and Parallel.launched():
         device = torch.device("cuda", Parallel.local_rank())
         torch.cuda.set_device(device)
-    set_deterministic(args.deterministic, device)
+    set_deterministic(runtime.deterministic, device)
     return device
 
 

@@ -1,26 +1,25 @@
 """Stage 1: pretrain the LightGCN teacher (``docs/method.md#stage-1-teacher-pretraining``).
 
 :class:`TeacherStage` holds one invocation's data, graph, model and its one record;
-:meth:`TeacherStage.run` trains with the loop every stage shares (:func:`Utils.Training.fit`)
+:meth:`TeacherStage.run` trains with the loop every stage shares (:meth:`Utils.Training.Stage.fit`)
 and keeps the best checkpoint on the selection split.
 """
 from __future__ import annotations
 
 import os
-from typing import List, Optional
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
 
-import numpy as np
 import torch
 
 import DataHandler as dh
-import Params
 from Model import LightGCN
 from Utils import Checkpoint, Resume, Runtime
+from Utils.Config import TeacherConfig, history_file
 from Utils.Errors import DataError
 from Utils.Parallel import SOLO, Group
 from Utils.Losses import bpr_loss, embedding_reg
-from Utils.Training import (EarlyStopper, Record, RunLog, build_eval_suite, fit, format_metrics, read_history,
-                            train_epoch)
+from Utils.Training import Record, RunLog, Stage, format_metrics, read_history
 
 
 def teacher_loss(model: LightGCN, graph, reg: float, group: Group = SOLO):
@@ -48,7 +47,7 @@ def continued_history(path: str, ckpt: Optional[Checkpoint.Checkpoint]) -> list:
     epoch and metrics, as ours do, the history must hold that epoch with those metrics: a
     history of another run, dataset or train split does not (a published ``.mod`` records
     neither, and is not checked)."""
-    file = Params.history_file(path)
+    file = history_file(path)
     if not os.path.isfile(file):
         raise DataError(f"--load_his_tea={path}: there is no history file {file} (check the path: the teacher "
                         "stage writes <his_save_path>.his)")
@@ -75,123 +74,117 @@ def best_line(record: Record) -> str:
             + "; ".join(f"{split}: {format_metrics(m)}" for split, m in record.metrics.items()))
 
 
-class TeacherStage:
-    """Everything one ``pretrainTeacher.py`` invocation holds."""
+@dataclass
+class TeacherStart:
+    """Where a teacher run starts: ``weights`` (``--load_model_tea``'s embeddings), the history
+    it continues (``--load_his_tea``), or a resume file (``--resume``); nothing: from Xavier."""
 
+    weights: Optional[Dict[str, torch.Tensor]] = None
+    history: List[Dict] = field(default_factory=list)
+    resume: Optional[Dict] = None
+
+
+class TeacherStage(Stage):
+    """One ``pretrainTeacher.py`` invocation: a LightGCN trained with BPR, its one record."""
+
+    role = stage_name = "teacher"
     interrupted_line = "Interrupted: the best checkpoint so far is kept"
 
-    def __init__(self, args, device, log: RunLog, group: Group = SOLO):
-        self.args, self.device, self.log, self.group = args, device, log, group
-        Resume.check_output_paths(args)
-        log.line("Load Data")
-        self.dataset = dh.load_dataset(args.data_dir, args.dataset)
-        args.select_on = Params.resolve_select_on(args, self.dataset.val is not None)
-        log.line(self.dataset.summary(), stamp=False)
-        Runtime.require_model_memory(self.dataset.n_users, self.dataset.n_items, args.latdim, device)
-        self.graph = dh.Graph.from_scipy(dh.propagation_matrix(self.dataset.train)).to(device)
-        self.sampler = dh.NegativeSampler(self.dataset.train)
-        self.suite = build_eval_suite(self.dataset, args.topk, args.tstBat, args.select_on, device, log, group)
-        self.model = LightGCN(self.dataset.n_users, self.dataset.n_items, args.latdim, args.gnn_layer).to(device)
-        self.record = Record(title=args.select_on)
-        self.save_path = args.model_save_path + ".mod"
+    def __init__(self, cfg: TeacherConfig, dataset, graph, log: RunLog, device, group: Group = SOLO,
+                 start: Optional[TeacherStart] = None):
+        super().__init__(cfg, dataset, graph, log, device, group)
+        self.start = start or TeacherStart()
+        self.model = LightGCN(dataset.n_users, dataset.n_items, cfg.data.latdim, cfg.data.gnn_layer).to(device)
+        self.record = Record(title=self.select_on)
+        self.save_path = cfg.outputs.model_path + ".mod"
         self.start_epoch = 0
-        self.history: list = []
-        ckpt = None
-        if args.load_model_tea:
-            ckpt = Checkpoint.load_checkpoint(args.load_model_tea)
-            Checkpoint.check_identity(ckpt, "teacher", self.dataset.fingerprint, lambda line: log.line(line, stamp=False))
-            Checkpoint.check_compatible(ckpt, self.dataset.n_users, self.dataset.n_items, args.latdim, what="teacher")
-            self.model.load_state_dict({k: ckpt.tensors[k] for k in ("uEmbeds", "iEmbeds")})
-            log.line(f"Model Loaded: {args.load_model_tea}")
-        if args.load_his_tea and not args.resume:  # (a resumed run takes its history from the resume file)
-            self.history = continued_history(args.load_his_tea, ckpt)
+        if self.start.weights is not None:
+            self.model.load_state_dict(self.start.weights)
+        if self.start.resume is not None:
+            self.model.load_state_dict(self.start.resume["model"])
+            self.record.restore(self.start.resume["record"])
+
+    @classmethod
+    def from_files(cls, cfg: TeacherConfig, device, log: RunLog, group: Group = SOLO) -> "TeacherStage":
+        """Read and check every input (data, ``--load_model_tea``/``--load_his_tea``, a resume file)
+        and the outputs it would replace, then build the stage."""
+        Resume.check_output_paths(cfg.outputs)
+        log.line("Load Data")
+        dataset = dh.load_dataset(cfg.data.data_dir, cfg.data.dataset)
+        cfg.evaluation.split(dataset.val is not None, cfg.data.folder)
+        log.line(dataset.summary(), stamp=False)
+        Runtime.require_model_memory(dataset.n_users, dataset.n_items, cfg.data.latdim, device)
+        graph = dh.Graph.from_scipy(dh.propagation_matrix(dataset.train)).to(device)
+        start, ckpt = TeacherStart(), None
+        if cfg.load_model:
+            ckpt = Checkpoint.load_checkpoint(cfg.load_model)
+            Checkpoint.check_identity(ckpt, "teacher", dataset.fingerprint, lambda line: log.line(line, stamp=False))
+            Checkpoint.check_compatible(ckpt, dataset.n_users, dataset.n_items, cfg.data.latdim, what="teacher")
+            start.weights = {k: ckpt.tensors[k] for k in ("uEmbeds", "iEmbeds")}
+            log.line(f"Model Loaded: {cfg.load_model}")
+        if cfg.load_history and not cfg.outputs.resume:  # (a resumed run takes its history from the resume file)
+            start.history = continued_history(cfg.load_history, ckpt)
         # --load_model_tea with --load_his_tea continues the run they name, in its own files when the save
         # paths are theirs: the history keeps their rows first and the .mod is replaced only by a point at
         # least as good. Any other overlap of an input with the outputs is refused.
-        continuing = bool(args.load_model_tea and args.load_his_tea) and not args.overwrite
-        inputs = {} if continuing else {"load_model_tea": args.load_model_tea,
-                                        "load_his_tea": args.load_his_tea and Params.history_file(args.load_his_tea)}
-        Resume.check_outputs(args, "teacher", inputs, continuing)
-        self.resume = None
-        if args.resume:
-            self.resume = Resume.load_last(Resume.last_path(args.model_save_path), "teacher",
-                                           self.dataset.fingerprint, vars(args))
-            self.model.load_state_dict(self.resume["model"])
-            self.record.restore(self.resume["record"])
-            self.history = self.resume["history"]
-            log.line(f"Resuming after epoch {self.resume['epoch']} from {Resume.last_path(args.model_save_path)}")
+        continuing = bool(cfg.load_model and cfg.load_history) and not cfg.outputs.overwrite
+        inputs = {} if continuing else {"load_model_tea": cfg.load_model,
+                                        "load_his_tea": cfg.load_history and history_file(cfg.load_history)}
+        Resume.check_outputs(cfg.outputs, "teacher", inputs, continuing)
+        if cfg.outputs.resume:
+            flags = {**cfg.flags, "select_on": cfg.evaluation.split(dataset.val is not None)}
+            start.resume = Resume.load_last(cfg.outputs.last_path, "teacher", dataset.fingerprint, flags)
+            start.history = start.resume["history"]
+            log.line(f"Resuming after epoch {start.resume['epoch']} from {cfg.outputs.last_path}")
+        return cls(cfg, dataset, graph, log, device, group, start)
 
     def start_history(self) -> None:
         """Replace the output history (holding a resumed run's rows first); restore the record."""
-        args, log = self.args, self.log
-        if self.resume is None and self.group.lead:
-            Resume.clear_earlier_run(args, "teacher", lambda line: log.line(line, stamp=False))
-        log.reset_history(self.history)
-        if self.resume is not None:
-            self.start_epoch = self.resume["epoch"] + 1
+        log, history = self.log, self.start.history
+        if self.start.resume is None and self.group.lead:
+            Resume.clear_earlier_run(self.cfg.outputs, "teacher", lambda line: log.line(line, stamp=False))
+        log.reset_history(history)
+        if self.start.resume is not None:
+            self.start_epoch = self.start.resume["epoch"] + 1
             return
-        for row in self.history:
+        for row in history:
             if "metrics" in row:
-                self.record.update(row["metrics"][args.select_on]["Recall"], row["metrics"], row["epoch"])
-        if self.history:
-            self.start_epoch = self.history[-1]["epoch"] + 1
-            log.line(f"History Loaded: {len(self.history)} epochs, resuming at epoch {self.start_epoch}")
+                self.record.update(row["metrics"][self.select_on]["Recall"], row["metrics"], row["epoch"])
+        if history:
+            self.start_epoch = history[-1]["epoch"] + 1
+            log.line(f"History Loaded: {len(history)} epochs, resuming at epoch {self.start_epoch}")
 
     def meta(self) -> dict:
-        args, dataset, record = self.args, self.dataset, self.record
-        return {"stage": "teacher", "role": "teacher", "model_class": "LightGCN", "dataset": args.dataset,
-                "data_dir": args.data_dir, "train_fingerprint": dataset.fingerprint,
-                "n_users": dataset.n_users, "n_items": dataset.n_items, "latdim": args.latdim,
-                "gnn_layer": args.gnn_layer, "n_edges": self.graph.nnz, "edge_kept_pct": 100.0,
-                "emb_kept_pct": 100.0, "epoch": record.epoch, "select_on": args.select_on,
-                "metrics": record.metrics, "flags": vars(args)}
+        return self.checkpoint_meta(edge_kept_pct=100.0, emb_kept_pct=100.0, epoch=self.record.epoch,
+                                    metrics=self.record.metrics)
 
     def run(self) -> None:
-        args, log, model = self.args, self.log, self.model
         self.start_history()
-        log.line("Model Prepared")
-        optimizer = Runtime.make_optimizer(model.parameters(), args.lr)
-        rng = np.random.default_rng(args.seed)
-        loss_fn = teacher_loss(model, self.graph, args.reg, self.group)
-        stopper = EarlyStopper(args.patience)
-        if self.resume is not None:
-            optimizer.load_state_dict(self.resume["optimizer"])
-            stopper.load(self.resume["stopper"])
-            Resume.restore_rngs(self.resume["rngs"], rng)
-            if self.resume["stopped"]:
-                log.line("The resumed run had stopped early: nothing left to train")
+        self.log.line("Model Prepared")
+        self.optimizer = Runtime.make_optimizer(self.model.parameters(), self.cfg.lr)
+        self.loss_fn = teacher_loss(self.model, self.graph, self.cfg.reg, self.group)
+        resume = self.start.resume
+        if resume is not None:
+            self.optimizer.load_state_dict(resume["optimizer"])
+            self.stopper.load(resume["stopper"])
+            Resume.restore_rngs(resume["rngs"], self.rng)
+            if resume["stopped"]:
+                self.log.line("The resumed run had stopped early: nothing left to train")
                 return
+        self.fit(self.cfg.epochs, self.start_epoch)
 
-        def train_one_epoch():
-            model.train()
-            return train_epoch(loss_fn, self.sampler.epoch_batches(rng, args.batch),
-                               self.sampler.n_batches(args.batch), optimizer, self.device, log, self.group)
+    def keep(self, epoch: int, results) -> List[str]:
+        if not self.record.update(results[self.select_on]["Recall"], results, epoch):
+            return []
+        if self.group.lead:
+            Checkpoint.save_checkpoint(self.save_path, self.model.state_dict(), self.meta())
+        self.log.line(f"Model Saved: {self.cfg.outputs.model_path}")
+        return ["#################best for now###########################", best_line(self.record)]
 
-        def evaluate():
-            model.eval()
-            return self.suite.evaluate(lambda: model(self.graph))
-
-        def on_evaluated(epoch, results):
-            if not self.record.update(results[args.select_on]["Recall"], results, epoch):
-                return []
-            if self.group.lead:
-                Checkpoint.save_checkpoint(self.save_path, model.state_dict(), self.meta())
-            log.line(f"Model Saved: {args.model_save_path}")
-            return ["#################best for now###########################", best_line(self.record)]
-
-        def on_epoch_end(epoch, stopped):
-            if not self.group.lead:
-                return
-            Resume.save_last(Resume.last_path(args.model_save_path), {
-                "role": "teacher", "train_fingerprint": self.dataset.fingerprint, "flags": vars(args),
-                "epoch": epoch, "stopped": stopped, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "record": self.record.as_dict(), "stopper": stopper.state(), "rngs": Resume.capture_rngs(rng),
-                "history": log.history_rows()})
-
-        fit(n_epochs=args.epoch_tea, start_epoch=self.start_epoch, tst_every=args.tstEpoch,
-            train_one_epoch=train_one_epoch, evaluate=evaluate, on_evaluated=on_evaluated, log=log,
-            select_on=args.select_on, row_info={"stage": "teacher"}, patience=args.patience, stopper=stopper,
-            on_epoch_end=on_epoch_end)
+    def end_epoch(self, epoch: int, stopped: bool) -> None:
+        if self.group.lead:
+            Resume.save_last(self.cfg.outputs.last_path, self.resume_payload(
+                epoch, stopped, record=self.record.as_dict(), rngs=Resume.capture_rngs(self.rng)))
 
     def summary(self) -> List[str]:
         lines = ["#########################Final Best Acc###########################", best_line(self.record)]

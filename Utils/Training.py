@@ -1,14 +1,19 @@
 """The training/evaluation loop and record keeping shared by all three stages.
 
+* :class:`Stage` — the epoch loop every stage runs (:meth:`Stage.fit`: train, evaluate,
+  keep the records, log, stop early, write the resume file) and what its files hold;
+  :class:`Utils.Teacher.TeacherStage` and :class:`Utils.Distill.DistillStage` fill it in.
 * :func:`train_epoch` — one pass over freshly sampled, shuffled BPR triples, calling a
   stage's loss function per batch and stepping the optimiser; returns mean loss parts.
 * :class:`EvalSuite` — propagates ONCE per evaluation and scores every split it holds.
 * :class:`Record` — a "best so far" record: its metrics, epoch, run, sparsity, and the
   checkpoint it writes when it improves.
 * :class:`RunLog` — console lines in the published format plus a JSON-lines history.
+* :func:`open_run` / :func:`run_stage` — what an entry point does before and around a stage.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import math
@@ -16,8 +21,9 @@ import os
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterable, Optional
+from typing import Callable, Dict, Iterable, List, Optional
 
+import numpy as np
 import torch
 
 from Utils import Parallel
@@ -198,69 +204,124 @@ class EvalSuite:
         return results
 
 
-def fit(*, n_epochs: int, start_epoch: int, tst_every: int, train_one_epoch: Callable[[], Dict[str, float]],
-        evaluate: Callable[[], Dict[str, Dict[str, float]]], on_evaluated: Callable, log: RunLog,
-        select_on: str, row_info: Optional[Dict] = None, patience: int = 0,
-        stopper: Optional["EarlyStopper"] = None,
-        on_epoch_end: Optional[Callable[[int, bool], None]] = None) -> Optional[Dict[str, Dict[str, float]]]:
-    """The epoch loop of every stage: train, evaluate every ``tst_every`` epochs, log, record.
+class Stage:
+    """What every stage shares: its data, the epoch loop (:meth:`fit`) and the record-keeping hooks.
 
-    ``on_evaluated(epoch, results)`` keeps the stage's records (and saves checkpoints,
-    logging "Model Saved"); it returns lines printed after the epoch's Test line.
-    Console lines keep the published formats. Returns the results of a final
-    evaluation (reused from the last epoch when that one was evaluated).
-
-    ``patience`` > 0 (``--patience``): stop after that many evaluations in a row without a
-    new best Recall on ``select_on`` (a new best is ≥ the best so far of this call, the
-    rule of the records); one line says so. The stage's records and carried state are
-    kept by ``on_evaluated`` at the best point, so stopping early loses nothing.
-
-    A :class:`NonFiniteError` from training or evaluation is raised again with the stage,
-    pruning run and epoch in its message: nothing of that epoch is recorded or saved.
-
-    ``stopper`` continues an early-stopping count (a resumed run); ``on_epoch_end(epoch, stopped)``
-    is called after each epoch is logged and recorded (``stopped``: early stopping ends the loop
-    after it), where the stage writes its resume file.
+    A stage is constructed from objects (its frozen config, the dataset, the graph it trains
+    on); each subclass's ``from_files`` reads those from disk first. Before :meth:`fit` the
+    subclass sets :attr:`model`, :attr:`optimizer`, :attr:`loss_fn` (per batch, see
+    :func:`train_epoch`) and :attr:`stopper`; it overrides :meth:`keep` (what an evaluation
+    changes in its records, and the lines printed after it) and :meth:`end_epoch` (its resume
+    file). :meth:`checkpoint_meta` and :meth:`resume_payload` build what every checkpoint and
+    resume file of a stage holds.
     """
-    results = None
-    stopper = stopper or EarlyStopper(patience)
-    for epoch in range(start_epoch, n_epochs):
-        elapsed = timer()
+
+    role = stage_name = "teacher"  # the role (``Utils.Checkpoint``) and the stage a checkpoint records
+    model_class = "LightGCN"
+    interrupted_line = "Interrupted: the records so far are kept"
+
+    def __init__(self, cfg, dataset, graph, log: RunLog, device, group: Group = SOLO):
+        import DataHandler as dh
+
+        self.cfg, self.dataset, self.graph, self.log, self.device, self.group = cfg, dataset, graph, log, device, group
+        self.select_on = cfg.evaluation.split(dataset.val is not None, cfg.data.folder)
+        self.flags = {**(cfg.flags or {}), "select_on": self.select_on}  # as recorded in the outputs
+        self.sampler = dh.NegativeSampler(dataset.train)
+        self.suite = build_eval_suite(dataset, cfg.evaluation.topk, cfg.evaluation.batch_users, self.select_on,
+                                      device, log, group)
+        self.rng = np.random.default_rng(cfg.loop.seed)
+        self.model: Optional[torch.nn.Module] = None
+        self.optimizer: Optional[torch.optim.Optimizer] = None
+        self.loss_fn: Optional[Callable] = None
+        self.stopper = EarlyStopper(cfg.loop.patience)
+        self.row_info: Dict = {"stage": self.role}  # the history row's labels
+
+    # -- one epoch's parts
+    def train_one_epoch(self) -> Dict[str, float]:
+        self.model.train()
+        batch = self.cfg.loop.batch
+        return train_epoch(self.loss_fn, self.sampler.epoch_batches(self.rng, batch), self.sampler.n_batches(batch),
+                           self.optimizer, self.device, self.log, self.group)
+
+    def evaluate(self) -> Dict[str, Dict[str, float]]:
+        self.model.eval()
+        return self.suite.evaluate(lambda: self.model(self.graph))
+
+    def keep(self, epoch: int, results: Dict[str, Dict[str, float]]) -> List[str]:
+        """Update the records with an evaluation (saving what improved); return the lines to print."""
+        raise NotImplementedError
+
+    def end_epoch(self, epoch: int, stopped: bool) -> None:
+        """Called after each epoch is logged (``stopped``: early stopping ends the loop now)."""
+
+    # -- the loop
+    def fit(self, n_epochs: int, start_epoch: int = 0) -> Dict[str, Dict[str, float]]:
+        """Epochs ``start_epoch``..``n_epochs``-1: train, evaluate every ``tst_every`` epochs, keep,
+        log, stop early after ``patience`` evaluations without a new best (≥ the best so far).
+        Returns the results of a final evaluation (the last epoch's when it was evaluated).
+
+        A :class:`NonFiniteError` is raised again naming the stage, run and epoch: nothing of
+        that epoch is recorded or saved. Console lines keep the published formats."""
+        results = None
+        for epoch in range(start_epoch, n_epochs):
+            elapsed = timer()
+            with self._naming_failures(epoch):
+                parts = self.train_one_epoch()
+                train_s = elapsed()
+                self.log.line(f"Epoch {epoch}/{n_epochs}, Train: Loss = {parts['total']:.4f}, "
+                              f"preLoss = {parts['main']:.4f}  ")
+                results = self.evaluate() if epoch % self.cfg.loop.tst_every == 0 else None
+            row = dict(self.row_info, epoch=epoch, loss=parts, train_seconds=train_s)
+            if results is not None:
+                row["metrics"] = results
+                self._log_results(epoch, n_epochs, results, self.keep(epoch, results))
+            row["seconds"] = elapsed()
+            self.log.record(row)
+            self.log.line(f"Epoch {epoch}/{n_epochs}, Time: train {train_s:.1f} s, total {row['seconds']:.1f} s")
+            stop = results is not None and self.stopper.should_stop(results[self.select_on]["Recall"], epoch)
+            if stop:
+                self.log.line(f"Early stop after epoch {epoch}/{n_epochs}: no new best {self.select_on} Recall in "
+                              f"{self.stopper.patience} evaluations (best {self.stopper.best:.5f} at epoch "
+                              f"{self.stopper.best_epoch})")
+            self.end_epoch(epoch, stop)
+            if stop:
+                break
+        if results is None:
+            results = self.evaluate()
+        self.log.line(f"Epoch {n_epochs}/{n_epochs}, Test: {format_metrics(results['test'])}  ")
+        return results
+
+    def _log_results(self, epoch: int, n_epochs: int, results, after: List[str]) -> None:
+        self.log.line(f"Epoch {epoch}/{n_epochs}, Test: {format_metrics(results['test'])}  ")
+        if self.select_on != "test":
+            self.log.line(f"Epoch {epoch}/{n_epochs}, Val: {format_metrics(results[self.select_on])}  ")
+        for text in after:
+            self.log.line(text, stamp=False)
+
+    @contextlib.contextmanager
+    def _naming_failures(self, epoch: int):
         try:
-            parts = train_one_epoch()
-            train_s = elapsed()
-            log.line(f"Epoch {epoch}/{n_epochs}, Train: Loss = {parts['total']:.4f}, "
-                     f"preLoss = {parts['main']:.4f}  ")
-            evaluated = evaluate() if epoch % tst_every == 0 else None
+            yield
         except NonFiniteError as err:
-            where = ", ".join(f"{k} {v}" for k, v in (row_info or {}).items() if k in ("stage", "prn_run"))
+            where = ", ".join(f"{k} {v}" for k, v in self.row_info.items() if k in ("stage", "prn_run"))
             raise NonFiniteError(f"{where + ', ' if where else ''}epoch {epoch}: {err}; stopped, the records "
                                  "and checkpoints of the last finite evaluation are kept") from None
-        row = dict(row_info or {}, epoch=epoch, loss=parts, train_seconds=train_s)
-        results = evaluated
-        if results is not None:
-            row["metrics"] = results
-            after = on_evaluated(epoch, results)
-            log.line(f"Epoch {epoch}/{n_epochs}, Test: {format_metrics(results['test'])}  ")
-            if select_on != "test":
-                log.line(f"Epoch {epoch}/{n_epochs}, Val: {format_metrics(results[select_on])}  ")
-            for text in after:
-                log.line(text, stamp=False)
-        row["seconds"] = elapsed()
-        log.record(row)
-        log.line(f"Epoch {epoch}/{n_epochs}, Time: train {train_s:.1f} s, total {row['seconds']:.1f} s")
-        stop = results is not None and stopper.should_stop(results[select_on]["Recall"], epoch)
-        if stop:
-            log.line(f"Early stop after epoch {epoch}/{n_epochs}: no new best {select_on} Recall in "
-                     f"{stopper.patience} evaluations (best {stopper.best:.5f} at epoch {stopper.best_epoch})")
-        if on_epoch_end is not None:
-            on_epoch_end(epoch, stop)
-        if stop:
-            break
-    if results is None:
-        results = evaluate()
-    log.line(f"Epoch {n_epochs}/{n_epochs}, Test: {format_metrics(results['test'])}  ")
-    return results
+
+    # -- what the files hold
+    def checkpoint_meta(self, **extra) -> Dict:
+        """The metadata of a checkpoint of this stage; ``extra``: the stage's own fields."""
+        dataset, data = self.dataset, self.cfg.data
+        return {"stage": self.stage_name, "role": self.role, "model_class": self.model_class, "dataset": data.dataset,
+                "data_dir": data.data_dir, "train_fingerprint": dataset.fingerprint, "n_users": dataset.n_users,
+                "n_items": dataset.n_items, "latdim": data.latdim, "gnn_layer": data.gnn_layer,
+                "n_edges": self.graph.nnz, **extra, "select_on": self.select_on, "flags": self.flags}
+
+    def resume_payload(self, epoch: int, stopped: bool, **extra) -> Dict:
+        """What the resume file holds after ``epoch``; ``extra``: the stage's records and generators."""
+        return {"role": self.role, "train_fingerprint": self.dataset.fingerprint, "flags": self.flags,
+                "epoch": epoch, "stopped": stopped, "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(), **extra, "stopper": self.stopper.state(),
+                "history": self.log.history_rows()}
 
 
 class EarlyStopper:
@@ -343,24 +404,24 @@ def format_metrics(metrics: Dict[str, float]) -> str:
     return f"Recall = {metrics['Recall']:.4f}, NDCG = {metrics['NDCG']:.4f}"
 
 
-def open_run(args):
-    """The opening every stage shares: the device, the process group (:mod:`Utils.Parallel`:
-    one process unless started by torchrun), seeds, the log with the args dump and "Start".
+def open_run(runtime, args_dump: str, history_path: str):
+    """The opening every stage shares: the device (``runtime``, a :class:`Utils.Config.Runtime`),
+    the process group (:mod:`Utils.Parallel`: one process unless started by torchrun), seeds, the
+    log (its history at ``history_path``) with the args dump and "Start".
 
     Returns ``(device, log, group)``. Only rank 0 writes the console log and the history;
     the other processes' log lines go nowhere."""
-    import Params
     from Utils import Runtime
 
-    device = Runtime.select_device(args)
+    device = Runtime.select_device(runtime)
     group = Parallel.join(device)
-    Runtime.seed_everything(args.seed)
+    Runtime.seed_everything(runtime.seed)
     if group.lead:
-        log = RunLog(Params.history_file(args.his_save_path))
+        log = RunLog(history_path)
     else:
         log = RunLog(None, stream=open(os.devnull, "w"))
         log.interactive = False
-    log.line(Params.format_args(args), stamp=False)
+    log.line(args_dump, stamp=False)
     if group.world > 1:
         log.line(f"Data-parallel run: {group.world} processes ({torch.distributed.get_backend()})", stamp=False)
     log.line("Start")

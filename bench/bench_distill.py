@@ -54,7 +54,7 @@ sys.path.insert(0, ROOT)
 import DataHandler as dh  # noqa: E402
 import Params  # noqa: E402
 from Utils import Runtime  # noqa: E402
-from Utils.Distill import distill_loss, frozen_outputs, kd_config, prune_config, run_settings  # noqa: E402
+from Utils.Distill import DistillLoss, frozen_outputs  # noqa: E402
 from Model import LightGCN, LightGCN_sp  # noqa: E402
 from Utils import Losses, Pruning  # noqa: E402
 from Utils.Training import build_eval_suite, train_epoch  # noqa: E402
@@ -181,7 +181,7 @@ def main():
     args = Params.parse_args([f"--dataset={opts.dataset}", f"--data_dir={opts.data_dir}", f"--threads={opts.threads}",
                               f"--device={opts.device}",
                               *STAGE_FLAGS[opts.stage]])
-    device = Runtime.select_device(args)
+    device = Runtime.select_device(Params.runtime_config(args))
     Runtime.seed_everything(0)
     data = dh.load_dataset(args.data_dir, opts.dataset)
     adj = dh.Graph.from_scipy(dh.propagation_matrix(data.train)).to(device)
@@ -198,14 +198,14 @@ def main():
         trainee, graph, run = LightGCN_sp(U, I, 64, 2, adj.nnz).to(device), adj, opts.prn_run
     sup, t = timed(lambda: frozen_outputs(supervisor, sup_graph))
     result["supervisor_once_s"] = round(t, 3)
-    settings = run_settings(args, run, trainee_is_student=opts.stage == 3)
+    run_cfg = Params.run_config(args, run, student=opts.stage == 3, blocks=Losses.CPU_BLOCKS)
     if opts.stage == 3:  # the pruning steps that lead into the run, the last one timed
         mid_w, t_map = timed(lambda: Pruning.closure_weights_on_adj(adj.row, adj.col, closure.row, closure.col,
                                                                     supervisor.adj_mask1_train.detach(), adj.n_nodes))
         t_prune = 0.0  # run 1 starts unpruned
         for before in range(1, run):
             state, t_prune = timed(lambda: Pruning.prune_state(
-                trainee.state_dict(), prune_config(args, run_settings(args, before, True)), edge_row=adj.row,
+                trainee.state_dict(), Params.prune_config(args, before), edge_row=adj.row,
                 edge_col=adj.col, scorers={"middle": lambda: sup.all}, mid_edge_weight_on_adj=mid_w))
             trainee.load_state_dict(state)
         result.update(prn_run=run, pruning_step_s=round(t_prune, 3), closure_weight_map_once_s=round(t_map, 3),
@@ -222,8 +222,7 @@ def main():
     for k, shape, listing, mode in configs:  # the same batches from the same weights
         Runtime.set_deterministic(mode == "1", device)
         trainee.load_state_dict(start_state)
-        cfg = kd_config(args, settings, device)
-        cfg = Losses.KDConfig(**{**cfg.__dict__, "contrast_candidates": k, "blocks": block_shapes[shape]})
+        cfg = Losses.KDConfig(**{**run_cfg.kd.__dict__, "contrast_candidates": k, "blocks": block_shapes[shape]})
         gen = torch.Generator().manual_seed(0)
         optimizer = Runtime.make_optimizer(trainee.parameters(), args.lr)
         row = dict(result, deterministic=int(mode), contrast_candidates=k, blocks=shape, use_subspcreg=cfg.use_subspcreg, loosen=cfg.loosen,
@@ -239,8 +238,9 @@ def main():
                        pair_index)  # warm-up, not counted
         row["parts_per_batch_s"] = part_breakdown(trainee, graph, sup, cfg, args.topRange,
                                                   batches[1:1 + opts.parts_batches], optimizer, gen, pair_index)
-        loss_fn = distill_loss(trainee, graph, sup, cfg, args.topRange, gen,
-                               list_pairs_once=listing == "per_run")
+        loss_fn = DistillLoss(trainee, graph, sup, cfg, args.topRange, gen)
+        if listing == "per_batch":
+            loss_fn.pair_index = None  # list the subspace positives in every batch instead
         _, t_epoch = timed(lambda: train_epoch(loss_fn, iter(epoch_batches), len(epoch_batches), optimizer, device))
         per_batch = t_epoch / len(epoch_batches)
         first_per_batch = first_per_batch or per_batch

@@ -34,8 +34,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 import DataHandler as dh  # noqa: E402
 import Params  # noqa: E402
-from Utils import Checkpoint, Losses, Runtime  # noqa: E402
-from Utils.Distill import frozen_outputs, kd_config, load_model, run_settings  # noqa: E402
+from Utils import Checkpoint, Losses  # noqa: E402
+from Utils.Distill import frozen_outputs, load_model  # noqa: E402
 
 TERMS = ("emb_kd", "contr_deno", "subspace")
 
@@ -96,12 +96,11 @@ def main():
     args = recorded_args(opts.student, opts.data_dir, opts.dataset)
     data = dh.load_dataset(args.data_dir, args.dataset)
     adj = dh.Graph.from_scipy(dh.propagation_matrix(data.train))
-    closure = dh.closure_graph(data.train, vars(args))
+    closure = dh.closure_graph(data.train, Params.closure_config(vars(args)))
     supervisor = load_model(opts.supervisor, "middle_teacher", data, "cpu", graph=closure)
     sup = frozen_outputs(supervisor, closure)
     student = load_model(opts.student, "student", data, "cpu", graph=adj, n_layers=args.gnn_layer)
-    settings = run_settings(args, opts.run, trainee_is_student=True)
-    cfg = kd_config(args, settings)
+    cfg = Params.kd_config(args, opts.run, student=True, blocks=Losses.CPU_BLOCKS)
     U, I = data.n_users, data.n_items
     mask = student.emb_mask2_fixed.detach()
     pairs = Losses.subspace_pair_index(mask[:U], mask[U:], cfg.loosen, cfg.blocks) if cfg.use_subspcreg else None

@@ -4,13 +4,15 @@ Each is off by default; these tests pin what each computes when it is on, and th
 exact limit is the published objective.
 """
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from Utils import Losses as L
 from Utils import MaskPairs
-from Utils.Training import EarlyStopper, RunLog, fit
+from Utils.Config import Loop
+from Utils.Training import EarlyStopper, RunLog, Stage
 
 
 def _batch_inputs(seed=0, n_users=37, n_items=29, d=8):
@@ -176,19 +178,34 @@ def test_early_stopper_counts_evaluations_since_the_best():
     assert not any(EarlyStopper(0).should_stop(v, e) for e, v in enumerate([0.3, 0.2, 0.1, 0.0]))
 
 
+class ScriptedStage(Stage):
+    """A stage whose evaluations return scripted Recall values (no data, no model)."""
+
+    def __init__(self, log, values, patience):
+        self.log, self.select_on, self.row_info = log, "val", {"stage": "teacher"}
+        self.cfg = SimpleNamespace(loop=Loop(tst_every=1, patience=patience))
+        self.stopper = EarlyStopper(patience)
+        self.values, self.trained, self.evaluated = iter(values), [], []
+
+    def train_one_epoch(self):
+        self.trained.append(1)
+        return {"total": 0.0, "main": 0.0}
+
+    def evaluate(self):
+        v = next(self.values)
+        return {"test": {"Recall": v, "NDCG": v}, "val": {"Recall": v, "NDCG": v}}
+
+    def keep(self, epoch, results):
+        self.evaluated.append(epoch)
+        return []
+
+
 def test_fit_stops_at_the_expected_epoch(tmp_path):
-    values = iter([0.1, 0.4, 0.3, 0.35, 0.2, 0.9])
-    trained, evaluated = [], []
     lines = []
     log = RunLog(str(tmp_path / "h.his"))
     log.line = lambda message, stamp=True: lines.append(message)
-
-    def evaluate():
-        v = next(values)
-        return {"test": {"Recall": v, "NDCG": v}, "val": {"Recall": v, "NDCG": v}}
-
-    fit(n_epochs=6, start_epoch=0, tst_every=1, train_one_epoch=lambda: trained.append(1) or {"total": 0.0, "main": 0.0},
-        evaluate=evaluate, on_evaluated=lambda epoch, results: evaluated.append(epoch) or [], log=log,
-        select_on="val", patience=3)
+    stage = ScriptedStage(log, [0.1, 0.4, 0.3, 0.35, 0.2, 0.9], patience=3)
+    stage.fit(6)
+    trained, evaluated = stage.trained, stage.evaluated
     assert evaluated == [0, 1, 2, 3, 4] and len(trained) == 5  # 3 evaluations after the best at epoch 1
     assert any(line.startswith("Early stop after epoch 4/6") and "best 0.40000 at epoch 1" in line for line in lines)

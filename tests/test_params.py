@@ -274,8 +274,8 @@ def test_device_cuda_unavailable(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(ConfigError, match="--device=cuda"):
         Params.parse_args(["--device=cuda"])
-    assert Runtime.select_device(Params.parse_args([])) == torch.device("cpu")
-    assert Runtime.select_device(Params.parse_args(["--device=cpu"])) == torch.device("cpu")
+    assert Runtime.select_device(Params.runtime_config(Params.parse_args([]))) == torch.device("cpu")
+    assert Runtime.select_device(Params.runtime_config(Params.parse_args(["--device=cpu"]))) == torch.device("cpu")
 
 
 def test_device_choices(capsys):
@@ -287,7 +287,7 @@ def test_device_choices(capsys):
 
 
 def test_gpu_only_overrides_when_given(no_cuda_env):
-    Runtime.select_device(Params.parse_args(["--device=cpu"]))
+    Runtime.select_device(Params.runtime_config(Params.parse_args(["--device=cpu"])))
     assert "CUDA_VISIBLE_DEVICES" not in os.environ
     Params.parse_args(["--gpu=3", "--device=cpu"])
     assert os.environ["CUDA_VISIBLE_DEVICES"] == "3"
@@ -296,24 +296,25 @@ def test_gpu_only_overrides_when_given(no_cuda_env):
 def test_threads(monkeypatch):
     calls = []
     monkeypatch.setattr(torch, "set_num_threads", calls.append)
-    Runtime.select_device(Params.parse_args(["--device=cpu", "--threads=3"]))
-    Runtime.select_device(Params.parse_args(["--device=cpu"]))
+    Runtime.select_device(Params.runtime_config(Params.parse_args(["--device=cpu", "--threads=3"])))
+    Runtime.select_device(Params.runtime_config(Params.parse_args(["--device=cpu"])))
     assert calls == [3]
     with pytest.raises(ConfigError, match="--threads"):
         Params.parse_args(["--threads=-1"])
 
 
-def test_resolve_select_on(tmp_path):
-    args = Params.parse_args([f"--data_dir={tmp_path}", "--dataset=tiny"])
-    assert Params.resolve_select_on(args, has_val=True) == "val"
-    assert Params.resolve_select_on(args, has_val=False) == "test"
-    args = Params.parse_args(["--select_on=test"])
-    assert Params.resolve_select_on(args, has_val=True) == "test"
-    args = Params.parse_args([f"--data_dir={tmp_path}", "--dataset=tiny", "--select_on=val"])
-    assert Params.resolve_select_on(args, has_val=True) == "val"
+def test_select_on_resolves_against_the_data(tmp_path):
+    def split(*flags, has_val):
+        args = Params.parse_args([f"--data_dir={tmp_path}", "--dataset=tiny", *flags])
+        return Params.teacher_config(args).evaluation.split(has_val, str(Params.dataset_dir(args)))
+
+    assert split(has_val=True) == "val"
+    assert split(has_val=False) == "test"
+    assert split("--select_on=test", has_val=True) == "test"
+    assert split("--select_on=val", has_val=True) == "val"
     with pytest.raises(ConfigError, match="--select_on=val"):
-        Params.resolve_select_on(args, has_val=False)
-    assert Params.dataset_dir(args) == tmp_path / "sparse_tiny"
+        split("--select_on=val", has_val=False)
+    assert Params.dataset_dir(Params.parse_args([f"--data_dir={tmp_path}", "--dataset=tiny"])) == tmp_path / "sparse_tiny"
 
 
 # --------------------------------------------------------------------------- run_cli

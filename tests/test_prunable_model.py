@@ -4,9 +4,10 @@ import pytest
 import torch
 
 import DataHandler as dh
-from Utils.Distill import FrozenOutputs, distill_loss, frozen_outputs, kd_config, run_settings
+from Utils.Distill import DistillLoss, FrozenOutputs, frozen_outputs
 from Model import LightGCN_sp
-from Params import parse_args
+from Params import parse_args, run_config
+from Utils.Losses import CPU_BLOCKS
 from Utils.Spmm import propagate_layers, propagate_sum
 
 RTOL, ATOL = 1e-4, 1e-6
@@ -53,15 +54,14 @@ def test_stage3_objective_through_the_model_matches_golden(ref, tiny, case):
     run = int(kd["prn_run"])
     args = parse_args(["--reg=1e-3", "--ereg=1e-2", "--use_ereg=True", "--cdreg=1e-2", "--softreg=1",
                        "--screg=1", "--subspcreg=0.5", f"--subspcreg_version={kd['subspcreg_version']}"])
-    settings = run_settings(args, run, trainee_is_student=True)
-    assert settings.loosen == float(kd["loosen"])
+    run_cfg = run_config(args, run, student=True, blocks=CPU_BLOCKS)
+    assert run_cfg.kd.loosen == float(kd["loosen"])
     student = tiny["student"]
     sup = frozen_outputs(tiny["middle"], tiny["closure"])
     t = torch.from_numpy
     # the stage's own per-batch loss, with the golden random triples injected
-    loss_fn = distill_loss(student, tiny["adj"], sup, kd_config(args, settings), args.topRange,
-                           torch.Generator().manual_seed(0),
-                           draw=lambda: (t(kd["rand_users"]), t(kd["rand_items1"]), t(kd["rand_items2"])))
+    loss_fn = DistillLoss(student, tiny["adj"], sup, run_cfg.kd, args.topRange, torch.Generator().manual_seed(0))
+    loss_fn.draw = lambda: (t(kd["rand_users"]), t(kd["rand_items1"]), t(kd["rand_items2"]))
     parts = loss_fn(t(tea["ancs"]), t(tea["poss"]), t(tea["negs"]))
     for name in ("total", "main", "emb_kd", "pred_kd", "reg"):
         np.testing.assert_allclose(parts[name].item(), kd[name], rtol=RTOL, atol=ATOL)
@@ -71,11 +71,11 @@ def test_stage3_objective_through_the_model_matches_golden(ref, tiny, case):
     np.testing.assert_allclose(student.adj_mask1_train.grad.numpy(), kd["grad_edge_w"], rtol=RTOL, atol=ATOL)
 
 
-def test_run_settings_take_the_learning_rate_of_the_run():
+def test_run_configs_take_the_learning_rate_of_the_run():
     args = parse_args(["--lr=1e-3"])
-    assert run_settings(args, 2, trainee_is_student=True).lr == 1e-3
+    assert run_config(args, 2, student=True, blocks=CPU_BLOCKS).lr == 1e-3
     args = parse_args(["--lr=1e-3", "--use_dynamic_lr=True", "--lr_list=0,5e-4,1e-4", "--PRUNING_END=2"])
-    assert [run_settings(args, run, trainee_is_student=True).lr for run in (1, 2)] == [5e-4, 1e-4]
+    assert [run_config(args, run, student=True, blocks=CPU_BLOCKS).lr for run in (1, 2)] == [5e-4, 1e-4]
 
 
 def test_fused_propagation_equals_layer_by_layer_autograd(tiny):

@@ -224,13 +224,12 @@ CASE_FLAGS = {
 
 @pytest.mark.parametrize("name", CASES)
 def test_pruning_through_the_config_built_from_flags_matches_golden(ref, name):
-    """The stage's wiring: flags -> prune_config -> prune_state, with every scoring model on offer.
+    """The stage's wiring: flags -> Params.prune_config -> prune_state, with every scoring model on offer.
 
     Edges are scored by the intermediate model (--use_mTea2drop_edges, the default); the
     student's and teacher's outputs are offered too, so picking the wrong one, or swapping
     β₁ (--adj_mask_aug1) and β₂ (--adj_mask_aug2), changes the masks."""
-    from Params import parse_args
-    from Utils.Distill import prune_config, run_settings
+    from Params import parse_args, prune_config
 
     case = ref(f"{name}.npz")
     models, graphs, forward = ref("prunable_models.npz"), ref("graphs.npz"), ref("prunable_forward.npz")
@@ -238,7 +237,6 @@ def test_pruning_through_the_config_built_from_flags_matches_golden(ref, name):
         f"--pruning_percent_adj={float(case['pruning_percent_adj'])}",
         f"--pruning_percent_emb={float(case['pruning_percent_emb'])}",
         f"--adj_mask_aug1={float(case['adj_mask_aug1'])}", f"--adj_mask_aug2={float(case['adj_mask_aug2'])}"])
-    settings = run_settings(args, 2, trainee_is_student=True)
     n_nodes = models["stu_uEmbeds"].shape[0] + models["stu_iEmbeds"].shape[0]
     adj_row, adj_col = _t(graphs["adj_row"]), _t(graphs["adj_col"])
     state = {"uEmbeds": _t(models["stu_uEmbeds"]), "iEmbeds": _t(models["stu_iEmbeds"]),
@@ -249,7 +247,7 @@ def test_pruning_through_the_config_built_from_flags_matches_golden(ref, name):
                "teacher": lambda: torch.cat([_t(forward["stu_out_users"]), _t(forward["stu_out_items"])]) * 2}
     mid_w = closure_weights_on_adj(adj_row, adj_col, _t(graphs["closure_row"]), _t(graphs["closure_col"]),
                                    _t(models["mid_edge_w"]), n_nodes)
-    out = prune_state(state, prune_config(args, settings), edge_row=adj_row, edge_col=adj_col, scorers=scorers,
+    out = prune_state(state, prune_config(args, 2), edge_row=adj_row, edge_col=adj_col, scorers=scorers,
                       mid_edge_weight_on_adj=mid_w)
     np.testing.assert_array_equal(out["adj_mask2_fixed"].numpy(), case["adj_mask"])
     np.testing.assert_array_equal(out["emb_mask2_fixed"].numpy(), case["emb_mask"])
@@ -258,12 +256,10 @@ def test_pruning_through_the_config_built_from_flags_matches_golden(ref, name):
 
 
 def test_prune_config_names_the_scoring_model_of_the_flags():
-    from Params import parse_args
-    from Utils.Distill import prune_config, run_settings
+    from Params import parse_args, prune_config
 
     def scoring(*flags):
-        args = parse_args(list(flags))
-        return prune_config(args, run_settings(args, 1, trainee_is_student=True)).scoring
+        return prune_config(parse_args(list(flags)), 1).scoring
 
     assert scoring("--use_adj_mask_aug=False") is None
     assert scoring("--use_adj_mask_aug=True") == "middle"  # --use_mTea2drop_edges defaults to True
@@ -271,7 +267,7 @@ def test_prune_config_names_the_scoring_model_of_the_flags():
     assert scoring("--use_adj_mask_aug=True", "--use_mTea2drop_edges=False", "--use_tea2drop_edges=True") == "teacher"
     args = parse_args(["--use_dynamic_adj_mask_aug1=True", "--adj_mask_aug_list1=0,0.3,0.7", "--PRUNING_END=2",
                        "--adj_mask_aug2=0.05"])
-    cfg = prune_config(args, run_settings(args, 2, trainee_is_student=True))
+    cfg = prune_config(args, 2)
     assert (cfg.beta1, cfg.beta2) == (0.7, 0.05)
 
 

@@ -1,0 +1,178 @@
+"""The frozen settings a stage runs with, built once from the flags (``Params.*_config``).
+
+Nothing below the entry points and :mod:`Params` reads the parsed flags: each stage, and
+each helper it calls, receives one of these objects. ``flags`` (a copy of every parsed flag)
+is carried only to be written into checkpoints and resume files, never read for behaviour.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Mapping, Optional, Tuple
+
+from Utils.Errors import ConfigError
+from Utils.Losses import KDConfig
+from Utils.Pruning import PruneConfig
+
+
+def history_file(path: str) -> str:
+    """The history file of a ``--his_save_path`` / ``--load_his_tea`` value (".his" appended when missing)."""
+    path = str(path)
+    return os.path.abspath(path if path.endswith(".his") else path + ".his")
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where a run executes (``--device``, ``--gpu``, ``--threads``, ``--deterministic``, ``--seed``)."""
+
+    device: str = "auto"
+    gpu: Optional[str] = None
+    threads: int = 0
+    deterministic: bool = True
+    seed: int = 1234
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """Where a stage writes (``--model_save_path``, ``--his_save_path``) and what it may do to
+    an earlier run's files there (``--resume`` continues it, ``--overwrite`` replaces it)."""
+
+    model_path: str
+    history_path: str
+    resume: bool = False
+    overwrite: bool = False
+
+    @property
+    def last_path(self) -> str:
+        """The resume file, written after every epoch: ``<model_save_path>_last.ckpt``."""
+        return self.model_path + "_last.ckpt"
+
+    @property
+    def history_file(self) -> str:
+        return history_file(self.history_path)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Recall/NDCG@``topk`` (``--topk``), ``batch_users`` users at a time (``--tstBat``), and the
+    split whose Recall selects checkpoints (``--select_on``; None: validation when the data has it)."""
+
+    topk: int = 20
+    batch_users: int = 64
+    select_on: Optional[str] = None
+
+    def split(self, has_val: bool, data_dir: str = "") -> str:
+        """The selection split for a dataset with or without a validation split."""
+        if self.select_on is None:
+            return "val" if has_val else "test"
+        if self.select_on == "val" and not has_val:
+            raise ConfigError(f"--select_on=val but there is no valMat.pkl in {data_dir}")
+        return self.select_on
+
+
+@dataclass(frozen=True)
+class Loop:
+    """The epoch loop: ``batch`` triples per step (``--batch``), an evaluation every ``tst_every``
+    epochs (``--tstEpoch``), early stopping after ``patience`` evaluations without a new best
+    (``--patience``, 0: never), and the seed of the negative sampling and of the random draws."""
+
+    batch: int = 4096
+    tst_every: int = 1
+    patience: int = 0
+    seed: int = 1234
+
+
+@dataclass(frozen=True)
+class Data:
+    """The split a stage reads: ``<data_dir>/sparse_<dataset>/`` and the model size trained on it."""
+
+    data_dir: str
+    dataset: str
+    latdim: int = 64
+    gnn_layer: int = 2
+
+    @property
+    def folder(self) -> str:
+        return os.path.join(self.data_dir, f"sparse_{self.dataset}")
+
+
+@dataclass(frozen=True)
+class TeacherConfig:
+    """Stage 1 (``pretrainTeacher.py``)."""
+
+    data: Data
+    loop: Loop
+    evaluation: Evaluation
+    outputs: Outputs
+    epochs: int = 300
+    lr: float = 1e-3
+    reg: float = 1e-7
+    load_model: str = ""  # --load_model_tea: start from these weights
+    load_history: str = ""  # --load_his_tea: continue this history
+    flags: Mapping[str, Any] = None
+
+
+@dataclass(frozen=True)
+class Closure:
+    """How Ĉ = I + A + A² (+ …) is built (``--adj_aug_layer``, ``--adj_aug_sample*``; ``seed``
+    draws the random sample)."""
+
+    layers: int = 1
+    sample: bool = False
+    sample_ratio: float = 0.9
+    sample_random: bool = False
+    seed: int = 1234
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One pruning run: how long it trains, at what rate, its loss and the pruning step after it
+    (None: the trainee is the intermediate model, never pruned). ``train=False`` skips its training
+    (``--esc_train_prn_run``)."""
+
+    run: int
+    epochs: int
+    lr: float
+    kd: KDConfig
+    prune: Optional[PruneConfig]
+    train: bool = True
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """Stages 2 and 3 (``Main.py``).
+
+    ``role``: ``middle_teacher`` (stage 2, trained on Ĉ) or ``student`` (stage 3, on Â, pruned).
+    ``supervisor``: ``teacher`` or ``middle``, the model distilled from. ``teacher_path`` is set
+    whenever the teacher is read (to supervise, or to score the student's edges), ``middle_path``
+    whenever the intermediate model is; ``closure`` whenever Ĉ is needed.
+    ``fixed_copy_epochs``: ``--run_no_adj_weights`` trains a copy with frozen masks that long.
+    ``gaps``: the "2nd best" gaps with learned and with fixed edge weights.
+    """
+
+    role: str
+    data: Data
+    loop: Loop
+    evaluation: Evaluation
+    outputs: Outputs
+    runs: Tuple[RunConfig, ...]
+    supervisor: str = "teacher"
+    teacher_path: Optional[str] = None
+    middle_path: Optional[str] = None
+    break_point: Optional[str] = None
+    closure: Optional[Closure] = None
+    top_range: int = 100000
+    init_from_supervisor: bool = False
+    middle_edge_weights: bool = False  # --use_SM_edgeW2aug: the student's edge scores read Ĉ's learned weights
+    fixed_copy_epochs: Optional[int] = None
+    gaps: Tuple[float, float] = (0.99, 0.99)
+    flags: Mapping[str, Any] = None
+
+    @property
+    def trainee_is_student(self) -> bool:
+        return self.role == "student"
+
+    def inputs(self) -> Mapping[str, Optional[str]]:
+        """The checkpoints this stage reads, by flag (never among its outputs)."""
+        return {"middle_teacher_model": self.middle_path, "teacher_model": self.teacher_path,
+                "break_point": self.break_point}
