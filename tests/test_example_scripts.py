@@ -74,4 +74,4 @@ def test_reproduce_flags_are_valid_on_top_of_the_published_examples():
         args = Params.parse_args(base + extra, stage=entry)
         if stage != "teacher":
             assert args.contrast_candidates > 0 and args.patience > 0 and args.init_from_supervisor
-    assert "--PRUNING_END=6" in text
+    assert "--PRUNING_END=12" in text  # the paper's whole mild schedule
