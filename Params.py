@@ -67,28 +67,22 @@ def _split_list(value):
     return items
 
 
-def int_list(value):
-    """Parse a comma-separated list of integers, e.g. '0,600,600' -> [0, 600, 600]."""
-    if isinstance(value, (list, tuple)):
-        return [int(v) for v in value]
-    items = _split_list(value)
-    try:
-        return [int(item) for item in items]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated integers, got {value!r}") from None
+def _number_list(kind, what):
+    """A parser of comma-separated ``kind`` values, e.g. int: '0,600,600' -> [0, 600, 600]."""
+    def parse(value):
+        if isinstance(value, (list, tuple)):
+            return [kind(v) for v in value]
+        try:
+            return [kind(item) for item in _split_list(value)]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {what}, got {value!r}") from None
+
+    parse.__name__ = f"{kind.__name__}_list"
+    return parse
 
 
-def float_list(value):
-    """Parse a comma-separated list of numbers, e.g. '0.05,1e-2' -> [0.05, 0.01]."""
-    if isinstance(value, (list, tuple)):
-        return [float(v) for v in value]
-    items = _split_list(value)
-    try:
-        return [float(item) for item in items]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated numbers, got {value!r}") from None
+int_list = _number_list(int, "integers")  # '0,600,600' -> [0, 600, 600]
+float_list = _number_list(float, "numbers")  # '0.05,1e-2' -> [0.05, 0.01]
 
 
 _TYPES = {'int': int, 'float': float, 'str': str, 'bool': str2bool,
@@ -312,6 +306,27 @@ DYNAMIC_LISTS = (
 )
 
 
+# Our flags, by group: the additions, then the time-to-quality levers (each off by default).
+ADDED, LEVERS = ('additions (not in the published tool)',
+                 'time-to-quality levers (each off by default; the defaults are the published method)')
+OUR_FLAGS = (  # group, flag, argparse options, help (one flag per line)
+    (ADDED, 'data_dir', dict(type=str, default='./Datasets', metavar='DIR'), 'folder holding sparse_NAME/ dataset folders (default: %(default)s)'),
+    (ADDED, 'select_on', dict(choices=('val', 'test'), default=None), 'split that chooses checkpoints and "best" records (default: val when valMat.pkl exists, else test as published)'),
+    (ADDED, 'device', dict(choices=('auto', 'cpu', 'cuda'), default='auto'), 'where to run; auto = cuda when available (default: %(default)s)'),
+    (ADDED, 'threads', dict(type=int, default=0, metavar='INT'), 'CPU threads for torch and the Numba kernels; 0 = the libraries\' default (default: %(default)s)'),
+    (ADDED, 'deterministic', dict(type=str2bool, default=True, metavar='BOOL'), 'use only kernels whose sums do not depend on thread timing (torch.use_deterministic_algorithms), so that a rerun with the same seed, threads and machine writes identical files; False allows faster non-deterministic CUDA kernels (default: %(default)s)'),
+    (ADDED, 'plots', dict(type=str2bool, default=True, metavar='BOOL'), 'stage 3: draw <his_save_path>_training.png and _tradeoff.png at the end (default: %(default)s)'),
+    (ADDED, 'resume', dict(type=str2bool, default=False, metavar='BOOL'), 'continue the run whose <model_save_path>_last.ckpt (written after every epoch) is there, exactly as if it had not stopped; the same flags, except how long and where it runs (default: %(default)s)'),
+    (ADDED, 'overwrite', dict(type=str2bool, default=False, metavar='BOOL'), 'replace the outputs of an earlier run of the same stage at --model_save_path/--his_save_path: once every input is checked, its history, _last.ckpt, checkpoints and reports are removed together, before the first epoch; without it (or --resume) a stage refuses to start there. Never replaces a file the stage reads or another stage\'s outputs (default: %(default)s)'),
+    (ADDED, 'block_mb', dict(type=float, default=1024.0, metavar='MB'), 'stages 2-3 on a GPU: memory budget of one block of the all-node contrastive kernels; each term multiplies its whole anchor set against column blocks of at most this size (on the CPU the blocks are 256 x 4096, cache-sized) (default: %(default)s)'),
+    (LEVERS, 'patience', dict(type=int, default=0, metavar='N'), 'end stage-1 training, or a stage-2/3 pruning run, after N evaluations without a new best on the selection split; the best point is what is kept and carried (0 = off, every epoch runs; default: %(default)s)'),
+    (LEVERS, 'contrast_candidates', dict(type=int, default=0, metavar='K'), 'stages 2-3: estimate every sum over a whole user/item table in the embedding-level KD, auxiliary denominator and subspace (v3) terms from K rows drawn per batch, scaled by table size / K (an unbiased estimate of each sum, but not of its log, the loss, nor of the gradient); K >= the table size is exact (0 = exact, the published objective; default: %(default)s)'),
+    (LEVERS, 'init_from_supervisor', dict(type=str2bool, default=False, metavar='BOOL'), 'stages 2-3: the first pruning run starts the trainee\'s layer-0 embeddings from the supervisor\'s (teacher or intermediate model, masked) instead of Xavier initialisation; ignored when a break point is loaded (default: %(default)s)'),
+    (LEVERS, 'use_dynamic_lr', dict(type=str2bool, default=False, metavar='BOOL'), 'stages 2-3: take each pruning run\'s Adam learning rate from --lr_list[run] instead of --lr, e.g. a lower rate for the runs that fine-tune an already trained, freshly pruned model (default: %(default)s)'),
+    (LEVERS, 'lr_list', dict(type=float_list, default=None, metavar='FLOATS'), 'per-run learning rates, indexed by pruning run like --epoch_list (comma-separated; used with --use_dynamic_lr=True; default: --lr for every run)'),
+)
+
+
 def build_parser(prog=None):
     """The argparse parser of both entry points (every published flag, then ours)."""
     parser = OneLineErrorParser(
@@ -329,63 +344,9 @@ def build_parser(prog=None):
             f'--{name}', type=_TYPES[kind], default=default, metavar=_METAVARS.get(kind),
             help=f'{text} (default: %(default)s)')
 
-    ours = parser.add_argument_group('additions (not in the published tool)')
-    ours.add_argument('--data_dir', type=str, default='./Datasets', metavar='DIR',
-                      help='folder holding sparse_NAME/ dataset folders (default: %(default)s)')
-    ours.add_argument('--select_on', choices=('val', 'test'), default=None,
-                      help='split that chooses checkpoints and "best" records '
-                           '(default: val when valMat.pkl exists, else test as published)')
-    ours.add_argument('--device', choices=('auto', 'cpu', 'cuda'), default='auto',
-                      help='where to run; auto = cuda when available (default: %(default)s)')
-    ours.add_argument('--threads', type=int, default=0, metavar='INT',
-                      help='CPU threads for torch and the Numba kernels; 0 = the libraries\' default '
-                           '(default: %(default)s)')
-    ours.add_argument('--deterministic', type=str2bool, default=True, metavar='BOOL',
-                      help='use only kernels whose sums do not depend on thread timing '
-                           '(torch.use_deterministic_algorithms), so that a rerun with the same seed, threads '
-                           'and machine writes identical files; False allows faster non-deterministic CUDA '
-                           'kernels (default: %(default)s)')
-    ours.add_argument('--plots', type=str2bool, default=True, metavar='BOOL',
-                      help='stage 3: draw <his_save_path>_training.png and _tradeoff.png at the end '
-                           '(default: %(default)s)')
-    ours.add_argument('--resume', type=str2bool, default=False, metavar='BOOL',
-                      help='continue the run whose <model_save_path>_last.ckpt (written after every epoch) is '
-                           'there, exactly as if it had not stopped; the same flags, except how long and where '
-                           'it runs (default: %(default)s)')
-    ours.add_argument('--overwrite', type=str2bool, default=False, metavar='BOOL',
-                      help='replace the outputs of an earlier run of the same stage at --model_save_path/'
-                           '--his_save_path: once every input is checked, its history, _last.ckpt, checkpoints '
-                           'and reports are removed together, before the first epoch; without it (or --resume) '
-                           'a stage refuses to start there. Never replaces a file the stage reads or another '
-                           'stage\'s outputs (default: %(default)s)')
-    ours.add_argument('--block_mb', type=float, default=1024.0, metavar='MB',
-                      help='stages 2-3 on a GPU: memory budget of one block of the all-node contrastive '
-                           'kernels; each term multiplies its whole anchor set against column blocks of '
-                           'at most this size (on the CPU the blocks are 256 x 4096, cache-sized) '
-                           '(default: %(default)s)')
-    fast = parser.add_argument_group(
-        'time-to-quality levers (each off by default; the defaults are the published method)')
-    fast.add_argument('--patience', type=int, default=0, metavar='N',
-                      help='end stage-1 training, or a stage-2/3 pruning run, after N evaluations without '
-                           'a new best on the selection split; the best point is what is kept and carried '
-                           '(0 = off, every epoch runs; default: %(default)s)')
-    fast.add_argument('--contrast_candidates', type=int, default=0, metavar='K',
-                      help='stages 2-3: estimate every sum over a whole user/item table in the embedding-'
-                           'level KD, auxiliary denominator and subspace (v3) terms from K rows drawn per '
-                           'batch, scaled by table size / K (an unbiased estimate of each sum, but not of its log, the '
-                           'loss, nor of the gradient); K >= the table size is exact '
-                           '(0 = exact, the published objective; default: %(default)s)')
-    fast.add_argument('--init_from_supervisor', type=str2bool, default=False, metavar='BOOL',
-                      help='stages 2-3: the first pruning run starts the trainee\'s layer-0 embeddings from '
-                           'the supervisor\'s (teacher or intermediate model, masked) instead of Xavier '
-                           'initialisation; ignored when a break point is loaded (default: %(default)s)')
-    fast.add_argument('--use_dynamic_lr', type=str2bool, default=False, metavar='BOOL',
-                      help='stages 2-3: take each pruning run\'s Adam learning rate from --lr_list[run] '
-                           'instead of --lr, e.g. a lower rate for the runs that fine-tune an already '
-                           'trained, freshly pruned model (default: %(default)s)')
-    fast.add_argument('--lr_list', type=float_list, default=None, metavar='FLOATS',
-                      help='per-run learning rates, indexed by pruning run like --epoch_list '
-                           '(comma-separated; used with --use_dynamic_lr=True; default: --lr for every run)')
+    groups = {title: parser.add_argument_group(title) for title in (ADDED, LEVERS)}
+    for title, name, options, text in OUR_FLAGS:
+        groups[title].add_argument(f'--{name}', **options, help=text)
     return parser
 
 
@@ -400,6 +361,18 @@ def validate(args, stage='main'):
     if stage not in STAGES:
         raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
 
+    _validate_ranges(args)
+    _validate_runtime(args)
+    if stage == 'main':
+        _validate_main(args)
+    elif args.load_his_tea and not args.load_model_tea:
+        _fail("--load_his_tea continues a teacher's history and needs its weights: give --load_model_tea too "
+              "(or --resume=True)")
+    return args
+
+
+def _validate_ranges(args):
+    """Each number in its range, each list entry finite."""
     for name in ('mask_epoch', 'fix_epoch', 'epoch_tea', 'batch', 'tstBat', 'latdim',
                  'gnn_layer', 'adj_aug_layer', 'topk', 'topRange', 'tstEpoch'):
         if getattr(args, name) <= 0:
@@ -436,33 +409,30 @@ def validate(args, stage='main'):
               f"or more), got {args.seed}")
     if args.subspcreg_version not in ('v1', 'v2', 'v3'):
         _fail(f"--subspcreg_version must be v1, v2 or v3, got {args.subspcreg_version!r}")
-    if args.threads < 0:
-        _fail(f"--threads must be >= 0 (0 = torch's default), got {args.threads}")
-    if args.patience < 0:
-        _fail(f"--patience must be >= 0 (0 = off), got {args.patience}")
+    if args.contrast_candidates < 0:
+        _fail(f"--contrast_candidates must be >= 0 (0 = exact sums), got {args.contrast_candidates}")
     if args.lr_list is not None:
         bad = [v for v in args.lr_list if not (math.isfinite(v) and v >= 0)]
         if bad:
             _fail(f"--lr_list holds {bad[0]}: every entry must be a finite number >= 0")
+
+
+def _validate_runtime(args):
+    """How the run executes: threads, patience, resume/overwrite, the device."""
+    if args.threads < 0:
+        _fail(f"--threads must be >= 0 (0 = torch's default), got {args.threads}")
+    if args.patience < 0:
+        _fail(f"--patience must be >= 0 (0 = off), got {args.patience}")
     if args.use_dynamic_lr and args.lr_list is None:
         _fail("--use_dynamic_lr=True needs --lr_list (one learning rate per pruning run, indexed from 0)")
     if args.resume and args.overwrite:
         _fail("--resume=True continues the earlier run and --overwrite=True replaces it: choose one")
-    if args.contrast_candidates < 0:
-        _fail(f"--contrast_candidates must be >= 0 (0 = exact sums), got {args.contrast_candidates}")
     if not (math.isfinite(args.block_mb) and args.block_mb > 0):
         _fail(f"--block_mb must be a positive number of MiB, got {args.block_mb}")
     if args.device == 'cuda':
         expose_gpu(args)  # before the first CUDA query, which fixes the visible devices
         if not torch.cuda.is_available():
             _fail("--device=cuda but CUDA is not available here (use --device=auto or --device=cpu)")
-
-    if stage == 'main':
-        _validate_main(args)
-    elif args.load_his_tea and not args.load_model_tea:
-        _fail("--load_his_tea continues a teacher's history and needs its weights: give --load_model_tea too "
-              "(or --resume=True)")
-    return args
 
 
 def _validate_main(args):
@@ -627,7 +597,7 @@ def prune_config(args, run):
     from Utils.Pruning import PruneConfig
 
     return PruneConfig(
-        edge_pct=args.pruning_percent_adj, emb_pct=args.pruning_percent_emb,
+        edge_cut=args.pruning_percent_adj, emb_cut=args.pruning_percent_emb,
         keep_weights=args.keep_adj_weights2next_prn, scoring=edge_scorer(args),
         beta1=float(_pick(args, 'use_dynamic_adj_mask_aug1', 'adj_mask_aug_list1', 'adj_mask_aug1', run)),
         use_middle_weights=args.use_SM_edgeW2aug,
@@ -646,7 +616,7 @@ def run_config(args, run, student, blocks):
 
 def distill_config(args, device='cpu'):
     """Stages 2-3's settings; ``device`` fixes the block shape of the loss kernels (``--block_mb``)."""
-    from Utils.Losses import device_blocks
+    from Utils.Kernels import device_blocks
 
     student = not args.train_middle_model
     blocks = device_blocks(device, args.block_mb)

@@ -346,20 +346,28 @@ def build_parser() -> argparse.ArgumentParser:
                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=OneLineErrorParser)
 
-    def data_options(p, graph=True):
-        p.add_argument("--dataset", default=None, help="dataset name (default: the one stored in the checkpoint)")
-        p.add_argument("--data_dir", default=None, help="folder holding sparse_NAME/ (default: the checkpoint's)")
-        p.add_argument("--role", choices=Checkpoint.ROLES, default=None,
-                       help="model to take from a published stage-2/3 .mod file (default: the one it trained)")
-        if graph:
-            p.add_argument("--graph", choices=("auto", "adjacency", "closure"), default="auto",
-                           help="graph of a full checkpoint: auto = as recorded, or inferred from the edge count "
-                                "for published files (default: %(default)s)")
+    _add_history_commands(sub)
+    _add_model_commands(sub)
+    return parser
 
+
+def _data_options(p, graph=True):
+    p.add_argument("--dataset", default=None, help="dataset name (default: the one stored in the checkpoint)")
+    p.add_argument("--data_dir", default=None, help="folder holding sparse_NAME/ (default: the checkpoint's)")
+    p.add_argument("--role", choices=Checkpoint.ROLES, default=None,
+                   help="model to take from a published stage-2/3 .mod file (default: the one it trained)")
+    if graph:
+        p.add_argument("--graph", choices=("auto", "adjacency", "closure"), default="auto",
+                       help="graph of a full checkpoint: auto = as recorded, or inferred from the edge count "
+                            "for published files (default: %(default)s)")
+
+
+def _add_history_commands(sub):
+    """The commands that read checkpoints' reports and history files: report, plot, summary, curve, compare."""
     p = sub.add_parser("report", help="compression report of a checkpoint (table; JSON with --json)")
     p.add_argument("checkpoint", metavar="CHECKPOINT")
     p.add_argument("--json", metavar="OUT", default=None, help="also write the report as JSON")
-    data_options(p, graph=False)
+    _data_options(p, graph=False)
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("plot", help="training curves and the pruning trade-off from history files (PNG)")
@@ -391,18 +399,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("b", metavar="FOLDER_B", help="folder of the second run's outputs")
     p.set_defaults(func=cmd_compare)
 
+
+def _add_model_commands(sub):
+    """The commands that load a model: export, recommend, evaluate."""
     p = sub.add_parser("export", help="write the compact export (surviving edges + non-zero entries)")
     p.add_argument("checkpoint", metavar="CHECKPOINT")
     p.add_argument("out", metavar="OUT")
     p.add_argument("--overwrite", action="store_true", help="replace OUT when it exists")
-    data_options(p)
+    _data_options(p)
     p.set_defaults(func=cmd_export)
 
     for name, text in (("recommend", "top-K items for some users, their train items excluded"),
                        ("evaluate", "Recall@K and NDCG@K on a split, as the training tool computes them")):
         p = sub.add_parser(name, help=text)
         p.add_argument("checkpoint", metavar="CHECKPOINT", help="full checkpoint, published .mod or compact export")
-        data_options(p)
+        _data_options(p)
         p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu",
                        help="where to propagate and score (default: %(default)s)")
         if name == "recommend":
@@ -423,7 +434,6 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--baseline", choices=("none", "popularity"), default="none",
                            help="also evaluate a baseline ranking on the same split (default: %(default)s)")
             p.set_defaults(func=cmd_evaluate)
-    return parser
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -158,14 +158,14 @@ class DistillConfig:
     runs: Tuple[RunConfig, ...]
     supervisor: str = "teacher"
     teacher_path: Optional[str] = None
-    middle_path: Optional[str] = None
-    break_point: Optional[str] = None
-    closure: Optional[Closure] = None
     top_range: int = 100000
+    middle_path: Optional[str] = None
     init_from_supervisor: bool = False
+    break_point: Optional[str] = None
+    gaps: Tuple[float, float] = (0.99, 0.99)
+    closure: Optional[Closure] = None
     middle_edge_weights: bool = False  # --use_SM_edgeW2aug: the student's edge scores read Ĉ's learned weights
     fixed_copy_epochs: Optional[int] = None
-    gaps: Tuple[float, float] = (0.99, 0.99)
     flags: Mapping[str, Any] = None
 
     @property

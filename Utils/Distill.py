@@ -4,7 +4,7 @@ Stage 2 trains the intermediate model on the closure graph Ĉ under the teacher;
 trains the student on Â under the intermediate model (or the teacher) and prunes it after
 every pruning run (``docs/method.md#stages-2-and-3-distillation``). :class:`DistillStage`
 runs the pruning runs with the loop every stage shares (:meth:`Utils.Training.Stage.fit`);
-:meth:`DistillStage.from_files` reads its inputs, :class:`Supervisors` holds what the
+:meth:`DistillStage.from_files` reads its inputs, :class:`FrozenModels` holds what the
 frozen models give it (computed once), :class:`DistillLoss` is the per-batch objective.
 Each run's settings (epochs, learning rate, loss, pruning step) arrive ready in a
 :class:`Utils.Config.RunConfig`.
@@ -20,33 +20,20 @@ import DataHandler as dh
 from Model import LightGCN, LightGCN_sp, model_from_tensors
 from Utils import Checkpoint, Pruning, Report, Resume, Runtime
 from Utils.Config import DistillConfig, RunConfig
-from Utils.Losses import KDConfig, draw_contrast_sample, kd_objective, subspace_pair_index
+from Utils.Kernels import subspace_pair_index
+from Utils.Losses import KDConfig, Supervisor, Trainee, draw_batch, kd_objective
 from Utils.Parallel import SOLO, Group
 from Utils.Training import EarlyStopper, Record, RunLog, Stage
 
 
 # ----------------------------------------------------------------------------- frozen models
-@dataclass
-class FrozenOutputs:
-    """A frozen model's outputs, computed once: Ē (users, items) and H = Σ_{l≥2} E_l."""
-
-    users: torch.Tensor
-    items: torch.Tensor
-    high_users: torch.Tensor
-    high_items: torch.Tensor
-
-    @property
-    def all(self) -> torch.Tensor:
-        return torch.cat([self.users, self.items], dim=0)
-
-
 @torch.no_grad()
-def frozen_outputs(model: LightGCN, graph) -> FrozenOutputs:
+def frozen_outputs(model: LightGCN, graph) -> Supervisor:
     layers = model.layers(graph)
     out = torch.stack(layers).sum(0)
     high = torch.stack(layers[2:]).sum(0) if len(layers) > 2 else torch.zeros_like(out)
     n = model.n_users
-    return FrozenOutputs(out[:n], out[n:], high[:n], high[n:])
+    return Supervisor(out[:n], out[n:], high[:n], high[n:])
 
 
 def load_model(path: str, role: str, dataset, device, graph=None, latdim: Optional[int] = None,
@@ -75,15 +62,16 @@ class DistillLoss:
     """The per-batch objective of stages 2–3 (:func:`Utils.Losses.kd_objective`) on the trainee's
     current outputs, for one pruning run; called as ``loss(ancs, poss, negs)``.
 
-    ``draw()`` gives the batch's random (users, items, items) of the prediction-level KD
-    (:func:`random_triples` from ``generator``; tests replace it with fixed ones).
-    ``group``: this process's share of the loss in a data-parallel run (:mod:`Utils.Parallel`).
+    Each call draws the batch's random (users, items, items) of the prediction-level KD
+    (:meth:`draw`; tests replace it with fixed ones), the rows of the all-node sums
+    (``--contrast_candidates``) and the subspace term's rows, then splits the batch between
+    the processes of a data-parallel run once (:class:`Utils.Losses.Batch`, ``group``).
     The trainee's embedding mask is fixed for a pruning run, so the subspace term's positive
     pairs are listed once here (:attr:`pair_index`; None lists them in every batch: the same
     loss, slower, as ``bench/bench_distill.py`` measures).
     """
 
-    def __init__(self, model: LightGCN_sp, graph, supervisor: FrozenOutputs, kd: KDConfig, top_range: int,
+    def __init__(self, model: LightGCN_sp, graph, supervisor: Supervisor, kd: KDConfig, top_range: int,
                  generator: torch.Generator, group: Group = SOLO):
         self.model, self.graph, self.supervisor, self.kd = model, graph, supervisor, kd
         self.top_range, self.generator, self.group = top_range, generator, group
@@ -100,19 +88,12 @@ class DistillLoss:
         # first what reads back to the host or comes from it (the draws, the distinct anchors), in
         # the order the objective draws them: on a GPU this happens before the step's device work
         # is queued, so the only wait on that work is the loss parts' read-back (train_epoch)
-        model, sup = self.model, self.supervisor
-        rand_users, rand_items1, rand_items2 = self.draw()
-        sample = draw_contrast_sample(model.n_users, model.n_items, self.kd.contrast_candidates, self.generator,
-                                      sup.users.device)
-        anchors = (torch.unique(ancs), torch.unique(poss))
+        model = self.model
+        batch = draw_batch(self.kd, (ancs, poss, negs), self.draw(), (model.n_users, model.n_items), self.generator,
+                           self.group)
         users, items = model(self.graph)
-        return kd_objective(self.kd, stu_users=users, stu_items=items, stu_u_embeds=model.uEmbeds,
-                            stu_i_embeds=model.iEmbeds, stu_edge_weight=model.adj_mask1_train,
-                            sup_users=sup.users, sup_items=sup.items, sup_high_users=sup.high_users,
-                            sup_high_items=sup.high_items, ancs=ancs, poss=poss, negs=negs,
-                            rand_users=rand_users, rand_items1=rand_items1, rand_items2=rand_items2,
-                            emb_mask=model.emb_mask2_fixed, generator=self.generator, sample=sample,
-                            group=self.group, anchors=anchors, subspace_pairs=self.pair_index)
+        trainee = Trainee(users, items, model.uEmbeds, model.iEmbeds, model.adj_mask1_train, model.emb_mask2_fixed)
+        return kd_objective(self.kd, trainee, self.supervisor, batch, self.group.lead, self.pair_index)
 
 
 # ----------------------------------------------------------------------------- records
@@ -181,20 +162,20 @@ def state_of(model: torch.nn.Module) -> Dict[str, torch.Tensor]:
 
 # ----------------------------------------------------------------------------- the supervisors
 @dataclass
-class Supervisors:
+class FrozenModels:
     """What the frozen models give a stage, computed once: ``supervisor`` (the outputs distilled
     from) and its layer-0 embeddings ``layer0`` (``--init_from_supervisor``); for the student's
-    pruning, ``teacher``/``middle`` outputs that may score edges and ``middle_weight_on_adj``
+    pruning, ``teacher``/``middle`` outputs that may score edges and ``mid_weight``
     (``--use_SM_edgeW2aug``: Ĉ's learned weights on Â's edges)."""
 
-    supervisor: FrozenOutputs
+    supervisor: Supervisor
     layer0: torch.Tensor
-    teacher: Optional[FrozenOutputs] = None
-    middle: Optional[FrozenOutputs] = None
-    middle_weight_on_adj: Optional[torch.Tensor] = None
+    teacher: Optional[Supervisor] = None
+    middle: Optional[Supervisor] = None
+    mid_weight: Optional[torch.Tensor] = None
 
     @classmethod
-    def load(cls, cfg: DistillConfig, dataset, adj, closure, device, log: RunLog) -> "Supervisors":
+    def load(cls, cfg: DistillConfig, dataset, adj, closure, device, log: RunLog) -> "FrozenModels":
         """Read the intermediate model and/or the teacher that ``cfg`` names."""
         warn = lambda line: log.line(line, stamp=False)  # noqa: E731
         middle = teacher = None
@@ -213,7 +194,7 @@ class Supervisors:
             log.line("Use the teacher to direct the training", stamp=False)
         chosen = middle if cfg.supervisor == "middle" else teacher
         return cls(supervisor=chosen[0], layer0=chosen[1], teacher=teacher and teacher[0],
-                   middle=middle and middle[0], middle_weight_on_adj=weights if middle else None)
+                   middle=middle and middle[0], mid_weight=weights if middle else None)
 
 
 # ----------------------------------------------------------------------------- the stage
@@ -228,17 +209,17 @@ class DistillStart:
 
 
 class DistillStage(Stage):
-    """One stage-2/3 invocation: the pruning runs of a trainee distilled from :class:`Supervisors`."""
+    """One stage-2/3 invocation: the pruning runs of a trainee distilled from :class:`FrozenModels`."""
 
     model_class = "LightGCN_sp"
     interrupted_line = "Interrupted: the records so far are kept"
 
-    def __init__(self, cfg: DistillConfig, dataset, graph, supervisors: Supervisors, log: RunLog, device,
+    def __init__(self, cfg: DistillConfig, dataset, graph, frozen: FrozenModels, log: RunLog, device,
                  group: Group = SOLO, start: Optional[DistillStart] = None):
         self.role = cfg.role
         self.stage_name = "student" if cfg.trainee_is_student else "intermediate"
         super().__init__(cfg, dataset, graph, log, device, group)
-        self.supervisors = supervisors
+        self.frozen = frozen
         self.records = make_records(cfg.gaps)
         self.generator = torch.Generator().manual_seed(cfg.loop.seed)
         self.current: Optional[PruningRun] = None
@@ -264,7 +245,7 @@ class DistillStage(Stage):
         adj = dh.Graph.from_scipy(dh.propagation_matrix(dataset.train)).to(device)
         closure = dh.closure_graph(dataset.train, cfg.closure).to(device) if cfg.closure is not None else None
         graph = adj if cfg.trainee_is_student else closure
-        supervisors = Supervisors.load(cfg, dataset, adj, closure, device, log)
+        frozen = FrozenModels.load(cfg, dataset, adj, closure, device, log)
         Resume.check_outputs(cfg.outputs, cfg.role, cfg.inputs())
         start = DistillStart()
         if cfg.outputs.resume:
@@ -275,7 +256,7 @@ class DistillStage(Stage):
                                n_layers=cfg.data.gnn_layer, warn=lambda line: log.line(line, stamp=False))
             log.line(f"Model Loaded: {cfg.break_point}")
             start.break_point = state_of(model)
-        return cls(cfg, dataset, graph, supervisors, log, device, group, start)
+        return cls(cfg, dataset, graph, frozen, log, device, group, start)
 
     # -- models
     def build_trainee(self, state: Optional[Dict[str, torch.Tensor]]) -> LightGCN_sp:
@@ -293,7 +274,7 @@ class DistillStage(Stage):
         if not self.cfg.init_from_supervisor:
             return None
         state = state_of(self.build_trainee(None))
-        n_users, layer0 = self.dataset.n_users, self.supervisors.layer0
+        n_users, layer0 = self.dataset.n_users, self.frozen.layer0
         state["uEmbeds"], state["iEmbeds"] = layer0[:n_users].clone(), layer0[n_users:].clone()
         self.log.line("Trainee embeddings initialised from the supervisor's layer-0 embeddings "
                       "(--init_from_supervisor)")
@@ -305,15 +286,14 @@ class DistillStage(Stage):
             with torch.no_grad():
                 return torch.cat(self.build_trainee(state)(self.graph), dim=0)
 
-        sup = self.supervisors
+        sup = self.frozen
         scorers = {"student": student_outputs}
         if sup.teacher is not None:
             scorers["teacher"] = lambda: sup.teacher.all
         if sup.middle is not None:
             scorers["middle"] = lambda: sup.middle.all
-        return Pruning.prune_state(state, prune_cfg, edge_row=self.graph.row, edge_col=self.graph.col,
-                                   scorers=scorers, mid_edge_weight_on_adj=sup.middle_weight_on_adj,
-                                   generator=self.generator)
+        return Pruning.prune_state(state, prune_cfg, edges=(self.graph.row, self.graph.col), scorers=scorers,
+                                   mid_weight=sup.mid_weight, generator=self.generator)
 
     # -- records and checkpoints
     def save_record(self, record: Record) -> None:
@@ -350,7 +330,7 @@ class DistillStage(Stage):
         self.model = model
         model.adj_mask1_train.requires_grad_(learn_edges)
         self.optimizer = Runtime.make_optimizer([p for p in model.parameters() if p.requires_grad], run_cfg.lr)
-        self.loss_fn = DistillLoss(model, self.graph, self.supervisors.supervisor, run_cfg.kd, self.cfg.top_range,
+        self.loss_fn = DistillLoss(model, self.graph, self.frozen.supervisor, run_cfg.kd, self.cfg.top_range,
                                    self.generator, self.group)
         run = self.current = PruningRun(run_cfg.run, learn_edges, n_epochs, model.edge_kept_pct(),
                                         model.emb_kept_pct())

@@ -1,8 +1,9 @@
 """The LightGNN training objective (docs/method.md#loss-terms) as pure functions of tensors.
 
-Every function takes tensors and plain numbers and returns a scalar tensor; none reads
-a configuration object or global state. ``kd_objective`` composes them into the
-published per-batch loss, driven by a plain :class:`KDConfig`.
+Every term takes tensors (paired as (users, items) where a term reads both tables), the
+anchor rows it averages over (:class:`Share`) and plain numbers, and returns a scalar tensor;
+none reads global state. :func:`kd_objective` composes them into the published per-batch
+loss of a :class:`Trainee` under a :class:`Supervisor`, driven by a frozen :class:`KDConfig`.
 
 Conventions checked against the published tool's golden vectors
 (``tests/data/reference/kd_terms.npz``, ``tests/data/reference/kd_loss_*.npz``; all match to float32 rounding):
@@ -25,10 +26,12 @@ Conventions checked against the published tool's golden vectors
   v2 = one CE over the concatenated [user anchors; item anchors] against itself;
   v3 = four CEs, anchors against *all* users / items.
 
-Memory: the all-node denominators (e.g. 3.6 k anchors × 42.7 k users on Yelp) never form
-an anchors×N matrix. :func:`row_logsumexp_matmul` and :func:`positive_pair_logit_sums` are
-custom autograd functions that compute their forward pass block by block into one
-reused buffer and recompute the blocks in the backward pass (see ``bench/bench_contrastive.py``).
+Memory: the all-node sums run in the blocked kernels of :mod:`Utils.Kernels`, which never
+form an anchors×N matrix.
+
+Data-parallel runs (:mod:`Utils.Parallel`): the stage splits each batch between the
+processes once (:meth:`Batch.split`); a term averages over its :class:`Share` of the rows
+and divides by the whole count, so the parts summed over the processes are the loss.
 """
 from __future__ import annotations
 
@@ -38,59 +41,11 @@ from typing import Dict, Mapping, MutableMapping, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
-from torch.autograd.function import once_differentiable
 
 from Utils import MaskPairs
+from Utils.Kernels import (CPU_BLOCKS, EXACT, Blocks, ContrastSample, draw_contrast_sample, positive_pair_logit_sums,
+                           row_logsumexp_matmul, table_logsumexp)
 from Utils.Parallel import SOLO, Group
-
-#: Default block shape (anchors × candidates) of the blocked reductions: a 256×4096
-#: float32 buffer is 4 MiB, small enough to stay in cache between the product and the exp.
-BLOCK_ROWS = 256
-BLOCK_COLS = 4096
-
-#: With a memory budget (:class:`Blocks`), the fewest columns a block is given before its
-#: rows are split: under this the products are too thin to use a GPU well.
-MIN_BUDGET_COLS = 1024
-
-
-@dataclass(frozen=True)
-class Blocks:
-    """The block shape of the blocked kernels (anchors × candidates per product).
-
-    Two shapes, the same sums (they differ only by float rounding):
-
-    * CPU (``budget=None``): ``rows`` × ``cols`` = 256 × 4,096, a 4 MiB block that stays in
-      cache between the product and the exp; the subspace positives are listed from
-      bit-packed masks when they are few (``list_pairs``).
-    * device (``budget`` = floats per block): the whole anchor set against as many
-      candidates as the budget holds, i.e. a few large products per term instead of
-      hundreds of small ones; the rows are split only when fewer than
-      :data:`MIN_BUDGET_COLS` columns would fit. No listing (it runs on the host).
-    """
-
-    rows: int = BLOCK_ROWS
-    cols: int = BLOCK_COLS
-    budget: Optional[int] = None
-    list_pairs: bool = True
-
-    def shape(self, n: int, m: int) -> Tuple[int, int]:
-        """(block rows, block columns) for ``n`` anchors against ``m`` candidates."""
-        if self.budget is None:
-            return self.rows, self.cols
-        rows = max(1, min(n, self.budget // max(1, min(m, MIN_BUDGET_COLS))))
-        return rows, max(1, min(m, self.budget // rows))
-
-
-CPU_BLOCKS = Blocks()
-
-
-def device_blocks(device, budget_mb: float) -> Blocks:
-    """The block shape for ``device``: :data:`CPU_BLOCKS` on the CPU, on an accelerator whole
-    anchor sets against column blocks of at most ``budget_mb`` MiB (float32) each (``--block_mb``)."""
-    if torch.device(device).type == "cpu":
-        return CPU_BLOCKS
-    return Blocks(budget=max(1, int(budget_mb * 2 ** 20) // 4), list_pairs=False)
-
 
 #: The constants the published tool adds inside its logarithms.
 INFONCE_EPS = 1e-8
@@ -98,6 +53,8 @@ CONTR_DENO_EPS = 1e-5
 PRED_KD_EPS = 1e-8
 
 SUBSPACE_VERSIONS = ("v1", "v2", "v3")
+
+Pair = Tuple[torch.Tensor, torch.Tensor]  # (users, items): the two tables a term reads
 
 
 def _mean(values: torch.Tensor, total: Optional[int] = None) -> torch.Tensor:
@@ -107,292 +64,97 @@ def _mean(values: torch.Tensor, total: Optional[int] = None) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------
-# Blocked kernels
+# What a batch hands the terms
 # ---------------------------------------------------------------------------
 
-def _block_view(storage: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
-    """A contiguous rows×cols view on the front of a flat reusable buffer."""
-    return storage[: rows * cols].view(rows, cols)
+@dataclass(frozen=True)
+class Share:
+    """The rows of an index this process averages over (``rows``), the whole index (``whole``)
+    and its length (``total``; None in a one-process run, where a term takes a plain mean)."""
 
+    rows: torch.Tensor
+    whole: torch.Tensor
+    total: Optional[int] = None
 
-class _RowLogSumExpMatmul(torch.autograd.Function):
-    """lse_n = log Σ_m exp(s · a_n·b_m), computed block by block; blocks recomputed in backward.
-
-    Backward, with P_nm = exp(s·a_n·b_m − lse_n) (the row softmax) and upstream g_n:
-    ∂/∂a_n = s·g_n·Σ_m P_nm b_m,   ∂/∂b_m = s·Σ_n g_n P_nm a_n.
-    """
-
-    @staticmethod
-    def forward(ctx, anchors, candidates, scale, block_rows, block_cols):
-        a = anchors.detach() * scale  # scaled once: n×d, small
-        b = candidates.detach()
-        n, m = a.shape[0], b.shape[0]
-        lse = a.new_empty(n)
-        storage = a.new_empty(min(block_rows, n) * min(block_cols, m))
-        for r0 in range(0, n, block_rows):
-            ar = a[r0:r0 + block_rows]
-            nr = ar.shape[0]
-            run_max = None
-            run_sum = None
-            for c0 in range(0, m, block_cols):
-                bc = b[c0:c0 + block_cols]
-                blk = _block_view(storage, nr, bc.shape[0])
-                torch.mm(ar, bc.T, out=blk)
-                blk_max = blk.amax(dim=1)
-                if run_max is None:
-                    run_max = blk_max
-                    blk.sub_(run_max[:, None]).exp_()
-                    run_sum = blk.sum(dim=1)
-                else:
-                    new_max = torch.maximum(run_max, blk_max)
-                    run_sum.mul_(torch.exp(run_max - new_max))
-                    blk.sub_(new_max[:, None]).exp_()
-                    run_sum.add_(blk.sum(dim=1))
-                    run_max = new_max
-            lse[r0:r0 + nr] = run_max + torch.log(run_sum)
-        ctx.save_for_backward(anchors, candidates, lse)
-        ctx.scale, ctx.block_rows, ctx.block_cols = scale, block_rows, block_cols
-        return lse
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_lse):
-        anchors, candidates, lse = ctx.saved_tensors
-        need_a, need_b = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        if not (need_a or need_b):
-            return None, None, None, None, None
-        scale, block_rows, block_cols = ctx.scale, ctx.block_rows, ctx.block_cols
-        a = anchors.detach() * scale
-        b = candidates.detach()
-        n, m = a.shape[0], b.shape[0]
-        grad_lse = grad_lse.contiguous()
-        grad_a = torch.empty_like(a) if need_a else None
-        grad_b = torch.zeros_like(b) if need_b else None
-        storage = a.new_empty(min(block_rows, n) * min(block_cols, m))
-        for r0 in range(0, n, block_rows):
-            ar = a[r0:r0 + block_rows]
-            nr = ar.shape[0]
-            lse_r = lse[r0:r0 + nr, None]
-            g_r = grad_lse[r0:r0 + nr, None]
-            gar = ar * g_r  # g_n · s · a_n: the row weights folded into the small factor
-            pb = a.new_zeros(nr, b.shape[1]) if need_a else None  # Σ_m P_nm b_m
-            for c0 in range(0, m, block_cols):
-                bc = b[c0:c0 + block_cols]
-                blk = _block_view(storage, nr, bc.shape[0])
-                torch.mm(ar, bc.T, out=blk)
-                blk.sub_(lse_r).exp_()  # P_nm
-                if need_a:
-                    pb.addmm_(blk, bc)
-                if need_b:
-                    grad_b[c0:c0 + bc.shape[0]].addmm_(blk.T, gar)
-            if need_a:
-                grad_a[r0:r0 + nr] = pb * (g_r * scale)
-        return grad_a, grad_b, None, None, None
-
-
-def row_logsumexp_matmul(anchors: torch.Tensor, candidates: torch.Tensor, temp: float, *,
-                         block_rows: int = BLOCK_ROWS, block_cols: int = BLOCK_COLS) -> torch.Tensor:
-    """Row-wise log-sum-exp of the logits (A·Bᵀ)/τ: lse_n = log Σ_m exp(a_n·b_m / τ).
-
-    Exact (max-shifted per row, online over column blocks) and memory-bounded: only one
-    ``block_rows``×``block_cols`` buffer is alive; the backward pass recomputes the blocks.
-    Differentiable w.r.t. both ``anchors`` (n×d) and ``candidates`` (m×d); returns (n,).
-    """
-    if anchors.dim() != 2 or candidates.dim() != 2 or anchors.shape[1] != candidates.shape[1]:
-        raise ValueError(f"expected n×d and m×d, got {tuple(anchors.shape)} and {tuple(candidates.shape)}")
-    if candidates.shape[0] == 0:
-        raise ValueError("row_logsumexp_matmul needs at least one candidate")
-    if anchors.shape[0] == 0:
-        return anchors.new_zeros(0)
-    return _RowLogSumExpMatmul.apply(anchors, candidates, 1.0 / float(temp), int(block_rows), int(block_cols))
-
-
-def _positives_block(anc_mask: torch.Tensor, cand_mask: torch.Tensor, anc_thr: torch.Tensor,
-                     cand_thr: torch.Tensor, buf: torch.Tensor) -> torch.Tensor:
-    """0/1 block t_nm = [M_n·M_m ≥ ‖M_n‖₀ − δ] · [M_n·M_m ≥ ‖M_m‖₀ − δ] (thresholds pre-subtracted)."""
-    torch.mm(anc_mask, cand_mask.T, out=buf)
-    pos = torch.ge(buf, anc_thr[:, None])
-    pos &= torch.ge(buf, cand_thr[None, :])
-    return pos.to(buf.dtype)
-
-
-def _candidate_windows(anc_count: torch.Tensor, cand_count: torch.Tensor, loosen: float, block_rows: int):
-    """For each block of popcount-sorted anchors, the slice of popcount-sorted candidates that can be positive.
-
-    With binary masks M_a·M_b ≤ min(‖M_a‖₀, ‖M_b‖₀), so a positive pair needs
-    |‖M_a‖₀ − ‖M_b‖₀| ≤ δ: anchors with counts in [lo, hi] only meet candidates with counts
-    in [lo − δ, hi + δ]. Returns [(row_start, n_rows, col_start, col_end)].
-    """
-    n = anc_count.shape[0]
-    starts = torch.arange(0, n, block_rows, device=anc_count.device)
-    ends = torch.clamp(starts + block_rows, max=n) - 1
-    col_start = torch.searchsorted(cand_count, anc_count[starts] - loosen, right=False)
-    col_end = torch.searchsorted(cand_count, anc_count[ends] + loosen, right=True)
-    return [(r0, min(block_rows, n - r0), c0, c1)
-            for r0, c0, c1 in zip(starts.tolist(), col_start.tolist(), col_end.tolist())]
-
-
-class _PositivePairLogitSums(torch.autograd.Function):
-    """counts_n = Σ_m t_nm and sums_n = Σ_m t_nm a_n·b_m, t built from masks block by block.
-
-    sums = rowsum(A ⊙ (T·B)); ∂/∂A = g ⊙ (T·B) (T·B kept from forward, n×d),
-    ∂/∂B = Tᵀ·(g ⊙ A) (T recomputed block by block). Anchors and candidates are visited
-    in order of mask popcount, and on the CPU only the candidate windows of
-    :func:`_candidate_windows` are evaluated (exact: every pair outside them has t = 0).
-    """
-
-    @staticmethod
-    def forward(ctx, anchors, candidates, anc_mask, cand_mask, loosen, block_rows, block_cols):
-        a = anchors.detach()
-        b = candidates.detach()
-        n, m = a.shape[0], b.shape[0]
-        ma = anc_mask.detach().to(a.dtype)
-        mb = cand_mask.detach().to(a.dtype)
-        anc_count, perm_a = torch.sort(ma.sum(dim=1))
-        cand_count, perm_b = torch.sort(mb.sum(dim=1))
-        ma, mb, a_s, b_s = ma[perm_a], mb[perm_b], a[perm_a], b[perm_b]
-        anc_thr, cand_thr = anc_count - loosen, cand_count - loosen
-        if a.device.type == "cpu":
-            windows = _candidate_windows(anc_count, cand_count, loosen, block_rows)
-        else:  # every candidate: the windows would make the host wait for the step's work (same sums)
-            windows = [(r0, min(block_rows, n - r0), 0, m) for r0 in range(0, n, block_rows)]
-
-        counts_s = a.new_zeros(n)
-        tb_s = torch.zeros_like(a)
-        storage = a.new_empty(min(block_rows, n) * min(block_cols, m))
-        for r0, nr, c_start, c_end in windows:
-            for c0 in range(c_start, c_end, block_cols):
-                nc = min(block_cols, c_end - c0)
-                t = _positives_block(ma[r0:r0 + nr], mb[c0:c0 + nc], anc_thr[r0:r0 + nr],
-                                     cand_thr[c0:c0 + nc], _block_view(storage, nr, nc))
-                counts_s[r0:r0 + nr] += t.sum(dim=1)
-                tb_s[r0:r0 + nr].addmm_(t, b_s[c0:c0 + nc])
-        counts = torch.empty_like(counts_s).index_copy_(0, perm_a, counts_s)
-        tb = torch.empty_like(tb_s).index_copy_(0, perm_a, tb_s)
-        sums = (a * tb).sum(dim=1)
-        ctx.save_for_backward(a_s, ma, mb, anc_thr, cand_thr, tb, perm_a, perm_b)
-        ctx.windows, ctx.m = windows, m
-        ctx.block_rows, ctx.block_cols = block_rows, block_cols
-        ctx.mark_non_differentiable(counts)
-        return counts, sums
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_counts, grad_sums):
-        a_s, ma, mb, anc_thr, cand_thr, tb, perm_a, perm_b = ctx.saved_tensors
-        need_a, need_b = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        grad_a = grad_b = None
-        if need_a:
-            grad_a = grad_sums[:, None] * tb
-        if need_b:
-            block_rows, block_cols, m = ctx.block_rows, ctx.block_cols, ctx.m
-            ga_s = grad_sums[perm_a, None] * a_s
-            n = ga_s.shape[0]
-            grad_b_s = ga_s.new_zeros(m, ga_s.shape[1])
-            storage = ga_s.new_empty(min(block_rows, n) * min(block_cols, m))
-            for r0, nr, c_start, c_end in ctx.windows:
-                for c0 in range(c_start, c_end, block_cols):
-                    nc = min(block_cols, c_end - c0)
-                    t = _positives_block(ma[r0:r0 + nr], mb[c0:c0 + nc], anc_thr[r0:r0 + nr],
-                                         cand_thr[c0:c0 + nc], _block_view(storage, nr, nc))
-                    grad_b_s[c0:c0 + nc].addmm_(t.T, ga_s[r0:r0 + nr])
-            grad_b = torch.empty_like(grad_b_s).index_copy_(0, perm_b, grad_b_s)
-        return grad_a, grad_b, None, None, None, None, None
-
-
-def positive_pair_logit_sums(anc_emb: torch.Tensor, cand_emb: torch.Tensor, anc_mask: torch.Tensor,
-                             cand_mask: torch.Tensor, loosen: float, *, block_rows: int = BLOCK_ROWS,
-                             block_cols: int = BLOCK_COLS, sparse_pairs: bool = True,
-                             pairs: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
-                             ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Subspace positives (docs/method.md#positive-pairs-and-the-loosen-factor) and the summed raw logits over them, without an n×m matrix.
-
-    t_nm = [M_n·M_m ≥ ‖M_n‖₀ − δ] · [M_n·M_m ≥ ‖M_m‖₀ − δ] with binary (0/1) mask rows M and
-    δ = ``loosen``. Returns ``(counts, sums)``: counts_n = Σ_m t_nm (no gradient) and
-    sums_n = Σ_m t_nm · a_n·b_m (differentiable w.r.t. both embedding tables).
-    Pairs whose popcounts differ by more than δ are skipped without being evaluated.
-    On CPU, when the positives are few (:data:`Utils.MaskPairs.MAX_PAIRS`), they are listed
-    from bit-packed masks and summed directly (``sparse_pairs=False`` forces the dense,
-    blocked route); the pairs are the same, the sums differ only by float rounding.
-    The masks must be 0/1; this is checked on the CPU only (on a GPU the check would make the
-    host wait for the step's work; the stages' masks are 0/1 by construction).
-    ``pairs``: that list when the caller already has it (:meth:`Utils.MaskPairs.PairIndex.pairs_of`).
-    """
-    if pairs is None:
-        for name, mask in (("anc_mask", anc_mask), ("cand_mask", cand_mask)):
-            if mask.device.type == "cpu" and not ((mask == 0) | (mask == 1)).all():
-                raise ValueError(f"{name} must be a 0/1 mask")
-        pairs = MaskPairs.positive_pairs(anc_mask, cand_mask, loosen) if sparse_pairs else None
-    if pairs is not None:  # few positives: sum over their list, plain autograd
-        n_idx, m_idx = (p.to(anc_emb.device) for p in pairs)
-        counts = torch.bincount(n_idx, minlength=anc_emb.shape[0]).to(anc_emb.dtype)
-        logits = (anc_emb[n_idx] * cand_emb[m_idx]).sum(dim=1)
-        return counts, anc_emb.new_zeros(anc_emb.shape[0]).index_add(0, n_idx, logits)
-    return _PositivePairLogitSums.apply(anc_emb, cand_emb, anc_mask, cand_mask, float(loosen),
-                                        int(block_rows), int(block_cols))
+    @classmethod
+    def of(cls, index: torch.Tensor, group: Group = SOLO) -> "Share":
+        rows, total = group.split(index)
+        return cls(rows, index, total)
 
 
 @dataclass(frozen=True)
-class ContrastSample:
-    """The rows of each table that one batch's all-node sums run over (``--contrast_candidates``).
+class SubspaceRows:
+    """The subspace term's anchors for one batch: ``users``/``items`` (uniq(u), uniq(i), or a
+    random share of them with ``--hyper_contr_resample``), ``both`` (v2: the rows of their
+    concatenation) and, v3 with resampling, the random candidate rows of each table."""
 
-    ``users``/``items`` are row indices (drawn uniformly without replacement) or ``None``
-    for "every row" (the exact sum). One sample is shared by every all-node term of a batch.
-    """
+    users: Share
+    items: Share
+    both: Optional[Share] = None
+    cand_users: Optional[torch.Tensor] = None
+    cand_items: Optional[torch.Tensor] = None
 
-    users: Optional[torch.Tensor] = None
-    items: Optional[torch.Tensor] = None
-
-
-EXACT = ContrastSample()
-
-
-def draw_contrast_sample(n_users: int, n_items: int, k: int, generator: Optional[torch.Generator] = None,
-                         device=None) -> ContrastSample:
-    """K users and K items uniformly without replacement; a table of ≤ K rows is kept whole (exact)."""
-    if k <= 0:
-        return EXACT
-
-    def draw(n: int) -> Optional[torch.Tensor]:
-        if k >= n:
-            return None
-        return torch.randperm(n, generator=generator)[:k].to(device)
-
-    return ContrastSample(draw(n_users), draw(n_items))
-
-
-def table_logsumexp(anchors: torch.Tensor, table: torch.Tensor, temp: float,
-                    sample: Optional[torch.Tensor] = None, blocks: Blocks = CPU_BLOCKS) -> torch.Tensor:
-    """log Σ_{m ∈ T} exp(a_n·b_m / τ) over a whole table T, exactly or estimated from a sample.
-
-    With ``sample`` S ⊂ T (K rows drawn uniformly without replacement, K < |T|), the sum is
-    replaced by its unbiased estimate (docs/method.md#sampled-all-node-terms)::
-
-        Σ_{m ∈ T} exp(a_n·b_m/τ)  ≈  (|T| / K) · Σ_{m ∈ S} exp(a_n·b_m/τ),
-        so  lse_n ≈ log(|T| / K) + log Σ_{m ∈ S} exp(a_n·b_m/τ).
-
-    E_S[(|T|/K) Σ_{m∈S} x_m] = Σ_{m∈T} x_m because every row is in S with probability K/|T|;
-    the log of the estimate is biased low (Jensen), and since log(|T|/K) is a constant its
-    gradient is the softmax over S alone, not an unbiased estimate of the exact gradient.
-    Gradients reach only the sampled rows of ``table``. ``sample=None`` is the exact sum.
-    ``blocks``: the kernel's block shape (:class:`Blocks`).
-    """
-    candidates = table if sample is None else table[sample]
-    rows, cols = blocks.shape(anchors.shape[0], candidates.shape[0])
-    lse = row_logsumexp_matmul(anchors, candidates, temp, block_rows=rows, block_cols=cols)
-    return lse if sample is None else lse + math.log(table.shape[0] / sample.numel())
+    @classmethod
+    def draw(cls, users: torch.Tensor, items: torch.Tensor, cfg: "KDConfig", n_nodes: Tuple[int, int],
+             generator: Optional[torch.Generator] = None, group: Group = SOLO) -> "SubspaceRows":
+        """The rows for anchors ``users``/``items`` (one table each, ``n_nodes`` = (U, I) rows);
+        ``cfg.resample_ratio`` draws the random shares from ``generator`` (anchors first)."""
+        if cfg.subspcreg_version not in SUBSPACE_VERSIONS:
+            raise ValueError(f"subspcreg_version must be one of {SUBSPACE_VERSIONS}, got {cfg.subspcreg_version!r}")
+        ratio = cfg.resample_ratio
+        if ratio is not None:
+            users, items = _random_subset(users, ratio, generator), _random_subset(items, ratio, generator)
+        both = cand_users = cand_items = None
+        if cfg.subspcreg_version == "v2":
+            both = Share.of(torch.arange(users.numel() + items.numel(), device=users.device), group)
+        elif cfg.subspcreg_version == "v3" and ratio is not None:
+            cand_users = _random_subset(torch.arange(n_nodes[0], device=users.device), ratio, generator)
+            cand_items = _random_subset(torch.arange(n_nodes[1], device=users.device), ratio, generator)
+        return cls(Share.of(users, group), Share.of(items, group), both, cand_users, cand_items)
 
 
-def _cached_lse(cache: Optional[MutableMapping], key: str, anchors: torch.Tensor,
-                candidates: torch.Tensor, temp: float, sample: Optional[torch.Tensor] = None,
-                blocks: Blocks = CPU_BLOCKS) -> torch.Tensor:
-    """:func:`table_logsumexp`, memoised in ``cache`` under (key, τ) when a cache is given."""
-    if cache is None:
-        return table_logsumexp(anchors, candidates, temp, sample, blocks)
-    full_key = (key, float(temp))
-    if full_key not in cache:
-        cache[full_key] = table_logsumexp(anchors, candidates, temp, sample, blocks)
-    return cache[full_key]
+@dataclass(frozen=True)
+class Batch:
+    """One step's rows as this process sees them, split between the processes once
+    (:meth:`split`): its BPR triples, the prediction-level KD's random triples, the distinct
+    users and positive items (the all-node terms' anchors), the rows the all-node sums run
+    over (``sample``) and the subspace term's rows (``subspace``, None when it is off)."""
+
+    triples: Tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+    n_triples: Optional[int]
+    random: Tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+    n_random: Optional[int]
+    users: Share
+    items: Share
+    sample: ContrastSample = EXACT
+    subspace: Optional[SubspaceRows] = None
+
+    @classmethod
+    def split(cls, triples, random, sample: ContrastSample = EXACT, subspace: Optional[SubspaceRows] = None,
+              group: Group = SOLO) -> "Batch":
+        """``triples`` (ancs, poss, negs) and ``random`` (users, items, items), whole; the anchors
+        are uniq(ancs) and uniq(poss)."""
+        mine, n_triples = group.split_rows(*triples)
+        rand, n_random = group.split_rows(*random)
+        users, items = torch.unique(triples[0]), torch.unique(triples[1])
+        return cls(tuple(mine), n_triples, tuple(rand), n_random, Share.of(users, group), Share.of(items, group),
+                   sample, subspace)
+
+
+def draw_batch(cfg: "KDConfig", triples, random, n_nodes: Tuple[int, int], generator: Optional[torch.Generator] = None,
+               group: Group = SOLO, sample: Optional[ContrastSample] = None) -> Batch:
+    """A :class:`Batch` of ``triples`` (ancs, poss, negs) and ``random`` (users, items, items) for
+    ``n_nodes`` = (U, I): the rows of the all-node sums (``sample``, else K = ``cfg.contrast_candidates``
+    drawn from ``generator``; K = 0: exact), then the subspace term's rows (when it is on), drawn
+    in this order as the published objective draws them, then split between the processes."""
+    device = triples[0].device
+    if sample is None:
+        sample = draw_contrast_sample(n_nodes[0], n_nodes[1], cfg.contrast_candidates, generator, device)
+    subspace = None
+    if cfg.use_subspcreg:
+        subspace = SubspaceRows.draw(torch.unique(triples[0]), torch.unique(triples[1]), cfg, n_nodes, generator,
+                                     group)
+    return Batch.split(triples, random, sample, subspace, group)
 
 
 # ---------------------------------------------------------------------------
@@ -421,16 +183,15 @@ def edge_weight_reg(edge_weight: torch.Tensor, ereg: float) -> torch.Tensor:
     return edge_weight.square().sum() * ereg
 
 
-def pair_score_differences(users: torch.Tensor, items: torch.Tensor, u: torch.Tensor,
-                           i1: torch.Tensor, i2: torch.Tensor) -> torch.Tensor:
-    """ε_k = ŷ(u_k, i1_k) − ŷ(u_k, i2_k) with ŷ(u, i) = Ē_u·Ē_i (item ids 0..I-1)."""
+def pair_score_differences(out: Pair, u: torch.Tensor, i1: torch.Tensor, i2: torch.Tensor) -> torch.Tensor:
+    """ε_k = ŷ(u_k, i1_k) − ŷ(u_k, i2_k) with ŷ(u, i) = Ē_u·Ē_i, ``out`` = (Ē users, Ē items) (item ids 0..I-1)."""
+    users, items = out
     ue = users[u]
     return (ue * items[i1]).sum(dim=-1) - (ue * items[i2]).sum(dim=-1)
 
 
-def prediction_kd_loss(stu_users: torch.Tensor, stu_items: torch.Tensor, tea_users: torch.Tensor,
-                       tea_items: torch.Tensor, rand_users: torch.Tensor, rand_items1: torch.Tensor,
-                       rand_items2: torch.Tensor, temp: float, total: Optional[int] = None) -> torch.Tensor:
+def prediction_kd_loss(student: Pair, teacher: Pair, triples, temp: float,
+                       total: Optional[int] = None) -> torch.Tensor:
     """Prediction-level KD (docs/method.md#prediction-level-kd; the published ``KLDiverge``) over random triples (u', i₁, i₂).
 
     With ε = ŷ(u',i₁) − ŷ(u',i₂), p^T = σ(ε^T/τ), p^S = σ(ε^S/τ):
@@ -440,94 +201,98 @@ def prediction_kd_loss(stu_users: torch.Tensor, stu_items: torch.Tensor, tea_use
     this process's share of ``total`` (:func:`_mean`).
     """
     with torch.no_grad():
-        p_tea = torch.sigmoid(pair_score_differences(tea_users, tea_items, rand_users,
-                                                     rand_items1, rand_items2) / temp)
-    p_stu = torch.sigmoid(pair_score_differences(stu_users, stu_items, rand_users,
-                                                 rand_items1, rand_items2) / temp)
+        p_tea = torch.sigmoid(pair_score_differences(teacher, *triples) / temp)
+    p_stu = torch.sigmoid(pair_score_differences(student, *triples) / temp)
     return _mean(-(p_tea * torch.log(p_stu + PRED_KD_EPS)
                    + (1 - p_tea) * torch.log(1 - p_stu + PRED_KD_EPS)), total)
 
 
-def infonce(x_all: torch.Tensor, y_all: torch.Tensor, index: torch.Tensor, temp: float,
-            sample: Optional[torch.Tensor] = None, group: Group = SOLO,
-            blocks: Blocks = CPU_BLOCKS) -> torch.Tensor:
+def infonce(x_all: torch.Tensor, y_all: torch.Tensor, anchors: Share, temp: float,
+            sample: Optional[torch.Tensor] = None, blocks: Blocks = CPU_BLOCKS) -> torch.Tensor:
     """InfoNCE (docs/method.md#embedding-level-kd; the published ``infoNCE``).
 
     x = (X + 1e-8)/‖X + 1e-8‖, y likewise (row-wise, ``F.normalize``);
-    mean over n ∈ index of −log( exp(x_n·y_n/τ) / (Σ_{m over all rows of Y} exp(x_n·y_m/τ) + 1e-8) )
-    = mean_n [ log(exp(lse_n) + 1e-8) − x_n·y_n/τ ],  lse_n from :func:`row_logsumexp_matmul`,
+    mean over n ∈ anchors of −log( exp(x_n·y_n/τ) / (Σ_{m over all rows of Y} exp(x_n·y_m/τ) + 1e-8) )
+    = mean_n [ log(exp(lse_n) + 1e-8) − x_n·y_n/τ ],  lse_n from :func:`Utils.Kernels.row_logsumexp_matmul`,
     the outer 1e-8 added stably with ``logaddexp``.
-    ``sample``: rows of Y the denominator is estimated from (:func:`table_logsumexp`); the
-    positive pair x_n·y_n stays exact. ``group``: this process takes its share of ``index``
-    (``Utils.Parallel``).
+    ``sample``: rows of Y the denominator is estimated from (:func:`Utils.Kernels.table_logsumexp`);
+    the positive pair x_n·y_n stays exact.
     """
-    index, total = group.split(index)
+    index = anchors.rows
     x = F.normalize(x_all[index] + 1e-8, p=2, dim=1)  # row-wise, so normalising only the picked rows is the same
     y = F.normalize(y_all + 1e-8, p=2, dim=1)
     positive = (x * y[index]).sum(dim=-1) / temp
     lse = table_logsumexp(x, y, temp, sample, blocks)
     log_deno = torch.logaddexp(lse, lse.new_tensor(math.log(INFONCE_EPS)))
-    return _mean(log_deno - positive, total)
+    return _mean(log_deno - positive, anchors.total)
 
 
-def embedding_kd_loss(tea_high_users: torch.Tensor, tea_high_items: torch.Tensor, stu_users: torch.Tensor,
-                      stu_items: torch.Tensor, uniq_users: torch.Tensor, uniq_items: torch.Tensor,
-                      temp: float, sample: ContrastSample = EXACT, group: Group = SOLO,
-                      blocks: Blocks = CPU_BLOCKS) -> torch.Tensor:
+def embedding_kd_loss(high: Pair, out: Pair, anchors: Tuple[Share, Share], temp: float,
+                      sample: ContrastSample = EXACT, blocks: Blocks = CPU_BLOCKS) -> torch.Tensor:
     """Embedding-level KD (docs/method.md#embedding-level-kd), unweighted: InfoNCE(H_users, Ē^S_users, uniq(u)) + InfoNCE(H_items, Ē^S_items, uniq(i)).
 
-    H = Σ_{l≥2} E^T_l of the supervisor, detached here. ``sample``: see :class:`ContrastSample`.
+    ``high`` = H = Σ_{l≥2} E^T_l of the supervisor (users, items), detached here; ``out`` = Ē^S.
+    ``sample``: see :class:`Utils.Kernels.ContrastSample`.
     """
-    return (infonce(tea_high_users.detach(), stu_users, uniq_users, temp, sample.users, group, blocks)
-            + infonce(tea_high_items.detach(), stu_items, uniq_items, temp, sample.items, group, blocks))
+    return (infonce(high[0].detach(), out[0], anchors[0], temp, sample.users, blocks)
+            + infonce(high[1].detach(), out[1], anchors[1], temp, sample.items, blocks))
 
 
-def contrastive_denominator_loss(stu_users: torch.Tensor, stu_items: torch.Tensor, uniq_users: torch.Tensor,
-                                 uniq_items: torch.Tensor, temp: float, *,
-                                 lse_cache: Optional[MutableMapping] = None,
-                                 sample: ContrastSample = EXACT, group: Group = SOLO,
+def contrastive_denominator_loss(out: Pair, anchors: Tuple[Share, Share], temp: float, *,
+                                 lse_cache: Optional[MutableMapping] = None, sample: ContrastSample = EXACT,
                                  blocks: Blocks = CPU_BLOCKS) -> torch.Tensor:
     """Auxiliary denominator / uniformity term (docs/method.md#auxiliary-denominator, published ``selfContrast``), unweighted.
 
     Σ over (a, b, n) ∈ {(users, items, uniq(u)), (items, users, uniq(i)), (users, users, uniq(u)),
     (items, items, uniq(i))} of mean_n log(Σ_m exp(a_n·b_m/τ) + 1e-5), on the raw (not
-    normalised) embeddings; log(S + 1e-5) = logaddexp(lse, log 1e-5).
+    normalised) embeddings ``out``; log(S + 1e-5) = logaddexp(lse, log 1e-5).
 
     ``lse_cache``: an optional dict shared with :func:`subspace_loss` (v3) *for the same
     embeddings and anchors*; the four row log-sum-exps are then computed once per τ.
-    ``sample``: each Σ_m over a table is estimated from its sampled rows (:func:`table_logsumexp`).
-    ``group``: this process takes its share of each anchor list (``Utils.Parallel``).
+    ``sample``: each Σ_m over a table is estimated from its sampled rows (:func:`Utils.Kernels.table_logsumexp`).
     """
+    users, items = out
     log_eps = math.log(CONTR_DENO_EPS)
-    total = stu_users.new_zeros(())
-    for key, a, b, idx, rows in (("ui", stu_users, stu_items, uniq_users, sample.items),
-                                 ("iu", stu_items, stu_users, uniq_items, sample.users),
-                                 ("uu", stu_users, stu_users, uniq_users, sample.users),
-                                 ("ii", stu_items, stu_items, uniq_items, sample.items)):
-        mine, count = group.split(idx)
-        lse = _cached_lse(lse_cache, key, a[mine], b, temp, rows, blocks)
-        total = total + _mean(torch.logaddexp(lse, lse.new_tensor(log_eps)), count)
+    total = users.new_zeros(())
+    for key, a, b, share, rows in (("ui", users, items, anchors[0], sample.items),
+                                   ("iu", items, users, anchors[1], sample.users),
+                                   ("uu", users, users, anchors[0], sample.users),
+                                   ("ii", items, items, anchors[1], sample.items)):
+        lse = _cached_lse(lse_cache, key, (a[share.rows], b), temp, rows, blocks)
+        total = total + _mean(torch.logaddexp(lse, lse.new_tensor(log_eps)), share.total)
     return total
 
 
-def soft_target_cross_entropy(anc_emb: torch.Tensor, cand_emb: torch.Tensor, anc_mask: torch.Tensor,
-                              cand_mask: torch.Tensor, loosen: float, temp: float, *,
+def _cached_lse(cache: Optional[MutableMapping], key: str, pair: Pair, temp: float,
+                sample: Optional[torch.Tensor] = None, blocks: Blocks = CPU_BLOCKS) -> torch.Tensor:
+    """:func:`Utils.Kernels.table_logsumexp` of ``pair`` = (anchors, table), memoised in ``cache``
+    under (key, τ) when a cache is given."""
+    if cache is None:
+        return table_logsumexp(*pair, temp, sample, blocks)
+    full_key = (key, float(temp))
+    if full_key not in cache:
+        cache[full_key] = table_logsumexp(*pair, temp, sample, blocks)
+    return cache[full_key]
+
+
+def soft_target_cross_entropy(anchors: Pair, candidates: Pair, loosen: float, temp: float, *,
                               lse: Optional[torch.Tensor] = None, blocks: Blocks = CPU_BLOCKS,
-                              total: Optional[int] = None,
-                              pairs: Optional[Tuple[torch.Tensor, torch.Tensor]] = None) -> torch.Tensor:
+                              total: Optional[int] = None, pairs: Optional[Pair] = None) -> torch.Tensor:
     """One subspace kernel (docs/method.md#subspace-term): mean_n −Σ_m t_nm · log softmax_m(a_n·b_m/τ).
 
+    ``anchors`` = (a, their mask rows), ``candidates`` = (b, their mask rows).
     = mean_n [ (Σ_m t_nm)·lse_n − (Σ_m t_nm a_n·b_m)/τ ], t the mask positives of
-    :func:`positive_pair_logit_sums`; the same value as ``nn.CrossEntropyLoss()(logits, t)``
+    :func:`Utils.Kernels.positive_pair_logit_sums`; the same value as ``nn.CrossEntropyLoss()(logits, t)``
     with probability targets (sum over candidates, mean over anchors, t not normalised).
     ``lse`` may be passed when the row log-sum-exps of (a, b, τ) are already known.
     ``total``: the anchors are this process's share of ``total`` (:func:`_mean`).
-    ``pairs``: the positives already listed (see :func:`positive_pair_logit_sums`).
+    ``pairs``: the positives already listed (see :func:`Utils.Kernels.positive_pair_logit_sums`).
     """
-    rows, cols = blocks.shape(anc_emb.shape[0], cand_emb.shape[0])
-    counts, sums = positive_pair_logit_sums(anc_emb, cand_emb, anc_mask, cand_mask, loosen, block_rows=rows,
-                                            block_cols=cols, sparse_pairs=blocks.list_pairs, pairs=pairs)
+    (anc_emb, anc_mask), (cand_emb, cand_mask) = anchors, candidates
+    counts, sums = positive_pair_logit_sums(anc_emb, cand_emb, anc_mask, cand_mask, loosen, blocks=blocks,
+                                            pairs=pairs)
     if lse is None:
+        rows, cols = blocks.shape(anc_emb.shape[0], cand_emb.shape[0])
         lse = row_logsumexp_matmul(anc_emb, cand_emb, temp, block_rows=rows, block_cols=cols)
     return _mean(counts * lse - sums / temp, total)
 
@@ -539,40 +304,14 @@ def _random_subset(index: torch.Tensor, ratio: float, generator: Optional[torch.
     return index[perm]
 
 
-SUBSPACE_TABLES = ("ui", "iu", "uu", "ii")  # anchors → candidates of the v3 subspace term
-
-
-def subspace_pair_index(user_mask: torch.Tensor, item_mask: torch.Tensor, loosen: float,
-                        blocks: Blocks = CPU_BLOCKS) -> Dict[str, Optional[MaskPairs.PairIndex]]:
-    """The v3 term's positives of every user and item row, listed once for masks that stay fixed.
-
-    A pruning run's ``emb_mask2_fixed`` does not change within the run, so neither do the
-    positives t_nm; :func:`subspace_loss` then takes each batch's anchor rows from this
-    index instead of listing them again (the same pairs in the same order: the same loss).
-    A table whose pairs cannot be listed (on a device, or more than
-    :data:`Utils.MaskPairs.MAX_PAIRS`) maps to None and is listed per batch as before.
-    """
-    if not blocks.list_pairs:
-        return {key: None for key in SUBSPACE_TABLES}
-    masks = {"u": user_mask.detach(), "i": item_mask.detach()}
-    for name, mask in masks.items():
-        if mask.device.type == "cpu" and not ((mask == 0) | (mask == 1)).all():
-            raise ValueError(f"the {'user' if name == 'u' else 'item'} mask must be a 0/1 mask")
-    return {key: MaskPairs.PairIndex.build(masks[key[0]], masks[key[1]], loosen) for key in SUBSPACE_TABLES}
-
-
-def subspace_loss(users_emb: torch.Tensor, items_emb: torch.Tensor, user_mask: torch.Tensor,
-                  item_mask: torch.Tensor, uniq_users: torch.Tensor, uniq_items: torch.Tensor,
-                  temp: float, loosen: float, version: str = "v3", *, resample_ratio: Optional[float] = None,
-                  generator: Optional[torch.Generator] = None,
+def subspace_loss(out: Pair, emb_mask: torch.Tensor, rows: SubspaceRows, cfg: "KDConfig", *,
                   lse_cache: Optional[MutableMapping] = None, sample: ContrastSample = EXACT,
-                  group: Group = SOLO, blocks: Blocks = CPU_BLOCKS,
                   pair_index: Optional[Mapping[str, Optional[MaskPairs.PairIndex]]] = None) -> torch.Tensor:
     """Subspace uniformity constraint (docs/method.md#subspace-term), unweighted (multiply by ``subspcreg``).
 
     Positives: (a, b) with M_a·M_b ≥ ‖M_a‖₀ − δ and M_a·M_b ≥ ‖M_b‖₀ − δ, M the rows of
-    ``emb_mask2_fixed`` (``user_mask`` U×d, ``item_mask`` I×d), δ = ``loosen``. Each term is
-    :func:`soft_target_cross_entropy` (mean over anchors of −Σ_m t_nm log softmax_m(a_n·b_m/τ)).
+    ``emb_mask`` (``emb_mask2_fixed``, users then items), δ = ``cfg.loosen``, τ = ``cfg.tempsubsp``.
+    Each term is :func:`soft_target_cross_entropy` (mean over anchors of −Σ_m t_nm log softmax_m(a_n·b_m/τ)).
 
     * v3 (default): (users→all items, anchors uniq(u)) + (items→all users, uniq(i))
       + (users→all users, uniq(u)) + (items→all items, uniq(i)).
@@ -580,62 +319,58 @@ def subspace_loss(users_emb: torch.Tensor, items_emb: torch.Tensor, user_mask: t
     * v2: one term over the concatenation [user anchors; item anchors] against itself
       (users and items compete in one softmax, positives across kinds allowed).
 
-    ``resample_ratio`` (``--hyper_contr_resample`` **[fix]**): keep a uniformly random
-    ⌊ratio·n⌋ of the anchors and, for v3, of all users / all items as candidates
-    (anchors are then still taken from the full tables, so indices stay consistent).
-    ``lse_cache``: see :func:`contrastive_denominator_loss`; ignored when resampling.
+    ``rows`` (:meth:`SubspaceRows.draw`): the anchors, and with ``--hyper_contr_resample``
+    **[fix]** (``cfg.resample_ratio``) a uniformly random ⌊ratio·n⌋ of them and, for v3, of all
+    users / all items as candidates (anchors are then still taken from the full tables, so
+    indices stay consistent); ``lse_cache`` and ``sample`` are then ignored.
+    ``lse_cache``: see :func:`contrastive_denominator_loss`.
     ``sample`` (v3 without resampling): each softmax denominator over a whole table is
-    estimated from the sampled rows (:func:`table_logsumexp`); the positives t_nm and
+    estimated from the sampled rows (:func:`Utils.Kernels.table_logsumexp`); the positives t_nm and
     Σ_m t_nm a_n·b_m still run over the whole table, exactly.
-    ``group``: this process takes its share of the anchors (after any resampling); the
-    candidates stay whole (``Utils.Parallel``).
-    ``pair_index`` (v3 without resampling): :func:`subspace_pair_index` of these masks and δ;
-    the positives of each anchor are then read from it, not listed again.
+    ``pair_index`` (v3 without resampling): :func:`Utils.Kernels.subspace_pair_index` of these
+    masks and δ; the positives of each anchor are then read from it, not listed again.
     """
-    if version not in SUBSPACE_VERSIONS:
-        raise ValueError(f"subspcreg_version must be one of {SUBSPACE_VERSIONS}, got {version!r}")
-    if resample_ratio is not None:
-        lse_cache = None
-        uniq_users = _random_subset(uniq_users, resample_ratio, generator)
-        uniq_items = _random_subset(uniq_items, resample_ratio, generator)
-
-    if version == "v1":  # each anchor list against itself
-        total = users_emb.new_zeros(())
-        for emb, mask, idx in ((users_emb, user_mask, uniq_users), (items_emb, item_mask, uniq_items)):
-            mine, count = group.split(idx)
-            total = total + soft_target_cross_entropy(emb[mine], emb[idx], mask[mine], mask[idx], loosen, temp,
-                                                      blocks=blocks, total=count)
+    users, items = out
+    n_users = users.shape[0]
+    masks = (emb_mask[:n_users], emb_mask[n_users:])
+    temp, loosen, blocks = cfg.tempsubsp, cfg.loosen, cfg.blocks
+    if cfg.subspcreg_version == "v1":  # each anchor list against itself
+        total = users.new_zeros(())
+        for emb, mask, share in ((users, masks[0], rows.users), (items, masks[1], rows.items)):
+            total = total + soft_target_cross_entropy((emb[share.rows], mask[share.rows]),
+                                                      (emb[share.whole], mask[share.whole]), loosen, temp,
+                                                      blocks=blocks, total=share.total)
         return total
-    if version == "v2":
-        emb = torch.cat([users_emb[uniq_users], items_emb[uniq_items]], dim=0)
-        mask = torch.cat([user_mask[uniq_users], item_mask[uniq_items]], dim=0)
-        mine, count = group.split(torch.arange(emb.shape[0], device=emb.device))
-        anchors, anc_mask = (emb, mask) if count is None else (emb[mine], mask[mine])
-        return soft_target_cross_entropy(anchors, emb, anc_mask, mask, loosen, temp, blocks=blocks, total=count)
+    if cfg.subspcreg_version == "v2":
+        emb = torch.cat([users[rows.users.whole], items[rows.items.whole]], dim=0)
+        mask = torch.cat([masks[0][rows.users.whole], masks[1][rows.items.whole]], dim=0)
+        both = rows.both
+        anchors = (emb, mask) if both.total is None else (emb[both.rows], mask[both.rows])
+        return soft_target_cross_entropy(anchors, (emb, mask), loosen, temp, blocks=blocks, total=both.total)
+    return _subspace_v3(out, masks, rows, cfg, lse_cache=lse_cache, sample=sample, pair_index=pair_index)
 
-    cand_users, cand_items = users_emb, items_emb
-    cand_umask, cand_imask = user_mask, item_mask
-    if resample_ratio is not None:
-        sample = EXACT  # the candidates are already the resampled subsets
-        pair_index = None  # listed against whole tables, not these subsets
-        keep_u = _random_subset(torch.arange(users_emb.shape[0], device=users_emb.device), resample_ratio, generator)
-        keep_i = _random_subset(torch.arange(items_emb.shape[0], device=items_emb.device), resample_ratio, generator)
-        cand_users, cand_umask = users_emb[keep_u], user_mask[keep_u]
-        cand_items, cand_imask = items_emb[keep_i], item_mask[keep_i]
 
-    total = users_emb.new_zeros(())
-    for key, a, ma, idx, b, mb, rows in (
-            ("ui", users_emb, user_mask, uniq_users, cand_items, cand_imask, sample.items),
-            ("iu", items_emb, item_mask, uniq_items, cand_users, cand_umask, sample.users),
-            ("uu", users_emb, user_mask, uniq_users, cand_users, cand_umask, sample.users),
-            ("ii", items_emb, item_mask, uniq_items, cand_items, cand_imask, sample.items)):
-        mine, count = group.split(idx)
-        anchors = a[mine]
-        lse = _cached_lse(lse_cache, key, anchors, b, temp, rows, blocks)
+def _subspace_v3(out: Pair, masks: Pair, rows: SubspaceRows, cfg: "KDConfig", *,
+                 lse_cache: Optional[MutableMapping], sample: ContrastSample,
+                 pair_index: Optional[Mapping[str, Optional[MaskPairs.PairIndex]]]) -> torch.Tensor:
+    """The v3 subspace term: every anchor against the whole user and item tables (see :func:`subspace_loss`)."""
+    (users, items), (user_mask, item_mask) = out, masks
+    cand = {"u": (users, user_mask), "i": (items, item_mask)}
+    if rows.cand_users is not None:  # resampled: the candidates are random subsets, listed against nothing
+        lse_cache, sample, pair_index = None, EXACT, None
+        cand = {"u": (users[rows.cand_users], user_mask[rows.cand_users]),
+                "i": (items[rows.cand_items], item_mask[rows.cand_items])}
+    anchor_of = {"u": (users, user_mask, rows.users), "i": (items, item_mask, rows.items)}
+    total = users.new_zeros(())
+    for key, sampled in (("ui", sample.items), ("iu", sample.users), ("uu", sample.users), ("ii", sample.items)):
+        emb, mask, share = anchor_of[key[0]]
+        anchors = emb[share.rows]
+        lse = _cached_lse(lse_cache, key, (anchors, cand[key[1]][0]), cfg.tempsubsp, sampled, cfg.blocks)
         index = pair_index.get(key) if pair_index is not None else None
-        pairs = None if index is None else tuple(p.to(anchors.device) for p in index.pairs_of(mine))
-        total = total + soft_target_cross_entropy(anchors, b, ma[mine], mb, loosen, temp, lse=lse, blocks=blocks,
-                                                  total=count, pairs=pairs)
+        pairs = None if index is None else tuple(p.to(anchors.device) for p in index.pairs_of(share.rows))
+        total = total + soft_target_cross_entropy((anchors, mask[share.rows]), cand[key[1]], cfg.loosen,
+                                                  cfg.tempsubsp, lse=lse, blocks=cfg.blocks, total=share.total,
+                                                  pairs=pairs)
     return total
 
 
@@ -689,99 +424,110 @@ class KDConfig:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
 
 
-def kd_objective(cfg: KDConfig, *, stu_users: torch.Tensor, stu_items: torch.Tensor,
-                 stu_u_embeds: torch.Tensor, stu_i_embeds: torch.Tensor, stu_edge_weight: torch.Tensor,
-                 sup_users: torch.Tensor, sup_items: torch.Tensor, sup_high_users: torch.Tensor,
-                 sup_high_items: torch.Tensor, ancs: torch.Tensor, poss: torch.Tensor, negs: torch.Tensor,
-                 rand_users: torch.Tensor, rand_items1: torch.Tensor, rand_items2: torch.Tensor,
-                 emb_mask: Optional[torch.Tensor] = None,
-                 generator: Optional[torch.Generator] = None,
-                 sample: Optional[ContrastSample] = None, group: Group = SOLO,
-                 anchors: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
+@dataclass(frozen=True)
+class Trainee:
+    """The trainee's side of one step: its outputs Ē^S (``users``, ``items``), its raw layer-0
+    tables ``u_embeds``/``i_embeds`` (``uEmbeds``/``iEmbeds``: weight decay, layer-0 subspace),
+    its edge weights (``adj_mask1_train``) and its 0/1 embedding mask (``emb_mask2_fixed``, N×d)."""
+
+    users: torch.Tensor
+    items: torch.Tensor
+    u_embeds: torch.Tensor
+    i_embeds: torch.Tensor
+    edge_weight: torch.Tensor
+    emb_mask: Optional[torch.Tensor] = None
+
+    @property
+    def out(self) -> Pair:
+        return self.users, self.items
+
+
+@dataclass(frozen=True)
+class Supervisor:
+    """A frozen model's outputs, computed once: Ē (``users``, ``items``) and H = Σ_{l≥2} E_l."""
+
+    users: torch.Tensor
+    items: torch.Tensor
+    high_users: torch.Tensor
+    high_items: torch.Tensor
+
+    @property
+    def all(self) -> torch.Tensor:
+        return torch.cat([self.users, self.items], dim=0)
+
+
+def kd_objective(cfg: KDConfig, trainee: Trainee, sup: Supervisor, batch: Batch, lead: bool = True,
                  subspace_pairs: Optional[Mapping[str, Optional[MaskPairs.PairIndex]]] = None
                  ) -> Dict[str, torch.Tensor]:
     """The per-batch loss of stages 2–3 (docs/method.md#total-objective; published ``Model.calcLoss``).
 
     total = main + pred_kd + emb_kd + reg + contr_deno + subspace, with
 
-    * main       = BPR on the trainee outputs Ē^S (``stu_users``/``stu_items``);
-    * pred_kd    = softreg · :func:`prediction_kd_loss` (supervisor outputs ``sup_*``, τ = tempsoft);
-    * emb_kd     = cdreg · :func:`embedding_kd_loss` (H = ``sup_high_*`` = Σ_{l≥2} E^T_l, τ = tempcd);
-    * reg        = :func:`embedding_reg` on the raw ``stu_u_embeds``/``stu_i_embeds`` parameters
-                   (+ :func:`edge_weight_reg` of ``stu_edge_weight`` when use_ereg);
+    * main       = BPR on the trainee outputs Ē^S over ``batch.triples``;
+    * pred_kd    = softreg · :func:`prediction_kd_loss` (supervisor outputs, τ = tempsoft);
+    * emb_kd     = cdreg · :func:`embedding_kd_loss` (H = Σ_{l≥2} E^T_l of the supervisor, τ = tempcd);
+    * reg        = :func:`embedding_reg` on the trainee's raw ``uEmbeds``/``iEmbeds`` parameters
+                   (+ :func:`edge_weight_reg` of its edge weights when use_ereg);
     * contr_deno = screg · :func:`contrastive_denominator_loss` (τ = tempsc);
     * subspace   = subspcreg · :func:`subspace_loss` when ``cfg.use_subspcreg`` (τ = tempsubsp),
-                   on Ē^S, or on the masked E₀ = [uEmbeds; iEmbeds] ⊙ ``emb_mask`` with
-                   use_ly0emb4subspcreg; masks are the rows of ``emb_mask`` (N×d, required then).
+                   on Ē^S, or on the masked E₀ = [uEmbeds; iEmbeds] ⊙ mask with
+                   use_ly0emb4subspcreg; masks are the rows of the trainee's ``emb_mask``.
 
-    Anchors are uniq(ancs) and uniq(poss) (``torch.unique``); ``poss``/``negs``/``rand_items*``
-    are item ids 0..I-1. Supervisor tensors are detached here. When the subspace term and
-    the auxiliary denominator see the same embeddings (outputs, no resampling), their
-    row log-sum-exps with equal temperatures (default τ = 1 for both) are computed once.
-    ``sample``: the rows every all-node sum of this batch runs over; when None it is drawn
-    here from ``generator`` by :func:`draw_contrast_sample` with K = ``cfg.contrast_candidates``
-    (K = 0: no draw, exact sums).
-    ``group`` (a data-parallel run, ``Utils.Parallel``): every process passes the whole batch
-    and the same draws; each computes its share of every batch mean and rank 0 alone the
-    weight decay, so the parts summed over the processes are the one-process loss.
-    ``anchors``: (uniq(ancs), uniq(poss)) when the caller already has them (computed here otherwise).
-    ``subspace_pairs``: :func:`subspace_pair_index` of ``emb_mask`` and ``cfg.loosen`` when the
-    caller keeps the mask fixed over many batches (a pruning run); the same loss, faster.
+    Anchors are uniq(ancs) and uniq(poss); item ids are 0..I-1. Supervisor tensors are
+    detached here. When the subspace term and the auxiliary denominator see the same
+    embeddings (outputs, no resampling), their row log-sum-exps with equal temperatures
+    (default τ = 1 for both) are computed once. ``batch.sample``: the rows every all-node sum
+    of this batch runs over (:data:`Utils.Kernels.EXACT`: exact sums).
+    ``lead``: this process counts the whole-table weight decay (rank 0 of a data-parallel run;
+    every term's batch mean is this process's share of it, :class:`Batch`).
+    ``subspace_pairs``: :func:`Utils.Kernels.subspace_pair_index` of the mask and ``cfg.loosen``
+    when the caller keeps the mask fixed over many batches (a pruning run); the same loss, faster.
     Returns a dict of scalar tensors: total, main, pred_kd, emb_kd, reg, contr_deno, subspace.
     """
-    zero = stu_users.new_zeros(())
-    uniq_users, uniq_items = anchors if anchors is not None else (torch.unique(ancs), torch.unique(poss))
-    sup_users, sup_items = sup_users.detach(), sup_items.detach()
-    if sample is None:
-        sample = draw_contrast_sample(stu_users.shape[0], stu_items.shape[0], cfg.contrast_candidates,
-                                      generator, stu_users.device)
-
-    (ancs, poss, negs), n_triples = group.split_rows(ancs, poss, negs)
-    main = bpr_loss(stu_users[ancs], stu_items[poss], stu_items[negs], n_triples)
-
-    pred_kd = zero
+    zero = trainee.users.new_zeros(())
+    users, items = trainee.out
+    teacher = (sup.users.detach(), sup.items.detach())
+    anchors = (batch.users, batch.items)
+    ancs, poss, negs = batch.triples
+    parts = {"main": bpr_loss(users[ancs], items[poss], items[negs], batch.n_triples)}
+    parts["pred_kd"] = zero
     if cfg.use_pre_level_kd:
-        (rand_users, rand_items1, rand_items2), n_rand = group.split_rows(rand_users, rand_items1, rand_items2)
-        pred_kd = prediction_kd_loss(stu_users, stu_items, sup_users, sup_items, rand_users, rand_items1,
-                                     rand_items2, cfg.tempsoft, n_rand) * cfg.softreg
-
-    emb_kd = zero
+        parts["pred_kd"] = prediction_kd_loss(trainee.out, teacher, batch.random, cfg.tempsoft,
+                                              batch.n_random) * cfg.softreg
+    parts["emb_kd"] = zero
     if cfg.use_emb_level_kd:
-        emb_kd = embedding_kd_loss(sup_high_users, sup_high_items, stu_users, stu_items, uniq_users,
-                                   uniq_items, cfg.tempcd, sample, group, cfg.blocks) * cfg.cdreg
-
-    reg = zero
-    if group.lead:  # whole-table terms: counted once
-        reg = embedding_reg(stu_u_embeds, stu_i_embeds, cfg.reg)
+        parts["emb_kd"] = embedding_kd_loss((sup.high_users, sup.high_items), trainee.out, anchors, cfg.tempcd,
+                                            batch.sample, cfg.blocks) * cfg.cdreg
+    parts["reg"] = zero
+    if lead:  # whole-table terms: counted once
+        parts["reg"] = embedding_reg(trainee.u_embeds, trainee.i_embeds, cfg.reg)
         if cfg.use_ereg:
-            reg = reg + edge_weight_reg(stu_edge_weight, cfg.ereg)
-
+            parts["reg"] = parts["reg"] + edge_weight_reg(trainee.edge_weight, cfg.ereg)
     share_lse = cfg.use_subspcreg and not cfg.use_ly0emb4subspcreg and cfg.resample_ratio is None
     lse_cache: Optional[dict] = {} if share_lse else None
-
-    contr_deno = zero
+    parts["contr_deno"] = zero
     if cfg.use_contr_deno:
-        contr_deno = contrastive_denominator_loss(stu_users, stu_items, uniq_users, uniq_items, cfg.tempsc,
-                                                  lse_cache=lse_cache, sample=sample, group=group,
-                                                  blocks=cfg.blocks) * cfg.screg
-
-    subspace = zero
+        parts["contr_deno"] = contrastive_denominator_loss(trainee.out, anchors, cfg.tempsc, lse_cache=lse_cache,
+                                                           sample=batch.sample, blocks=cfg.blocks) * cfg.screg
+    parts["subspace"] = zero
     if cfg.use_subspcreg:
-        if emb_mask is None:
-            raise ValueError("the subspace term needs the student's embedding mask (emb_mask2_fixed)")
-        n_users = stu_users.shape[0]
-        mask = emb_mask.detach()
-        if cfg.use_ly0emb4subspcreg:
-            e0 = torch.cat([stu_u_embeds, stu_i_embeds], dim=0) * mask
-            sub_users, sub_items = e0[:n_users], e0[n_users:]
-        else:
-            sub_users, sub_items = stu_users, stu_items
-        subspace = subspace_loss(sub_users, sub_items, mask[:n_users], mask[n_users:], uniq_users, uniq_items,
-                                 cfg.tempsubsp, cfg.loosen, cfg.subspcreg_version,
-                                 resample_ratio=cfg.resample_ratio, generator=generator,
-                                 lse_cache=lse_cache, sample=sample, group=group,
-                                 blocks=cfg.blocks, pair_index=subspace_pairs) * cfg.subspcreg
+        parts["subspace"] = _subspace_part(cfg, trainee, batch, lse_cache, subspace_pairs)
+    total = (parts["main"] + parts["pred_kd"] + parts["reg"] + parts["contr_deno"] + parts["emb_kd"]
+             + parts["subspace"])
+    return {"total": total, **parts}
 
-    total = main + pred_kd + reg + contr_deno + emb_kd + subspace
-    return {"total": total, "main": main, "pred_kd": pred_kd, "emb_kd": emb_kd, "reg": reg,
-            "contr_deno": contr_deno, "subspace": subspace}
+
+def _subspace_part(cfg: KDConfig, trainee: Trainee, batch: Batch, lse_cache: Optional[dict],
+                   pairs: Optional[Mapping[str, Optional[MaskPairs.PairIndex]]]) -> torch.Tensor:
+    """subspcreg · :func:`subspace_loss` on Ē^S, or on the masked E₀ with use_ly0emb4subspcreg."""
+    if trainee.emb_mask is None:
+        raise ValueError("the subspace term needs the student's embedding mask (emb_mask2_fixed)")
+    if batch.subspace is None:
+        raise ValueError("the subspace term needs the batch's subspace rows (SubspaceRows.draw)")
+    mask = trainee.emb_mask.detach()
+    out = trainee.out
+    if cfg.use_ly0emb4subspcreg:
+        e0 = torch.cat([trainee.u_embeds, trainee.i_embeds], dim=0) * mask
+        out = (e0[:trainee.users.shape[0]], e0[trainee.users.shape[0]:])
+    return subspace_loss(out, mask, batch.subspace, cfg, lse_cache=lse_cache, sample=batch.sample,
+                         pair_index=pairs) * cfg.subspcreg

@@ -68,8 +68,14 @@ if numba is not None:
             counts[a] = c
 
     @numba.njit(parallel=True, cache=True)
-    def _fill_pairs(pa, pb, thr_a, thr_b, order_b, lo, hi, offsets, out_a, out_b):
-        """Write anchor a's positives at out[offsets[a]:offsets[a+1]], candidates ascending."""
+    def _fill_pairs(packed, thresholds, order_b, window, offsets, out):
+        """Write anchor a's positives at out[offsets[a]:offsets[a+1]], candidates ascending
+        (``packed`` = (pa, pb), ``thresholds`` = (thr_a, thr_b), ``window`` = (lo, hi) per
+        anchor over ``order_b``, ``out`` = (anchor ids, candidate ids))."""
+        pa, pb = packed
+        thr_a, thr_b = thresholds
+        lo, hi = window
+        out_a, out_b = out
         for a in numba.prange(pa.shape[0]):
             p = offsets[a]
             start = p
@@ -110,7 +116,7 @@ def positive_pairs(anc_mask: torch.Tensor, cand_mask: torch.Tensor, loosen: floa
     np.cumsum(counts, out=offsets[1:])
     out_a = np.empty(total, dtype=np.int64)
     out_b = np.empty(total, dtype=np.int64)
-    _fill_pairs(pa, pb, thr_a, thr_b, order_b, lo, hi, offsets, out_a, out_b)
+    _fill_pairs((pa, pb), (thr_a, thr_b), order_b, (lo, hi), offsets, (out_a, out_b))
     return torch.from_numpy(out_a), torch.from_numpy(out_b)
 
 

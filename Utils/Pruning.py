@@ -10,8 +10,8 @@ here                       published (``LightGCN_sp`` / ``Params``)
 ``emb_mask``               ``emb_mask2_fixed`` (fixed 0/1, N x d)
 ``user_embeds``            ``uEmbeds``
 ``item_embeds``            ``iEmbeds``
-``edge_pct``               ``--pruning_percent_adj``
-``emb_pct``                ``--pruning_percent_emb``
+``edge_cut``               ``--pruning_percent_adj``
+``emb_cut``                ``--pruning_percent_emb``
 ``beta1``                  ``--adj_mask_aug1``
 ``beta2``                  ``--adj_mask_aug2``
 ``use_abs``                ``--adj_weights_abs``
@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Dict, Mapping, Optional
+from typing import Callable, Dict, Mapping, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -97,15 +97,11 @@ def _rowwise_dot(embeds: Tensor, rows: Tensor, cols: Tensor, chunk: int = _DOT_C
 def edge_importance(
     edge_weight: Tensor,
     edge_mask: Tensor,
+    cfg: "PruneConfig",
     *,
     aug_embeds: Optional[Tensor] = None,
-    edge_row: Optional[Tensor] = None,
-    edge_col: Optional[Tensor] = None,
-    beta1: float = 0.0,
-    use_tanh: bool = False,
-    mid_edge_weight_on_adj: Optional[Tensor] = None,
-    beta2: float = 0.0,
-    use_abs: bool = False,
+    edges: Optional[Tuple[Tensor, Tensor]] = None,
+    mid_weight: Optional[Tensor] = None,
 ) -> Tensor:
     r"""Importance score of every edge of Â (row-major order).
 
@@ -114,30 +110,32 @@ def edge_importance(
               + \beta_2\, w^{mid}_e\big)\, m_e
 
     * ``edge_weight`` w (adj_mask1_train), ``edge_mask`` m (adj_mask2_fixed), both length nnz(Â).
-    * The β₁ term (``--use_adj_mask_aug``) is added when ``aug_embeds`` is given: the N x d
-      output embeddings (sum over layers; users 0..U-1, items U..N-1) of the model that scores
-      edges — the intermediate model by default (``--use_mTea2drop_edges``). ``edge_row`` and
-      ``edge_col`` are then required. ``use_tanh`` (``--use_tanh2aug``) swaps σ for tanh.
-    * The β₂ term (``--use_SM_edgeW2aug``) is added when ``mid_edge_weight_on_adj`` is given:
-      the intermediate model's learned weight on the same (row, col) of Ĉ, see
+    * The β₁ term (``--use_adj_mask_aug``, β₁ = ``cfg.beta1``) is added when ``aug_embeds`` is
+      given: the N x d output embeddings (sum over layers; users 0..U-1, items U..N-1) of the
+      model that scores edges — the intermediate model by default (``--use_mTea2drop_edges``).
+      ``edges`` = (row, col) of Â's edges is then required. ``cfg.use_tanh`` (``--use_tanh2aug``)
+      swaps σ for tanh.
+    * The β₂ term (``--use_SM_edgeW2aug``, β₂ = ``cfg.beta2``) is added when ``mid_weight`` is
+      given: the intermediate model's learned weight on the same (row, col) of Ĉ, see
       :func:`closure_weights_on_adj`.
-    * ``use_abs`` (``--adj_weights_abs``) uses |w| instead of w.
+    * ``cfg.use_abs`` (``--adj_weights_abs``) uses |w| instead of w.
     """
     edge_weight = edge_weight.detach()
     if edge_mask.shape != edge_weight.shape:
         raise ValueError(f"edge_mask {tuple(edge_mask.shape)} != edge_weight {tuple(edge_weight.shape)}")
-    score = edge_weight.abs() if use_abs else edge_weight.clone()
+    score = edge_weight.abs() if cfg.use_abs else edge_weight.clone()
     if aug_embeds is not None:
-        if edge_row is None or edge_col is None:
-            raise ValueError("edge_row and edge_col are required with aug_embeds")
+        if edges is None:
+            raise ValueError("the edges (row, col) are required with aug_embeds")
+        edge_row, edge_col = edges
         if edge_row.shape != edge_weight.shape or edge_col.shape != edge_weight.shape:
             raise ValueError("edge_row / edge_col must have one entry per edge")
         dots = _rowwise_dot(aug_embeds.detach().to(score.dtype), edge_row.long(), edge_col.long())
-        score += beta1 * (torch.tanh(dots) if use_tanh else torch.sigmoid(dots))
-    if mid_edge_weight_on_adj is not None:
-        if mid_edge_weight_on_adj.shape != edge_weight.shape:
-            raise ValueError("mid_edge_weight_on_adj must have one entry per edge of Â")
-        score += beta2 * mid_edge_weight_on_adj.detach().to(score.dtype)
+        score += cfg.beta1 * (torch.tanh(dots) if cfg.use_tanh else torch.sigmoid(dots))
+    if mid_weight is not None:
+        if mid_weight.shape != edge_weight.shape:
+            raise ValueError("mid_weight must have one entry per edge of Â")
+        score += cfg.beta2 * mid_weight.detach().to(score.dtype)
     return score * edge_mask.detach().to(score.dtype)
 
 
@@ -283,74 +281,48 @@ def kept_percent(mask: Tensor) -> float:
 
 @torch.no_grad()
 def compute_pruned_state(
-    edge_weight: Tensor,
-    edge_mask: Tensor,
-    user_embeds: Tensor,
-    item_embeds: Tensor,
-    emb_mask: Tensor,
+    state: PrunedState,
+    cfg: "PruneConfig",
     *,
-    edge_pct: float,
-    emb_pct: float,
-    keep_weights: bool = False,
     aug_embeds: Optional[Tensor] = None,
-    edge_row: Optional[Tensor] = None,
-    edge_col: Optional[Tensor] = None,
-    beta1: float = 0.0,
-    use_tanh: bool = False,
-    mid_edge_weight_on_adj: Optional[Tensor] = None,
-    beta2: float = 0.0,
-    use_abs: bool = False,
-    random_edges: bool = False,
-    random_embeddings: bool = False,
+    edges: Optional[Tuple[Tensor, Tensor]] = None,
+    mid_weight: Optional[Tensor] = None,
     generator: Optional[torch.Generator] = None,
 ) -> PrunedState:
-    """One pruning step of the student (published ``get_final_mask_epoch``).
+    """One pruning step of the student's ``state`` (published ``get_final_mask_epoch``).
 
-    Edges: scored by :func:`edge_importance` and cut by :func:`prune_edges`, or, with
-    ``random_edges`` (``--use_adj_random_pruning``), :func:`random_prune_edges` on the
-    current mask (the weights then follow the same ``keep_weights`` rule).
-    Embeddings: :func:`prune_embeddings`, or :func:`random_prune_embeddings` with
-    ``random_embeddings`` (``--use_emb_random_pruning``). Percentages: :func:`kept_percent`.
+    Edges: scored by :func:`edge_importance` (``aug_embeds``, ``edges``, ``mid_weight``) and cut
+    by :func:`prune_edges`, or, with ``cfg.random_edges`` (``--use_adj_random_pruning``),
+    :func:`random_prune_edges` on the current mask (the weights then follow the same
+    ``cfg.keep_weights`` rule). Embeddings: :func:`prune_embeddings`, or
+    :func:`random_prune_embeddings` with ``cfg.random_embeddings`` (``--use_emb_random_pruning``).
+    ``cfg.edge_cut``/``cfg.emb_cut`` are the shares removed. Percentages: :func:`kept_percent`.
     """
-    _check_pct(edge_pct, "edge_pct")
-    _check_pct(emb_pct, "emb_pct")
-    edge_weight = edge_weight.detach()
-    if random_edges:
-        new_edge_mask = random_prune_edges(edge_mask, edge_pct, generator).to(edge_weight.dtype)
-        new_edge_weight = edge_weight * new_edge_mask if keep_weights else new_edge_mask.clone()
+    _check_pct(cfg.edge_cut, "edge_cut")
+    _check_pct(cfg.emb_cut, "emb_cut")
+    edge_weight = state.edge_weight.detach()
+    if cfg.random_edges:
+        new_edge_mask = random_prune_edges(state.edge_mask, cfg.edge_cut, generator).to(edge_weight.dtype)
+        new_edge_weight = edge_weight * new_edge_mask if cfg.keep_weights else new_edge_mask.clone()
     else:
-        score = edge_importance(
-            edge_weight,
-            edge_mask,
-            aug_embeds=aug_embeds,
-            edge_row=edge_row,
-            edge_col=edge_col,
-            beta1=beta1,
-            use_tanh=use_tanh,
-            mid_edge_weight_on_adj=mid_edge_weight_on_adj,
-            beta2=beta2,
-            use_abs=use_abs,
-        )
-        new_edge_weight, new_edge_mask = prune_edges(edge_weight, score, edge_pct, keep_weights=keep_weights)
-
-    if random_embeddings:
-        u_after, i_after, new_emb_mask = random_prune_embeddings(user_embeds, item_embeds, emb_mask, emb_pct, generator)
+        score = edge_importance(edge_weight, state.edge_mask, cfg, aug_embeds=aug_embeds, edges=edges,
+                                mid_weight=mid_weight)
+        new_edge_weight, new_edge_mask = prune_edges(edge_weight, score, cfg.edge_cut, keep_weights=cfg.keep_weights)
+    embeds = (state.u_embeds, state.i_embeds, state.emb_mask, cfg.emb_cut)
+    if cfg.random_embeddings:
+        u_after, i_after, new_emb_mask = random_prune_embeddings(*embeds, generator)
     else:
-        u_after, i_after, new_emb_mask = prune_embeddings(user_embeds, item_embeds, emb_mask, emb_pct)
-
-    return PrunedState(
-        edge_weight=new_edge_weight,
-        edge_mask=new_edge_mask,
-        u_embeds=u_after,
-        i_embeds=i_after,
-        emb_mask=new_emb_mask,
-    )
+        u_after, i_after, new_emb_mask = prune_embeddings(*embeds)
+    return PrunedState(edge_weight=new_edge_weight, edge_mask=new_edge_mask, u_embeds=u_after, i_embeds=i_after,
+                       emb_mask=new_emb_mask)
 
 
 @dataclass(frozen=True)
 class PruneConfig:
-    """What one pruning step does, built from the flags in one place
-    (``Params.prune_config``).
+    """What one pruning step does, built from the flags in one place (``Params.prune_config``):
+    remove the share ``edge_cut`` of the surviving edges and ``emb_cut`` of the surviving
+    embedding entries (``--pruning_percent_adj``/``--pruning_percent_emb``; "pct" names are
+    kept percentages elsewhere).
 
     ``scoring`` names the model whose output embeddings score edges (the β₁ term of
     :func:`edge_importance`): None (no β₁ term, ``--use_adj_mask_aug=False``), "teacher",
@@ -358,8 +330,8 @@ class PruneConfig:
     the intermediate model's edge weights mapped onto Â (``--use_SM_edgeW2aug``).
     """
 
-    edge_pct: float
-    emb_pct: float
+    edge_cut: float
+    emb_cut: float
     keep_weights: bool = False
     scoring: Optional[str] = None
     beta1: float = 0.0
@@ -378,31 +350,27 @@ def prune_state(
     state: Mapping[str, Tensor],
     cfg: PruneConfig,
     *,
-    edge_row: Tensor,
-    edge_col: Tensor,
+    edges: Tuple[Tensor, Tensor],
     scorers: Mapping[str, Callable[[], Tensor]],
-    mid_edge_weight_on_adj: Optional[Tensor] = None,
+    mid_weight: Optional[Tensor] = None,
     generator: Optional[torch.Generator] = None,
 ) -> Dict[str, Tensor]:
     """One pruning step on a student state dict (published tensor names in and out).
 
     ``scorers[cfg.scoring]()`` gives the N×d output embeddings that score edges; it is only
-    called when ``cfg.scoring`` is set. ``mid_edge_weight_on_adj`` is required with
-    ``cfg.use_middle_weights``.
+    called when ``cfg.scoring`` is set. ``edges``: (row, col) of Â's edges. ``mid_weight``
+    (:func:`closure_weights_on_adj`) is required with ``cfg.use_middle_weights``.
     """
     aug_embeds = None
     if cfg.scoring is not None:
         if cfg.scoring not in scorers:
             raise ValueError(f"edges are scored with the {cfg.scoring} model, which this stage has not loaded")
         aug_embeds = scorers[cfg.scoring]()
-    if cfg.use_middle_weights and mid_edge_weight_on_adj is None:
+    if cfg.use_middle_weights and mid_weight is None:
         raise ValueError("use_middle_weights needs the intermediate model's edge weights on Â")
-    pruned = compute_pruned_state(
-        state["adj_mask1_train"], state["adj_mask2_fixed"], state["uEmbeds"], state["iEmbeds"],
-        state["emb_mask2_fixed"], edge_pct=cfg.edge_pct, emb_pct=cfg.emb_pct, keep_weights=cfg.keep_weights,
-        aug_embeds=aug_embeds, edge_row=edge_row, edge_col=edge_col, beta1=cfg.beta1, use_tanh=cfg.use_tanh,
-        mid_edge_weight_on_adj=mid_edge_weight_on_adj if cfg.use_middle_weights else None, beta2=cfg.beta2,
-        use_abs=cfg.use_abs, random_edges=cfg.random_edges, random_embeddings=cfg.random_embeddings,
-        generator=generator)
+    current = PrunedState(edge_weight=state["adj_mask1_train"], edge_mask=state["adj_mask2_fixed"],
+                          u_embeds=state["uEmbeds"], i_embeds=state["iEmbeds"], emb_mask=state["emb_mask2_fixed"])
+    pruned = compute_pruned_state(current, cfg, aug_embeds=aug_embeds, edges=edges,
+                                  mid_weight=mid_weight if cfg.use_middle_weights else None, generator=generator)
     return {"uEmbeds": pruned.u_embeds, "iEmbeds": pruned.i_embeds, "adj_mask1_train": pruned.edge_weight,
             "adj_mask2_fixed": pruned.edge_mask, "emb_mask2_fixed": pruned.emb_mask}

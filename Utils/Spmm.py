@@ -60,13 +60,16 @@ try:  # Numba is a requirement; the torch path keeps the code importable without
             _prefetch_row(x, col[k + PREFETCH_EDGES])
 
     @numba.njit(parallel=True, cache=True)
-    def _csr_spmm(indptr, col, values, x, out, base, total, slot, picked, picked_into_out):
-        """out = base + M·x; total += out. Optional arguments are size-0 arrays when unused.
+    def _csr_spmm(csr, x, out, extra, picked_into_out):
+        """out = base + M·x; total += out, for M = ``csr`` (indptr, col, values) and ``extra`` =
+        (base, total, slot, picked); an unused one is a size-0 array.
 
         With ``slot`` (N,) and ``picked`` (K×d), rows r with slot[r] ≥ 0 also do
         out[r] += picked[slot[r]] (``picked_into_out``) or picked[slot[r]] += out[r]:
         the row-restricted propagation's gathers and adds, without a pass over memory.
         """
+        indptr, col, values = csr
+        base, total, slot, picked = extra
         n_rows = indptr.shape[0] - 1
         dim = x.shape[1]
         has_base = base.shape[0] > 0
@@ -172,15 +175,16 @@ def _use_numba(x: torch.Tensor) -> bool:
     return HAVE_NUMBA and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
 
 
-def _product(indptr, col, values, x, n_rows, base: Optional[torch.Tensor] = None,
-             total: Optional[torch.Tensor] = None, out: Optional[torch.Tensor] = None,
+def _product(csr, x, n_rows, base: Optional[torch.Tensor] = None, total: Optional[torch.Tensor] = None,
+             out: Optional[torch.Tensor] = None,
              picked: Optional[Tuple[torch.Tensor, torch.Tensor, bool]] = None) -> torch.Tensor:
-    """base + M·x for M in CSR (indptr, col, values); also adds the result into ``total``.
+    """base + M·x for M in CSR ``csr`` = (indptr, col, values); also adds the result into ``total``.
 
     ``out``: where to write the result on CPU (a new tensor when None, and always elsewhere).
     ``picked`` = (slot, P, into_out): for the rows r with slot[r] ≥ 0, add P[slot[r]] into
     the result (``into_out``) or the result's row into P[slot[r]].
     """
+    indptr, col, values = csr
     x = x.contiguous()
     values = values.to(x.dtype).contiguous()
     if _use_numba(x):
@@ -188,11 +192,10 @@ def _product(indptr, col, values, x, n_rows, base: Optional[torch.Tensor] = None
             out = torch.empty((n_rows, x.shape[1]), dtype=x.dtype)
         empty = np.empty((0, 0), dtype=out.numpy().dtype)
         slot, picked_rows, into_out = picked if picked is not None else (None, None, False)
-        _csr_spmm(indptr.numpy(), col.numpy(), values.numpy(), x.numpy(), out.numpy(),
-                  empty if base is None else base.contiguous().numpy(),
-                  empty if total is None else total.numpy(),
-                  np.empty(0, dtype=np.int64) if slot is None else slot.numpy(),
-                  empty if picked_rows is None else picked_rows.numpy(), into_out)
+        _csr_spmm((indptr.numpy(), col.numpy(), values.numpy()), x.numpy(), out.numpy(),
+                  (empty if base is None else base.contiguous().numpy(), empty if total is None else total.numpy(),
+                   np.empty(0, dtype=np.int64) if slot is None else slot.numpy(),
+                   empty if picked_rows is None else picked_rows.numpy()), into_out)
         return out
     with warnings.catch_warnings():  # "sparse CSR support is in beta", once per process
         warnings.simplefilter("ignore", UserWarning)
@@ -234,7 +237,7 @@ def _sampled_dot(graph, g, x, out: Optional[torch.Tensor] = None) -> torch.Tenso
 
 def _transposed_product(graph, t_values, x, base=None, out=None, picked=None):
     """base + Mᵀ·x, given Mᵀ's values in its CSR order (``edge_values[graph.transpose_perm]``)."""
-    return _product(graph.t_indptr, graph.t_col, t_values, x, graph.n_nodes, base=base, out=out, picked=picked)
+    return _product((graph.t_indptr, graph.t_col, t_values), x, graph.n_nodes, base=base, out=out, picked=picked)
 
 
 class _EdgeSpMM(torch.autograd.Function):
@@ -242,7 +245,7 @@ class _EdgeSpMM(torch.autograd.Function):
     def forward(ctx, edge_values, x, graph):
         ctx.graph = graph
         ctx.save_for_backward(edge_values, x)
-        return _product(graph.indptr, graph.col, edge_values, x, graph.n_nodes)
+        return _product((graph.indptr, graph.col, edge_values), x, graph.n_nodes)
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -260,7 +263,7 @@ def spmm(graph, edge_values: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """M·x with M = sparse(graph pattern, edge_values); differentiable in both inputs."""
     if edge_values.requires_grad or x.requires_grad:
         return _EdgeSpMM.apply(edge_values, x, graph)
-    return _product(graph.indptr, graph.col, edge_values, x, graph.n_nodes)
+    return _product((graph.indptr, graph.col, edge_values), x, graph.n_nodes)
 
 
 def propagate_layers(graph, edge_values: torch.Tensor, e0: torch.Tensor, n_layers: int) -> List[torch.Tensor]:
@@ -278,7 +281,7 @@ class _PropagateSum(torch.autograd.Function):
         total = e0.clone()
         layers = [e0]
         for _ in range(n_layers):
-            layers.append(_product(graph.indptr, graph.col, edge_values, layers[-1], graph.n_nodes, total=total))
+            layers.append(_product((graph.indptr, graph.col, edge_values), layers[-1], graph.n_nodes, total=total))
         ctx.graph, ctx.n_layers = graph, n_layers
         # E_L is never needed by the backward pass; keep E_0..E_{L-1} only when w needs a gradient
         keep = layers[:-1] if ctx.needs_input_grad[0] else []
@@ -335,7 +338,7 @@ def _add_rows_product(graph, values, x, rows, total):
         _csr_spmm_rows(rows.numpy(), graph.indptr.numpy(), graph.col.numpy(), values.numpy(),
                        x.contiguous().numpy(), total.numpy())
     else:
-        total += _product(graph.indptr, graph.col, values, x, graph.n_nodes)[rows]
+        total += _product((graph.indptr, graph.col, values), x, graph.n_nodes)[rows]
 
 
 def _rows_transposed_product(graph, t_values, slot, g_rows, rows):
@@ -363,7 +366,7 @@ class _PropagateSumRows(torch.autograd.Function):
         slot = _row_slots(rows, graph.n_nodes)
         buffers = [torch.empty_like(x), torch.empty_like(x)] if _use_numba(x) and n_layers > 2 else [None, None]
         for layer in range(1, n_layers):
-            x = _product(graph.indptr, graph.col, values, x, graph.n_nodes, out=buffers[layer % 2],
+            x = _product((graph.indptr, graph.col, values), x, graph.n_nodes, out=buffers[layer % 2],
                          picked=(slot, total, False))  # E_l, and total += E_l[rows]
         if n_layers > 0:
             _add_rows_product(graph, values, x, rows, total)  # E_L for the rows alone

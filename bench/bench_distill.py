@@ -37,14 +37,15 @@ modes compare by operator rather than by a wall time that drifts with the VM.
 ``--device cuda`` runs everything on the GPU (``bench/gpu_check.sh``); ``--blocks`` then
 defaults to the device's shape.
 """
-import copy
 import argparse
+import copy
 import json
 import os
 import platform
 import resource
 import sys
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -56,7 +57,7 @@ import Params  # noqa: E402
 from Utils import Runtime  # noqa: E402
 from Utils.Distill import DistillLoss, frozen_outputs  # noqa: E402
 from Model import LightGCN, LightGCN_sp  # noqa: E402
-from Utils import Losses, Pruning  # noqa: E402
+from Utils import Kernels, Losses, Pruning  # noqa: E402
 from Utils.Training import build_eval_suite, train_epoch  # noqa: E402
 from bench_teacher import deterministic_modes, sync  # noqa: E402  (bench/ is on the path as the script's folder)
 
@@ -93,39 +94,40 @@ def count_ops(loss_fn, batch, optimizer, device):
             {event.key: round(event.self_cpu_time_total / 1000, 1) for event in costly})
 
 
-def part_breakdown(model, graph, sup, cfg, top_range, batches, optimizer, gen, pair_index=None):
-    """Time each piece of a training step separately (same work as kd_objective)."""
+def part_breakdown(loss, batches, optimizer):
+    """Time each piece of a training step of ``loss`` (a :class:`Utils.Distill.DistillLoss`)
+    separately: the same work as kd_objective, term by term."""
     parts = {}
 
     def add(name, seconds):
         parts[name] = parts.get(name, 0.0) + seconds
 
+    model, graph, sup, cfg, gen = loss.model, loss.graph, loss.supervisor, loss.kd, loss.generator
+    top_range, pair_index = loss.top_range, loss.pair_index
     n_users = model.n_users
     for ancs, poss, negs in batches:
         ancs, poss, negs = (torch.from_numpy(a).to(sup.users.device) for a in (ancs, poss, negs))
         (users, items), t = timed(lambda: model(graph))
         add("propagation_forward", t)
         leaf = torch.cat([users, items]).detach().requires_grad_()
-        lu, li = leaf[:n_users], leaf[n_users:]
-        uniq_u, uniq_i = torch.unique(ancs), torch.unique(poss)
-        rand = [torch.randint(0, n, (top_range,), generator=gen).to(ancs.device)
-                for n in (model.n_users, model.n_items, model.n_items)]
+        out = (leaf[:n_users], leaf[n_users:])
+        rand = tuple(torch.randint(0, n, (top_range,), generator=gen).to(ancs.device)
+                     for n in (model.n_users, model.n_items, model.n_items))
+        batch = Losses.draw_batch(cfg, (ancs, poss, negs), rand, (model.n_users, model.n_items), gen)
+        anchors = (batch.users, batch.items)
         cache = {} if cfg.use_subspcreg else None
-        sample = Losses.draw_contrast_sample(model.n_users, model.n_items, cfg.contrast_candidates, gen, ancs.device)
         terms = {
-            "bpr": lambda: Losses.bpr_loss(lu[ancs], li[poss], li[negs]),
-            "pred_kd": lambda: Losses.prediction_kd_loss(lu, li, sup.users, sup.items, *rand, cfg.tempsoft),
-            "emb_kd": lambda: Losses.embedding_kd_loss(sup.high_users, sup.high_items, lu, li, uniq_u, uniq_i,
-                                                       cfg.tempcd, sample, blocks=cfg.blocks) * cfg.cdreg,
-            "contr_deno": lambda: Losses.contrastive_denominator_loss(lu, li, uniq_u, uniq_i, cfg.tempsc,
-                                                                      lse_cache=cache, sample=sample,
+            "bpr": lambda: Losses.bpr_loss(out[0][ancs], out[1][poss], out[1][negs]),
+            "pred_kd": lambda: Losses.prediction_kd_loss(out, (sup.users, sup.items), rand, cfg.tempsoft),
+            "emb_kd": lambda: Losses.embedding_kd_loss((sup.high_users, sup.high_items), out, anchors, cfg.tempcd,
+                                                       batch.sample, blocks=cfg.blocks) * cfg.cdreg,
+            "contr_deno": lambda: Losses.contrastive_denominator_loss(out, anchors, cfg.tempsc, lse_cache=cache,
+                                                                      sample=batch.sample,
                                                                       blocks=cfg.blocks) * cfg.screg,
         }
         if cfg.use_subspcreg:
-            mask = model.emb_mask2_fixed
             terms["subspace"] = lambda: Losses.subspace_loss(
-                lu, li, mask[:n_users], mask[n_users:], uniq_u, uniq_i, cfg.tempsubsp, cfg.loosen,
-                cfg.subspcreg_version, lse_cache=cache, sample=sample, blocks=cfg.blocks,
+                out, model.emb_mask2_fixed, batch.subspace, cfg, lse_cache=cache, sample=batch.sample,
                 pair_index=pair_index) * cfg.subspcreg
         for name, fn in terms.items():
             loss, t_fwd = timed(fn)
@@ -144,7 +146,7 @@ def part_breakdown(model, graph, sup, cfg, top_range, batches, optimizer, gen, p
     return {k: round(v / len(batches), 4) for k, v in parts.items()}
 
 
-def main():
+def parse_options():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--stage", type=int, choices=(2, 3), required=True)
     parser.add_argument("--data_dir", default=os.path.join(ROOT, "..", "shared", "datasets"))
@@ -168,19 +170,23 @@ def main():
     parser.add_argument("--subspace_pairs", default="per_run",
                         help="comma-separated: per_run (listed once, as Main.py does) and/or per_batch")
     opts = parser.parse_args()
-    ks = [int(k) for k in opts.contrast_candidates.split(",")]
     shapes = (opts.blocks or ("cpu" if opts.device == "cpu" else "device")).split(",")
     if set(shapes) - {"cpu", "device"}:
         parser.error(f"--blocks takes cpu and/or device, not {opts.blocks}")
     listings = opts.subspace_pairs.split(",")
-    modes = deterministic_modes(parser, opts.deterministic)
     if set(listings) - {"per_run", "per_batch"}:
         parser.error(f"--subspace_pairs takes per_run and/or per_batch, not {opts.subspace_pairs}")
     if opts.prn_run < 1 or (opts.stage == 2 and opts.prn_run != 2):
         parser.error("--prn_run is stage 3's (1 or more)")
+    modes = deterministic_modes(parser, opts.deterministic)
+    ks = [int(k) for k in opts.contrast_candidates.split(",")]
+    return opts, [(k, shape, listing, mode) for mode in modes for k in ks for shape in shapes for listing in listings]
+
+
+def build(opts):
+    """The data, graphs, a random supervisor (outputs computed once) and the trainee of the run timed."""
     args = Params.parse_args([f"--dataset={opts.dataset}", f"--data_dir={opts.data_dir}", f"--threads={opts.threads}",
-                              f"--device={opts.device}",
-                              *STAGE_FLAGS[opts.stage]])
+                              f"--device={opts.device}", *STAGE_FLAGS[opts.stage]])
     device = Runtime.select_device(Params.runtime_config(args))
     Runtime.seed_everything(0)
     data = dh.load_dataset(args.data_dir, opts.dataset)
@@ -198,64 +204,72 @@ def main():
         trainee, graph, run = LightGCN_sp(U, I, 64, 2, adj.nnz).to(device), adj, opts.prn_run
     sup, t = timed(lambda: frozen_outputs(supervisor, sup_graph))
     result["supervisor_once_s"] = round(t, 3)
-    run_cfg = Params.run_config(args, run, student=opts.stage == 3, blocks=Losses.CPU_BLOCKS)
     if opts.stage == 3:  # the pruning steps that lead into the run, the last one timed
         mid_w, t_map = timed(lambda: Pruning.closure_weights_on_adj(adj.row, adj.col, closure.row, closure.col,
                                                                     supervisor.adj_mask1_train.detach(), adj.n_nodes))
         t_prune = 0.0  # run 1 starts unpruned
         for before in range(1, run):
             state, t_prune = timed(lambda: Pruning.prune_state(
-                trainee.state_dict(), Params.prune_config(args, before), edge_row=adj.row,
-                edge_col=adj.col, scorers={"middle": lambda: sup.all}, mid_edge_weight_on_adj=mid_w))
+                trainee.state_dict(), Params.prune_config(args, before), edges=(adj.row, adj.col),
+                scorers={"middle": lambda: sup.all}, mid_weight=mid_w))
             trainee.load_state_dict(state)
         result.update(prn_run=run, pruning_step_s=round(t_prune, 3), closure_weight_map_once_s=round(t_map, 3),
                       edge_kept_pct=round(trainee.edge_kept_pct(), 2), emb_kept_pct=round(trainee.emb_kept_pct(), 2))
-    sampler = dh.NegativeSampler(data.train)
-    rng = np.random.default_rng(0)
-    batches, t_sample = timed(lambda: list(sampler.epoch_batches(rng, args.batch)))
-    result["sampling_s"] = round(t_sample, 3)
-    start_state = copy.deepcopy(trainee.state_dict())
+    run_cfg = Params.run_config(args, run, student=opts.stage == 3, blocks=Kernels.CPU_BLOCKS)
+    return SimpleNamespace(args=args, device=device, data=data, graph=graph, trainee=trainee, sup=sup,
+                           run_cfg=run_cfg, result=result)
+
+
+def time_config(b, config, batches, opts) -> dict:
+    """One configuration (K, block shape, pair listing, deterministic mode) timed on ``batches``."""
+    k, shape, listing, mode = config
+    device, trainee = b.device, b.trainee
+    Runtime.set_deterministic(mode == "1", device)
+    block_shapes = {"cpu": Kernels.CPU_BLOCKS, "device": Kernels.device_blocks("cuda", opts.block_mb)}
+    cfg = Losses.KDConfig(**{**b.run_cfg.kd.__dict__, "contrast_candidates": k, "blocks": block_shapes[shape]})
+    optimizer = Runtime.make_optimizer(trainee.parameters(), b.args.lr)
+    row = dict(b.result, deterministic=int(mode), contrast_candidates=k, blocks=shape,
+               use_subspcreg=cfg.use_subspcreg, loosen=cfg.loosen, subspace_pairs=listing)
+    if shape == "device":
+        row["block_mb"] = opts.block_mb
+    loss_fn, t_index = timed(lambda: DistillLoss(trainee, b.graph, b.sup, cfg, b.args.topRange,
+                                                 torch.Generator().manual_seed(0)))
+    if listing == "per_batch":
+        loss_fn.pair_index = None  # list the subspace positives in every batch instead
+    elif cfg.use_subspcreg:
+        row["pair_index_build_s"] = round(t_index, 3)
+    part_breakdown(loss_fn, batches[:1], optimizer)  # warm-up, not counted
+    row["parts_per_batch_s"] = part_breakdown(loss_fn, batches[1:1 + opts.parts_batches], optimizer)
     epoch_batches = batches[:opts.batches] if opts.batches else batches
+    _, t_epoch = timed(lambda: train_epoch(loss_fn, iter(epoch_batches), len(epoch_batches), optimizer, device))
+    row.update(epoch_batches=len(epoch_batches), full_epoch_batches=len(batches), train_epoch_s=round(t_epoch, 2),
+               per_batch_s=round(t_epoch / len(epoch_batches), 3))
+    suite = build_eval_suite(b.data, 20, b.args.tstBat, "val", device)
+    trainee.eval()
+    _, t_eval = timed(lambda: suite.evaluate(lambda: trainee(b.graph)))
+    if opts.count_ops:
+        row["ops_per_step"], row["op_self_ms"] = count_ops(loss_fn, batches[0], optimizer, device)
+    machine = f"{platform.machine()} {os.cpu_count()} cpus, torch {torch.__version__}"
+    if device.type == "cuda":
+        machine += f", {torch.cuda.get_device_name(device)}"
+    row.update(eval_test_and_val_s=round(t_eval, 3), peak_rss_mb=round(rss_mb(), 1), machine=machine)
+    return row
+
+
+def main():
+    opts, configs = parse_options()
+    b = build(opts)
+    sampler = dh.NegativeSampler(b.data.train)
+    rng = np.random.default_rng(0)
+    batches, t_sample = timed(lambda: list(sampler.epoch_batches(rng, b.args.batch)))
+    b.result["sampling_s"] = round(t_sample, 3)
+    start_state = copy.deepcopy(b.trainee.state_dict())
     first_per_batch = None
-    block_shapes = {"cpu": Losses.CPU_BLOCKS, "device": Losses.device_blocks("cuda", opts.block_mb)}
-    configs = [(k, shape, listing, mode) for mode in modes for k in ks for shape in shapes for listing in listings]
-    for k, shape, listing, mode in configs:  # the same batches from the same weights
-        Runtime.set_deterministic(mode == "1", device)
-        trainee.load_state_dict(start_state)
-        cfg = Losses.KDConfig(**{**run_cfg.kd.__dict__, "contrast_candidates": k, "blocks": block_shapes[shape]})
-        gen = torch.Generator().manual_seed(0)
-        optimizer = Runtime.make_optimizer(trainee.parameters(), args.lr)
-        row = dict(result, deterministic=int(mode), contrast_candidates=k, blocks=shape, use_subspcreg=cfg.use_subspcreg, loosen=cfg.loosen,
-                   subspace_pairs=listing)
-        if shape == "device":
-            row["block_mb"] = opts.block_mb
-        pair_index = None
-        if listing == "per_run" and cfg.use_subspcreg:
-            mask = trainee.emb_mask2_fixed
-            pair_index, t_index = timed(lambda: Losses.subspace_pair_index(mask[:U], mask[U:], cfg.loosen, cfg.blocks))
-            row["pair_index_build_s"] = round(t_index, 3)
-        part_breakdown(trainee, graph, sup, cfg, args.topRange, batches[:1], optimizer, gen,
-                       pair_index)  # warm-up, not counted
-        row["parts_per_batch_s"] = part_breakdown(trainee, graph, sup, cfg, args.topRange,
-                                                  batches[1:1 + opts.parts_batches], optimizer, gen, pair_index)
-        loss_fn = DistillLoss(trainee, graph, sup, cfg, args.topRange, gen)
-        if listing == "per_batch":
-            loss_fn.pair_index = None  # list the subspace positives in every batch instead
-        _, t_epoch = timed(lambda: train_epoch(loss_fn, iter(epoch_batches), len(epoch_batches), optimizer, device))
-        per_batch = t_epoch / len(epoch_batches)
-        first_per_batch = first_per_batch or per_batch
-        row.update(epoch_batches=len(epoch_batches), full_epoch_batches=len(batches),
-                   train_epoch_s=round(t_epoch, 2), per_batch_s=round(per_batch, 3),
-                   speedup_vs_first=round(first_per_batch / per_batch, 2))
-        suite = build_eval_suite(data, 20, args.tstBat, "val", device)
-        trainee.eval()
-        _, t_eval = timed(lambda: suite.evaluate(lambda: trainee(graph)))
-        if opts.count_ops:
-            row["ops_per_step"], row["op_self_ms"] = count_ops(loss_fn, batches[0], optimizer, device)
-        machine = f"{platform.machine()} {os.cpu_count()} cpus, torch {torch.__version__}"
-        if device.type == "cuda":
-            machine += f", {torch.cuda.get_device_name(device)}"
-        row.update(eval_test_and_val_s=round(t_eval, 3), peak_rss_mb=round(rss_mb(), 1), machine=machine)
+    for config in configs:  # the same batches from the same weights
+        b.trainee.load_state_dict(start_state)
+        row = time_config(b, config, batches, opts)
+        first_per_batch = first_per_batch or row["per_batch_s"]
+        row["speedup_vs_first"] = round(first_per_batch / row["per_batch_s"], 2)
         print(json.dumps(row), flush=True)
 
 

@@ -26,6 +26,8 @@ import argparse
 import json
 import os
 import sys
+from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 import torch
@@ -34,7 +36,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 import DataHandler as dh  # noqa: E402
 import Params  # noqa: E402
-from Utils import Checkpoint, Losses  # noqa: E402
+from Utils import Checkpoint, Kernels, Losses  # noqa: E402
 from Utils.Distill import frozen_outputs, load_model  # noqa: E402
 
 TERMS = ("emb_kd", "contr_deno", "subspace")
@@ -51,15 +53,29 @@ def recorded_args(path: str, data_dir: str, dataset: str):
     return args
 
 
-def term_values_and_grads(cfg, users, items, student, sup, batch, sample, pairs):
+@dataclass
+class Problem:
+    """One saved student under its supervisor: the loss config, the student's outputs as leaves,
+    the student, the supervisor's outputs and the subspace pairs listed once."""
+
+    cfg: Losses.KDConfig
+    users: torch.Tensor
+    items: torch.Tensor
+    student: torch.nn.Module
+    sup: Losses.Supervisor
+    pairs: Optional[dict]
+
+
+def term_values_and_grads(problem: Problem, batch, sample):
     """{term: (value, gradient wrt [Ē_users; Ē_items])} of one batch with ``sample``."""
+    p = problem
     ancs, poss, negs = batch
-    parts = Losses.kd_objective(cfg, stu_users=users, stu_items=items, stu_u_embeds=student.uEmbeds,
-                                stu_i_embeds=student.iEmbeds, stu_edge_weight=student.adj_mask1_train,
-                                sup_users=sup.users, sup_items=sup.items, sup_high_users=sup.high_users,
-                                sup_high_items=sup.high_items, ancs=ancs, poss=poss, negs=negs,
-                                rand_users=ancs[:1], rand_items1=poss[:1], rand_items2=negs[:1],
-                                emb_mask=student.emb_mask2_fixed, sample=sample, subspace_pairs=pairs)
+    trainee = Losses.Trainee(p.users, p.items, p.student.uEmbeds, p.student.iEmbeds, p.student.adj_mask1_train,
+                             p.student.emb_mask2_fixed)
+    rows = Losses.draw_batch(p.cfg, (ancs, poss, negs), (ancs[:1], poss[:1], negs[:1]),
+                             (p.users.shape[0], p.items.shape[0]), sample=sample)
+    parts = Losses.kd_objective(p.cfg, trainee, p.sup, rows, subspace_pairs=p.pairs)
+    users, items = p.users, p.items
     out = {}
     for term in TERMS:
         value = parts[term]
@@ -80,6 +96,68 @@ def mass_rows(anchors: torch.Tensor, table: torch.Tensor, temp: float, share: fl
     return torch.cat(counts).numpy()
 
 
+def load_problem(opts):
+    """The student of ``--student`` under ``--supervisor`` with its recorded flags, and the data."""
+    args = recorded_args(opts.student, opts.data_dir, opts.dataset)
+    data = dh.load_dataset(args.data_dir, args.dataset)
+    adj = dh.Graph.from_scipy(dh.propagation_matrix(data.train))
+    closure = dh.closure_graph(data.train, Params.closure_config(vars(args)))
+    sup = frozen_outputs(load_model(opts.supervisor, "middle_teacher", data, "cpu", graph=closure), closure)
+    student = load_model(opts.student, "student", data, "cpu", graph=adj, n_layers=args.gnn_layer)
+    cfg = Params.kd_config(args, opts.run, student=True, blocks=Kernels.CPU_BLOCKS)
+    U = data.n_users
+    mask = student.emb_mask2_fixed.detach()
+    pairs = Kernels.subspace_pair_index(mask[:U], mask[U:], cfg.loosen, cfg.blocks) if cfg.use_subspcreg else None
+    with torch.no_grad():
+        out_u, out_i = student(adj)
+    problem = Problem(cfg, out_u.clone().requires_grad_(), out_i.clone().requires_grad_(), student, sup, pairs)
+    return problem, data, args
+
+
+def sample_stats(problem: Problem, batches, k: int, draws: int, generator) -> dict:
+    """Per term, over batches and draws of K rows: the value's relative error, the gradient's norm
+    ratio and cosine against exact, and the cosine of the draws' mean gradient."""
+    stats = {term: {"rel": [], "norm": [], "cos": [], "exact": [], "mean_grad_cos": []} for term in TERMS}
+    cosine = torch.nn.functional.cosine_similarity
+    n_users, n_items = problem.users.shape[0], problem.items.shape[0]
+    for batch in batches:
+        exact = term_values_and_grads(problem, batch, Kernels.EXACT)
+        sums = {term: 0.0 for term in exact}
+        for _ in range(draws):
+            sample = Kernels.draw_contrast_sample(n_users, n_items, k, generator)
+            for term, (value, grad) in term_values_and_grads(problem, batch, sample).items():
+                ex_value, ex_grad = exact[term]
+                stats[term]["rel"].append((value - ex_value) / abs(ex_value))
+                stats[term]["norm"].append(float(grad.norm() / ex_grad.norm()))
+                stats[term]["cos"].append(float(cosine(grad, ex_grad, dim=0)))
+                sums[term] = sums[term] + grad
+        for term in exact:
+            stats[term]["mean_grad_cos"].append(float(cosine(sums[term], exact[term][1], dim=0)))
+    return stats
+
+
+def print_mass(problem: Problem, batch, base: dict) -> None:
+    """How many rows carry 90 % of each all-node denominator of ``batch``'s anchors."""
+    ancs, poss, _ = batch
+    uu, ui = torch.unique(ancs), torch.unique(poss)
+    norm = torch.nn.functional.normalize
+    sup, cfg = problem.sup, problem.cfg
+    with torch.no_grad():
+        out_u, out_i = problem.users.detach(), problem.items.detach()
+        tables = {  # name: (anchors, table, τ)
+            "emb_kd_users": (norm(sup.high_users[uu] + 1e-8, dim=1), norm(out_u + 1e-8, dim=1), cfg.tempcd),
+            "emb_kd_items": (norm(sup.high_items[ui] + 1e-8, dim=1), norm(out_i + 1e-8, dim=1), cfg.tempcd),
+            "deno_ui": (out_u[uu], out_i, cfg.tempsc), "deno_iu": (out_i[ui], out_u, cfg.tempsc),
+            "deno_uu": (out_u[uu], out_u, cfg.tempsc), "deno_ii": (out_i[ui], out_i, cfg.tempsc),
+        }
+        for name, (anchors, table, temp) in tables.items():
+            rows = mass_rows(anchors, table, temp)
+            print(json.dumps({**base, "mass": name, "temp": temp, "table_rows": table.shape[0],
+                              "rows_for_90pct_median": int(np.median(rows)),
+                              "rows_for_90pct_p90": int(np.percentile(rows, 90)),
+                              "anchors": int(anchors.shape[0])}), flush=True)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--student", required=True, help="a student checkpoint of pruning run --run")
@@ -93,45 +171,16 @@ def main():
     parser.add_argument("--threads", type=int, default=2)
     opts = parser.parse_args()
     torch.set_num_threads(opts.threads)
-    args = recorded_args(opts.student, opts.data_dir, opts.dataset)
-    data = dh.load_dataset(args.data_dir, args.dataset)
-    adj = dh.Graph.from_scipy(dh.propagation_matrix(data.train))
-    closure = dh.closure_graph(data.train, Params.closure_config(vars(args)))
-    supervisor = load_model(opts.supervisor, "middle_teacher", data, "cpu", graph=closure)
-    sup = frozen_outputs(supervisor, closure)
-    student = load_model(opts.student, "student", data, "cpu", graph=adj, n_layers=args.gnn_layer)
-    cfg = Params.kd_config(args, opts.run, student=True, blocks=Losses.CPU_BLOCKS)
-    U, I = data.n_users, data.n_items
-    mask = student.emb_mask2_fixed.detach()
-    pairs = Losses.subspace_pair_index(mask[:U], mask[U:], cfg.loosen, cfg.blocks) if cfg.use_subspcreg else None
-    with torch.no_grad():
-        out_u, out_i = student(adj)
-    users, items = out_u.clone().requires_grad_(), out_i.clone().requires_grad_()
+    problem, data, args = load_problem(opts)
     sampler = dh.NegativeSampler(data.train)
     batches = [tuple(torch.from_numpy(a) for a in b)
                for b in list(sampler.epoch_batches(np.random.default_rng(0), args.batch))[:opts.batches]]
     base = {"bench": "estimator", "student": opts.student, "run": opts.run, "draws": opts.draws,
-            "batches": opts.batches, "edge_kept_pct": round(student.edge_kept_pct(), 2),
-            "emb_kept_pct": round(student.emb_kept_pct(), 2)}
+            "batches": opts.batches, "edge_kept_pct": round(problem.student.edge_kept_pct(), 2),
+            "emb_kept_pct": round(problem.student.emb_kept_pct(), 2)}
     generator = torch.Generator().manual_seed(0)
     for k in [int(k) for k in opts.ks.split(",")]:
-        stats = {term: {"rel": [], "norm": [], "cos": [], "exact": [], "mean_grad_cos": []} for term in TERMS}
-        for batch in batches:
-            exact = term_values_and_grads(cfg, users, items, student, sup, batch, Losses.EXACT, pairs)
-            sums = {term: 0.0 for term in exact}
-            for _ in range(opts.draws):
-                sample = Losses.draw_contrast_sample(U, I, k, generator)
-                for term, (value, grad) in term_values_and_grads(cfg, users, items, student, sup, batch, sample,
-                                                                 pairs).items():
-                    ex_value, ex_grad = exact[term]
-                    stats[term]["rel"].append((value - ex_value) / abs(ex_value))
-                    stats[term]["norm"].append(float(grad.norm() / ex_grad.norm()))
-                    stats[term]["cos"].append(float(torch.nn.functional.cosine_similarity(grad, ex_grad, dim=0)))
-                    sums[term] = sums[term] + grad
-            for term in exact:
-                stats[term]["mean_grad_cos"].append(
-                    float(torch.nn.functional.cosine_similarity(sums[term], exact[term][1], dim=0)))
-        for term, s in stats.items():
+        for term, s in sample_stats(problem, batches, k, opts.draws, generator).items():
             if not s["rel"]:
                 continue
             print(json.dumps({**base, "term": term, "k": k, "value_rel_err": round(float(np.mean(s["rel"])), 5),
@@ -139,22 +188,7 @@ def main():
                               "grad_norm_ratio": round(float(np.mean(s["norm"])), 4),
                               "grad_cos": round(float(np.mean(s["cos"])), 4),
                               "mean_grad_cos": round(float(np.mean(s["mean_grad_cos"])), 4)}), flush=True)
-    ancs, poss, _ = batches[0]
-    uu, ui = torch.unique(ancs), torch.unique(poss)
-    norm = torch.nn.functional.normalize
-    with torch.no_grad():
-        tables = {  # name: (anchors, table, τ)
-            "emb_kd_users": (norm(sup.high_users[uu] + 1e-8, dim=1), norm(out_u + 1e-8, dim=1), cfg.tempcd),
-            "emb_kd_items": (norm(sup.high_items[ui] + 1e-8, dim=1), norm(out_i + 1e-8, dim=1), cfg.tempcd),
-            "deno_ui": (out_u[uu], out_i, cfg.tempsc), "deno_iu": (out_i[ui], out_u, cfg.tempsc),
-            "deno_uu": (out_u[uu], out_u, cfg.tempsc), "deno_ii": (out_i[ui], out_i, cfg.tempsc),
-        }
-        for name, (anchors, table, temp) in tables.items():
-            rows = mass_rows(anchors, table, temp)
-            print(json.dumps({**base, "mass": name, "temp": temp, "table_rows": table.shape[0],
-                              "rows_for_90pct_median": int(np.median(rows)),
-                              "rows_for_90pct_p90": int(np.percentile(rows, 90)),
-                              "anchors": int(anchors.shape[0])}), flush=True)
+    print_mass(problem, batches[0], base)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from Utils.Pruning import closure_weights_on_adj, compute_pruned_state  # noqa: E402
+from Utils.Pruning import PruneConfig, PrunedState, closure_weights_on_adj, compute_pruned_state  # noqa: E402
 
 N_USERS, N_ITEMS, N_INTERACTIONS, DIM, N_CLOSURE = 42_712, 26_822, 182_357, 64, 5_600_000
 
@@ -62,9 +62,9 @@ def main():
         start = time.perf_counter()
         mid_weight = closure_weights_on_adj(adj_row, adj_col, closure_row, closure_col, closure_weight, n_nodes)
         compute_pruned_state(
-            edge_weight, edge_mask, embeds[:N_USERS], embeds[N_USERS:], emb_mask,
-            edge_pct=0.05, emb_pct=0.2, aug_embeds=aug_embeds, edge_row=adj_row, edge_col=adj_col,
-            beta1=0.05, mid_edge_weight_on_adj=mid_weight, beta2=1.0,
+            PrunedState(edge_weight, edge_mask, embeds[:N_USERS], embeds[N_USERS:], emb_mask),
+            PruneConfig(edge_cut=0.05, emb_cut=0.2, beta1=0.05, beta2=1.0),
+            aug_embeds=aug_embeds, edges=(adj_row, adj_col), mid_weight=mid_weight,
         )
         times.append(time.perf_counter() - start)
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux

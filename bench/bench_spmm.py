@@ -57,10 +57,10 @@ def main():
         "one_product_ms": {
             "torch_sparse_csr": median_ms(lambda: torch.sparse.mm(csr, x), opts.repeat),
             "scipy": median_ms(lambda: adj32 @ x_np, opts.repeat),
-            "numba": median_ms(lambda: Spmm._product(graph.indptr, graph.col, values, x, graph.n_nodes), opts.repeat),
+            "numba": median_ms(lambda: Spmm._product((graph.indptr, graph.col, values), x, graph.n_nodes), opts.repeat),
             # as inside a propagation chain, where the output buffer is reused (no fresh pages)
             "numba_reused_output": median_ms(
-                lambda: Spmm._product(graph.indptr, graph.col, values, x, graph.n_nodes, out=reused), opts.repeat),
+                lambda: Spmm._product((graph.indptr, graph.col, values), x, graph.n_nodes, out=reused), opts.repeat),
         },
     }
     # one teacher step's propagation: the distinct users, positives and negatives of a batch

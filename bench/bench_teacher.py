@@ -53,6 +53,37 @@ def deterministic_modes(parser: argparse.ArgumentParser, text: str) -> list:
     return modes
 
 
+def timed_steps(loss_fn, optimizer, batches, device, parts):
+    """Train on ``batches``, adding the seconds of each step's forward, backward and update to ``parts``."""
+    for ancs, poss, negs in batches:
+        ancs, poss, negs = (torch.from_numpy(a).to(device) for a in (ancs, poss, negs))
+        t0 = time.perf_counter()
+        loss = loss_fn(ancs, poss, negs)["total"]
+        sync()
+        t1 = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        sync()
+        t2 = time.perf_counter()
+        optimizer.step()
+        sync()
+        t3 = time.perf_counter()
+        parts["forward"] += t1 - t0
+        parts["backward"] += t2 - t1
+        parts["optimizer"] += t3 - t2
+
+
+def timed_evaluation(model, graph, evaluator):
+    """(propagation seconds, evaluation seconds, test metrics) of one evaluation."""
+    t = time.perf_counter()
+    with torch.no_grad():
+        users, items = model(graph)
+        sync()
+        prop_s = time.perf_counter() - t
+        metrics = evaluator.evaluate(users, items)
+    return prop_s, time.perf_counter() - t, metrics
+
+
 def main():
     parser = teacher_parser(__doc__.splitlines()[0])
     parser.add_argument("--tstBat", type=int, default=64)
@@ -81,22 +112,7 @@ def main():
         t = time.perf_counter()
         batches = list(sampler.epoch_batches(rng, opts.batch))
         parts["sampling"] += time.perf_counter() - t
-        for ancs, poss, negs in batches:
-            ancs, poss, negs = (torch.from_numpy(a).to(device) for a in (ancs, poss, negs))
-            t0 = time.perf_counter()
-            loss = loss_fn(ancs, poss, negs)["total"]
-            sync()
-            t1 = time.perf_counter()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            sync()
-            t2 = time.perf_counter()
-            optimizer.step()
-            sync()
-            t3 = time.perf_counter()
-            parts["forward"] += t1 - t0
-            parts["backward"] += t2 - t1
-            parts["optimizer"] += t3 - t2
+        timed_steps(loss_fn, optimizer, batches, device, parts)
 
     epoch()  # warm-up: Numba compilation, allocator
     by_mode = {mode: [] for mode in modes}
@@ -110,14 +126,7 @@ def main():
         first_parts = first_parts or dict(parts)  # the breakdown is the first epoch's
     epoch_s = by_mode[modes[0]][0]
     Runtime.set_deterministic(modes[0] == "1", device)
-    evaluator = Evaluator(data.train, data.test, 20, opts.tstBat, device)
-    t = time.perf_counter()
-    with torch.no_grad():
-        users, items = model(graph)
-        sync()
-        prop_s = time.perf_counter() - t
-        metrics = evaluator.evaluate(users, items)
-    eval_s = time.perf_counter() - t
+    prop_s, eval_s, metrics = timed_evaluation(model, graph, Evaluator(data.train, data.test, 20, opts.tstBat, device))
     print(json.dumps({
         "bench": "stage1_teacher", "dataset": opts.dataset, "layers": opts.layers, "latdim": opts.latdim,
         "batch": opts.batch, "tstBat": opts.tstBat, "threads": opts.threads, "deterministic": int(modes[0]),

@@ -102,3 +102,21 @@ def tiny_root_with_supervisors(tmp_path_factory, name):
     os.symlink(REF / "tiny", root / "sparse_tiny")
     train_tiny_supervisors(root, root)
     return root
+
+
+def kd_parts(cfg, inputs, *, sample=None, generator=None, subspace_pairs=None, group=None):
+    """``Utils.Losses.kd_objective`` on a dict of named tensors, as the stage calls it: the
+    trainee's outputs and tables (``stu_*``, ``emb_mask``), the supervisor's (``sup_*``), the
+    batch (``ancs``/``poss``/``negs``) and the prediction-level KD's triples (``rand_*``)."""
+    from Utils import Losses as L
+    from Utils.Parallel import SOLO
+
+    group = group or SOLO
+    trainee = L.Trainee(inputs["stu_users"], inputs["stu_items"], inputs["stu_u_embeds"], inputs["stu_i_embeds"],
+                        inputs["stu_edge_weight"], inputs.get("emb_mask"))
+    sup = L.Supervisor(inputs["sup_users"], inputs["sup_items"], inputs["sup_high_users"], inputs["sup_high_items"])
+    n_nodes = (inputs["stu_users"].shape[0], inputs["stu_items"].shape[0])
+    batch = L.draw_batch(cfg, (inputs["ancs"], inputs["poss"], inputs["negs"]),
+                         (inputs["rand_users"], inputs["rand_items1"], inputs["rand_items2"]), n_nodes, generator,
+                         group, sample)
+    return L.kd_objective(cfg, trainee, sup, batch, group.lead, subspace_pairs)

@@ -9,6 +9,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from conftest import kd_parts
+from Utils import Kernels as K
 from Utils import Losses as L
 from Utils import MaskPairs
 from Utils.Config import Loop
@@ -32,7 +34,7 @@ def _batch_inputs(seed=0, n_users=37, n_items=29, d=8):
 
 
 def _loss_and_grads(cfg, inputs, **kwargs):
-    parts = L.kd_objective(cfg, **inputs, **kwargs)
+    parts = kd_parts(cfg, inputs, **kwargs)
     leaves = [inputs[k] for k in ("stu_users", "stu_items", "stu_u_embeds", "stu_i_embeds", "stu_edge_weight")]
     grads = torch.autograd.grad(parts["total"], leaves)
     return parts, grads
@@ -57,21 +59,21 @@ def test_sampled_denominator_is_unbiased():
     """Mean over draws of (|T|/K)·Σ_{m∈S} exp(s_nm) equals Σ_{m∈T} exp(s_nm) within 1 %."""
     g = torch.Generator().manual_seed(0)
     anchors, table = 0.5 * torch.randn(16, 8, generator=g), 0.5 * torch.randn(500, 8, generator=g)
-    exact = L.table_logsumexp(anchors, table, 1.0).exp()
+    exact = K.table_logsumexp(anchors, table, 1.0).exp()
     draws = 4000
     total = torch.zeros(16, dtype=torch.float64)
     for _ in range(draws):
-        sample = L.draw_contrast_sample(1, 500, 50, g).items
-        total += L.table_logsumexp(anchors, table, 1.0, sample).exp().double()
+        sample = K.draw_contrast_sample(1, 500, 50, g).items
+        total += K.table_logsumexp(anchors, table, 1.0, sample).exp().double()
     torch.testing.assert_close(total / draws, exact.double(), rtol=0.01, atol=0)
 
 
 def test_one_sample_is_shared_by_every_all_node_term():
     """With a given sample, each term is its exact formula with table sums replaced by the estimate."""
     inputs = _batch_inputs(seed=3)
-    sample = L.ContrastSample(users=torch.tensor([0, 5, 9, 12, 30]), items=torch.tensor([1, 2, 3, 20]))
+    sample = K.ContrastSample(users=torch.tensor([0, 5, 9, 12, 30]), items=torch.tensor([1, 2, 3, 20]))
     cfg = L.KDConfig(use_subspcreg=True, loosen=0.0, subspcreg=1.0, use_pre_level_kd=False)
-    parts = L.kd_objective(cfg, **inputs, sample=sample)
+    parts = kd_parts(cfg, inputs, sample=sample)
     su, si = inputs["stu_users"], inputs["stu_items"]
     uu, ui = torch.unique(inputs["ancs"]), torch.unique(inputs["poss"])
 
@@ -117,7 +119,7 @@ def test_listed_positive_pairs_equal_the_dense_route(loosen):
     w = torch.randn(120, generator=g)
     results = []
     for sparse in (True, False):
-        counts, sums = L.positive_pair_logit_sums(a, b, ma, mb, loosen, sparse_pairs=sparse)
+        counts, sums = K.positive_pair_logit_sums(a, b, ma, mb, loosen, blocks=K.Blocks(list_pairs=sparse))
         results.append((counts, sums, *torch.autograd.grad((sums * w).sum(), (a, b))))
     assert MaskPairs.positive_pairs(ma, mb, loosen) is not None  # the listed route ran
     assert results[0][0].sum() >= 25
@@ -154,20 +156,20 @@ def test_subspace_pairs_listed_once_give_the_same_loss_and_gradients_to_the_bit(
     n_users = inputs["stu_users"].shape[0]
     mask = inputs["emb_mask"]
     cfg = L.KDConfig(use_subspcreg=True, loosen=2.0, contrast_candidates=16)
-    index = L.subspace_pair_index(mask[:n_users], mask[n_users:], cfg.loosen)
-    assert all(index[key] is not None for key in L.SUBSPACE_TABLES)
+    index = K.subspace_pair_index(mask[:n_users], mask[n_users:], cfg.loosen)
+    assert all(index[key] is not None for key in K.SUBSPACE_TABLES)
     results = []
     for pairs in (None, index):
         if pairs is not None:  # the batch must not list its pairs again
             monkeypatch.setattr(MaskPairs, "positive_pairs", None)
-        parts = L.kd_objective(cfg, **inputs, generator=torch.Generator().manual_seed(1), subspace_pairs=pairs)
+        parts = kd_parts(cfg, inputs, generator=torch.Generator().manual_seed(1), subspace_pairs=pairs)
         leaves = (inputs["stu_users"], inputs["stu_items"])
         results.append((parts["subspace"], parts["total"], *torch.autograd.grad(parts["total"], leaves)))
     assert results[0][0] > 0
     for got, want in zip(results[1], results[0]):
         torch.testing.assert_close(got, want, rtol=0, atol=0)
     with pytest.raises(ValueError):
-        L.subspace_pair_index(mask[:n_users] * 0.5, mask[n_users:], 0.0)
+        K.subspace_pair_index(mask[:n_users] * 0.5, mask[n_users:], 0.0)
 
 
 def test_early_stopper_counts_evaluations_since_the_best():

@@ -11,6 +11,8 @@ from Utils.Errors import DataError
 from conftest import run_script
 from conftest import tiny_data_dir as _tiny_data
 
+pytestmark = pytest.mark.slow  # end-to-end runs in subprocesses
+
 
 class _Payload:
     """A pickle that runs a shell command when loaded, then hands back a real matrix."""

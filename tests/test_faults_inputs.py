@@ -69,6 +69,7 @@ def test_a_dia_value_past_the_shape_is_refused_and_its_padding_ignored(tmp_path)
     assert got.nnz == 3 and (got != sp.csr_matrix(padded.toarray())).nnz == 0
 
 
+@pytest.mark.slow
 def test_a_negative_test_index_in_a_lil_split_is_one_line_error(tmp_path):
     folder = tmp_path / "sparse_lil"
     train = sp.coo_matrix(np.eye(4, 5, dtype=np.float32))
@@ -102,6 +103,7 @@ def test_a_seed_numpy_refuses_is_refused_when_parsed(seed):
     assert Params.parse_args([f"--seed={2**32 - 1}"]).seed == 2**32 - 1
 
 
+@pytest.mark.slow
 def test_prepare_data_refuses_a_negative_seed_in_one_line(tmp_path):
     proc = run_script("prepareData.py", "--format=synthetic", "--name=s", f"--data_dir={tmp_path}", "--seed", "-1",
                       check=False)
@@ -109,6 +111,7 @@ def test_prepare_data_refuses_a_negative_seed_in_one_line(tmp_path):
     assert not (tmp_path / "sparse_s").exists()
 
 
+@pytest.mark.slow
 def test_the_largest_seed_runs(tmp_path, tiny_data):
     run_script("pretrainTeacher.py", *TINY_TEACHER, f"--data_dir={tiny_data}", "--epoch_tea=1", f"--seed={2**32 - 1}",
                f"--model_save_path={tmp_path}/t", f"--his_save_path={tmp_path}/t")
@@ -116,6 +119,7 @@ def test_the_largest_seed_runs(tmp_path, tiny_data):
 
 
 # ----------------------------------------------------------------------------- sizes past the machine
+@pytest.mark.slow
 @pytest.mark.parametrize("script, flag, needle", [
     ("pretrainTeacher.py", "--latdim=100000000", "--latdim=100000000"),
     ("Main.py", "--topRange=100000000000", "--topRange=100000000000"),

@@ -17,6 +17,8 @@ from test_faults import _one_error_line
 from Utils import Checkpoint, Resume
 from Utils.Errors import CheckpointError
 
+pytestmark = pytest.mark.slow  # end-to-end runs in subprocesses
+
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):

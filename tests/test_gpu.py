@@ -4,18 +4,19 @@
 import pytest
 import torch
 
-from conftest import TINY_MID, TINY_STU, TINY_TEACHER, run_script
+from conftest import TINY_MID, TINY_STU, TINY_TEACHER, kd_parts, run_script
 from test_fast_levers import _batch_inputs
+from Utils import Kernels as K
 from Utils import Losses as L
 from Utils.Training import read_history
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+pytestmark = [pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"), pytest.mark.slow]
 
 LEAVES = ("stu_users", "stu_items", "stu_u_embeds", "stu_i_embeds", "stu_edge_weight")
 
 
 def _parts_and_grads(cfg, inputs):
-    parts = L.kd_objective(cfg, **inputs)
+    parts = kd_parts(cfg, inputs)
     grads = torch.autograd.grad(parts["total"], [inputs[k] for k in LEAVES])
     return {k: v.detach().cpu() for k, v in parts.items()}, [g.cpu() for g in grads]
 
@@ -26,7 +27,7 @@ def test_the_objective_on_the_device_with_its_blocks_is_the_cpu_objective(budget
     cpu = _batch_inputs(seed=7)
     ref_parts, ref_grads = _parts_and_grads(L.KDConfig(**cfg), cpu)
     gpu = {k: (v.detach().cuda().requires_grad_(v.requires_grad)) for k, v in cpu.items()}
-    parts, grads = _parts_and_grads(L.KDConfig(**cfg, blocks=L.device_blocks("cuda", budget_mb)), gpu)
+    parts, grads = _parts_and_grads(L.KDConfig(**cfg, blocks=K.device_blocks("cuda", budget_mb)), gpu)
     for name in ref_parts:
         torch.testing.assert_close(parts[name], ref_parts[name], rtol=1e-4, atol=1e-6)
     for g, r in zip(grads, ref_grads):

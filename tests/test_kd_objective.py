@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import kd_parts
 from Utils import Losses as L
 
 RTOL, ATOL = 1e-4, 1e-6
@@ -61,13 +62,13 @@ def run_case(setup, case, **overrides):
     settings.update(overrides)
     cfg = L.KDConfig(**settings)
     mid_out, mid_high = setup["mid_out"], setup["mid_high"]
-    parts = L.kd_objective(
-        cfg, stu_users=out[:n_users], stu_items=out[n_users:], stu_u_embeds=u_embeds, stu_i_embeds=i_embeds,
+    parts = kd_parts(cfg, dict(
+        stu_users=out[:n_users], stu_items=out[n_users:], stu_u_embeds=u_embeds, stu_i_embeds=i_embeds,
         stu_edge_weight=edge_w, sup_users=mid_out[:n_users], sup_items=mid_out[n_users:],
         sup_high_users=mid_high[:n_users], sup_high_items=mid_high[n_users:],
         ancs=t(tea["ancs"]), poss=t(tea["poss"]), negs=t(tea["negs"]),
         rand_users=t(kd["rand_users"]), rand_items1=t(kd["rand_items1"]), rand_items2=t(kd["rand_items2"]),
-        emb_mask=emb_mask, generator=torch.Generator().manual_seed(0))
+        emb_mask=emb_mask), generator=torch.Generator().manual_seed(0))
     parts["total"].backward()
     grads = {"grad_uEmbeds": u_embeds.grad, "grad_iEmbeds": i_embeds.grad, "grad_edge_w": edge_w.grad}
     return kd, parts, grads
@@ -123,7 +124,7 @@ def test_subspace_needs_mask():
     zeros = torch.zeros(3, 2)
     idx = torch.tensor([0, 1])
     with pytest.raises(ValueError):
-        L.kd_objective(L.KDConfig(use_subspcreg=True), stu_users=zeros, stu_items=zeros, stu_u_embeds=zeros,
-                       stu_i_embeds=zeros, stu_edge_weight=torch.ones(4), sup_users=zeros, sup_items=zeros,
-                       sup_high_users=zeros, sup_high_items=zeros, ancs=idx, poss=idx, negs=idx,
-                       rand_users=idx, rand_items1=idx, rand_items2=idx)
+        kd_parts(L.KDConfig(use_subspcreg=True), dict(
+            stu_users=zeros, stu_items=zeros, stu_u_embeds=zeros, stu_i_embeds=zeros, stu_edge_weight=torch.ones(4),
+            sup_users=zeros, sup_items=zeros, sup_high_users=zeros, sup_high_items=zeros, ancs=idx, poss=idx,
+            negs=idx, rand_users=idx, rand_items1=idx, rand_items2=idx))

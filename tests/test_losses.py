@@ -6,7 +6,19 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import kd_parts
+from Utils import Kernels as K
 from Utils import Losses as L
+
+S = L.Share.of  # the anchors of a one-process run
+
+
+def subspace(problem, temp, loosen, version, resample_ratio=None, generator=None, lse_cache=None):
+    """``L.subspace_loss`` of ``problem`` = (users, items, user masks, item masks, user anchors, item anchors)."""
+    users, items, um, im, ua, ui = problem
+    cfg = L.KDConfig(tempsubsp=temp, loosen=loosen, subspcreg_version=version, resample_ratio=resample_ratio)
+    rows = L.SubspaceRows.draw(ua, ui, cfg, (users.shape[0], items.shape[0]), generator)
+    return L.subspace_loss((users, items), torch.cat([um, im]), rows, cfg, lse_cache=lse_cache)
 
 RTOL, ATOL = 1e-4, 1e-6
 
@@ -43,7 +55,9 @@ def published_kernel(e1, e2, m1, m2, nodes, loosen, temp):
     return torch.nn.CrossEntropyLoss()(logits, published_targets(m1[nodes], m2, loosen))
 
 
-def published_subspace(um, im, ue, ie, ua, ip, loosen, temp, version):
+def published_subspace(problem, loosen, temp, version):
+    """The published subspace term of ``problem`` = (users, items, user masks, item masks, anchors)."""
+    ue, ie, um, im, ua, ip = problem
     if version == "v3":
         return (published_kernel(ue, ie, um, im, ua, loosen, temp) + published_kernel(ie, ue, im, um, ip, loosen, temp)
                 + published_kernel(ue, ue, um, um, ua, loosen, temp) + published_kernel(ie, ie, im, im, ip, loosen, temp))
@@ -88,22 +102,22 @@ def kd_terms(ref):
 
 def test_golden_self_contrast(kd_terms):
     d = kd_terms
-    value = L.contrastive_denominator_loss(d["users"], d["items"], d["uniq_u"], d["uniq_i"], float(d["terms"]["tempsc"]))
+    value = L.contrastive_denominator_loss((d["users"], d["items"]), (S(d["uniq_u"]), S(d["uniq_i"])), float(d["terms"]["tempsc"]))
     close(value, d["terms"]["self_contrast"])
 
 
 def test_golden_subspace_v3(kd_terms):
     d = kd_terms
     n_users = d["users"].shape[0]
-    value = L.subspace_loss(d["users"], d["items"], d["mask"][:n_users], d["mask"][n_users:], d["uniq_u"], d["uniq_i"],
-                            float(d["terms"]["tempsubsp"]), 3, "v3")
+    value = subspace((d["users"], d["items"], d["mask"][:n_users], d["mask"][n_users:], d["uniq_u"], d["uniq_i"]),
+                     float(d["terms"]["tempsubsp"]), 3, "v3")
     close(value, d["terms"]["subspace_v3_weight1_prn4"])
 
 
 def test_golden_infonce_users(kd_terms):
     d = kd_terms
     n_users = d["users"].shape[0]
-    value = L.infonce(d["high"][:n_users], d["users"], d["uniq_u"], float(d["terms"]["tempcd"]))
+    value = L.infonce(d["high"][:n_users], d["users"], S(d["uniq_u"]), float(d["terms"]["tempcd"]))
     close(value, d["terms"]["infonce_users"])
 
 
@@ -122,9 +136,9 @@ def test_row_lse_gradcheck_float64_multiblock():
     gen = torch.Generator().manual_seed(1)
     a = torch.randn(7, 4, dtype=torch.float64, generator=gen).requires_grad_()
     b = torch.randn(11, 4, dtype=torch.float64, generator=gen).requires_grad_()
-    fn = lambda x, y: L.row_logsumexp_matmul(x, y, 0.7, block_rows=3, block_cols=4)  # noqa: E731
+    fn = lambda x, y: K.row_logsumexp_matmul(x, y, 0.7, block_rows=3, block_cols=4)  # noqa: E731
     assert torch.autograd.gradcheck(fn, (a, b), eps=1e-6, atol=1e-8)
-    fn_one_block = lambda x, y: L.row_logsumexp_matmul(x, y, 0.7)  # noqa: E731
+    fn_one_block = lambda x, y: K.row_logsumexp_matmul(x, y, 0.7)  # noqa: E731
     assert torch.autograd.gradcheck(fn_one_block, (a, b), eps=1e-6, atol=1e-8)
 
 
@@ -138,7 +152,7 @@ def test_row_lse_matches_naive(blocks, scale):
     temp = 0.1
 
     a, b = a0.clone().requires_grad_(), b0.clone().requires_grad_()
-    lse = L.row_logsumexp_matmul(a, b, temp, block_rows=blocks[0], block_cols=blocks[1])
+    lse = K.row_logsumexp_matmul(a, b, temp, block_rows=blocks[0], block_cols=blocks[1])
     (lse * g).sum().backward()
 
     a_ref, b_ref = a0.clone().requires_grad_(), b0.clone().requires_grad_()
@@ -154,7 +168,7 @@ def test_row_lse_matches_naive(blocks, scale):
 def test_row_lse_only_needed_gradients():
     a = torch.randn(5, 3)
     b = torch.randn(9, 3, requires_grad=True)
-    L.row_logsumexp_matmul(a, b, 1.0, block_rows=2, block_cols=4).sum().backward()
+    K.row_logsumexp_matmul(a, b, 1.0, block_rows=2, block_cols=4).sum().backward()
     assert a.grad is None and b.grad is not None
     # every softmax row sums to one, so Σ_m ∂/∂b_m = Σ_n a_n / τ
     close(b.grad.sum(0), a.sum(0))
@@ -170,10 +184,10 @@ def test_positive_pair_sums_gradcheck_and_values():
     b = torch.randn(9, 5, dtype=torch.float64, generator=gen).requires_grad_()
     ma = (torch.rand(6, 5, generator=gen) > 0.3).double()
     mb = (torch.rand(9, 5, generator=gen) > 0.3).double()
-    fn = lambda x, y: L.positive_pair_logit_sums(x, y, ma, mb, 1, block_rows=4, block_cols=2)[1]  # noqa: E731
+    fn = lambda x, y: K.positive_pair_logit_sums(x, y, ma, mb, 1, blocks=K.Blocks(4, 2))[1]  # noqa: E731
     assert torch.autograd.gradcheck(fn, (a, b), eps=1e-6, atol=1e-8)
 
-    counts, sums = L.positive_pair_logit_sums(a, b, ma, mb, 1, block_rows=4, block_cols=2)
+    counts, sums = K.positive_pair_logit_sums(a, b, ma, mb, 1, blocks=K.Blocks(4, 2))
     t = published_targets(ma, mb, 1).double()
     close(counts, t.sum(1))
     close(sums, (t * (a @ b.T)).sum(1))
@@ -185,8 +199,8 @@ def test_positive_pairs_known_masks():
     ma = torch.tensor([[1., 1., 0.], [1., 1., 1.]])
     mb = torch.tensor([[1., 1., 0.], [1., 0., 0.], [1., 1., 1.]])
     emb_a, emb_b = torch.ones(2, 3), torch.ones(3, 3)
-    counts0, _ = L.positive_pair_logit_sums(emb_a, emb_b, ma, mb, 0)
-    counts1, _ = L.positive_pair_logit_sums(emb_a, emb_b, ma, mb, 1)
+    counts0, _ = K.positive_pair_logit_sums(emb_a, emb_b, ma, mb, 0)
+    counts1, _ = K.positive_pair_logit_sums(emb_a, emb_b, ma, mb, 1)
     close(counts0, [1., 1.])
     close(counts1, [3., 2.])  # [1,1,0] ~ all three at δ=1; [1,1,1] ~ [1,1,0] and itself
 
@@ -201,7 +215,7 @@ def test_positive_pairs_popcount_windows(loosen):
     a = torch.randn(40, 5, generator=gen, requires_grad=True)
     b = torch.randn(mb.shape[0], 5, generator=gen, requires_grad=True)
     g = torch.rand(40, generator=gen)
-    counts, sums = L.positive_pair_logit_sums(a, b, ma, mb, loosen, block_rows=6, block_cols=7)
+    counts, sums = K.positive_pair_logit_sums(a, b, ma, mb, loosen, blocks=K.Blocks(6, 7))
     (sums * g).sum().backward()
     t = published_targets(ma, mb, loosen)
     a_ref, b_ref = a.detach().clone().requires_grad_(), b.detach().clone().requires_grad_()
@@ -216,7 +230,7 @@ def test_positive_pairs_popcount_windows(loosen):
 
 def test_positive_pairs_reject_non_binary_masks():
     with pytest.raises(ValueError):
-        L.positive_pair_logit_sums(torch.ones(2, 2), torch.ones(3, 2), torch.full((2, 2), 0.5), torch.ones(3, 2), 0)
+        K.positive_pair_logit_sums(torch.ones(2, 2), torch.ones(3, 2), torch.full((2, 2), 0.5), torch.ones(3, 2), 0)
 
 
 @pytest.mark.parametrize("blocks", [(3, 5), (256, 4096)])
@@ -224,7 +238,7 @@ def test_soft_target_ce_matches_cross_entropy(blocks):
     users, items, um, im, ua, _ = random_problem(4)
     a = users.clone().requires_grad_()
     b = items.clone().requires_grad_()
-    value = L.soft_target_cross_entropy(a[ua], b, um[ua], im, 2, 0.5, blocks=L.Blocks(*blocks))
+    value = L.soft_target_cross_entropy((a[ua], um[ua]), (b, im), 2, 0.5, blocks=K.Blocks(*blocks))
     value.backward()
     a_ref = users.clone().requires_grad_()
     b_ref = items.clone().requires_grad_()
@@ -241,11 +255,11 @@ def test_subspace_versions_match_published(version, loosen):
     users, items, um, im, ua, ui = random_problem(5)
     u = users.clone().requires_grad_()
     i = items.clone().requires_grad_()
-    value = L.subspace_loss(u, i, um, im, ua, ui, 0.8, loosen, version)
+    value = subspace((u, i, um, im, ua, ui), 0.8, loosen, version)
     value.backward()
     u_ref = users.clone().requires_grad_()
     i_ref = items.clone().requires_grad_()
-    ref = published_subspace(um, im, u_ref, i_ref, ua, ui, loosen, 0.8, version)
+    ref = published_subspace((u_ref, i_ref, um, im, ua, ui), loosen, 0.8, version)
     ref.backward()
     close(value, ref)
     close(u.grad, u_ref.grad)
@@ -255,18 +269,18 @@ def test_subspace_versions_match_published(version, loosen):
 def test_subspace_rejects_unknown_version():
     users, items, um, im, ua, ui = random_problem(6)
     with pytest.raises(ValueError):
-        L.subspace_loss(users, items, um, im, ua, ui, 1.0, 0, "v4")
+        subspace((users, items, um, im, ua, ui), 1.0, 0, "v4")
 
 
 def test_subspace_resample():
     users, items, um, im, ua, ui = random_problem(7)
-    full = L.subspace_loss(users, items, um, im, ua, ui, 1.0, 1, "v3")
+    full = subspace((users, items, um, im, ua, ui), 1.0, 1, "v3")
     # ratio 1 keeps everything (in another order): same value
-    close(L.subspace_loss(users, items, um, im, ua, ui, 1.0, 1, "v3", resample_ratio=1.0,
-                          generator=torch.Generator().manual_seed(0)), full)
+    close(subspace((users, items, um, im, ua, ui), 1.0, 1, "v3", resample_ratio=1.0,
+                   generator=torch.Generator().manual_seed(0)), full)
     for version in ("v1", "v2", "v3"):
-        half = [L.subspace_loss(users, items, um, im, ua, ui, 1.0, 1, version, resample_ratio=0.5,
-                                generator=torch.Generator().manual_seed(s)) for s in (1, 1, 2)]
+        half = [subspace((users, items, um, im, ua, ui), 1.0, 1, version, resample_ratio=0.5,
+                         generator=torch.Generator().manual_seed(s)) for s in (1, 1, 2)]
         assert torch.isfinite(half[0])
         close(half[0], half[1])  # reproducible from the generator
 
@@ -278,8 +292,8 @@ def test_lse_cache_shared_between_denominator_and_subspace():
         u = users.clone().requires_grad_()
         i = items.clone().requires_grad_()
         cache = {} if share else None
-        total = (L.contrastive_denominator_loss(u, i, ua, ui, 1.0, lse_cache=cache)
-                 + L.subspace_loss(u, i, um, im, ua, ui, 1.0, 1, "v3", lse_cache=cache))
+        total = (L.contrastive_denominator_loss((u, i), (S(ua), S(ui)), 1.0, lse_cache=cache)
+                 + subspace((u, i, um, im, ua, ui), 1.0, 1, "v3", lse_cache=cache))
         total.backward()
         return total, u.grad, i.grad, cache
 
@@ -314,7 +328,7 @@ def test_prediction_kd_known_and_published():
     items = torch.zeros(4, 2)
     r = torch.tensor([0, 1, 2])
     # ε = 0 on both sides: −[½ log(½ + 1e-8) + ½ log(½ + 1e-8)]
-    close(L.prediction_kd_loss(users, items, users, items, r, r, r, 0.03), -math.log(0.5 + 1e-8))
+    close(L.prediction_kd_loss((users, items), (users, items), (r, r, r), 0.03), -math.log(0.5 + 1e-8))
 
     gen = torch.Generator().manual_seed(10)
     su, si = torch.randn(6, 4, generator=gen), torch.randn(5, 4, generator=gen)
@@ -323,7 +337,7 @@ def test_prediction_kd_known_and_published():
     ru = torch.randint(6, (40,), generator=gen)
     r1, r2 = torch.randint(5, (40,), generator=gen), torch.randint(5, (40,), generator=gen)
     su.requires_grad_()
-    value = L.prediction_kd_loss(su, si, tu, ti, ru, r1, r2, 0.03)
+    value = L.prediction_kd_loss((su, si), (tu, ti), (ru, r1, r2), 0.03)
     tp = (((tu[ru] * ti[r1]).sum(-1) - (tu[ru] * ti[r2]).sum(-1)) / 0.03).sigmoid()
     sp = (((su[ru] * si[r1]).sum(-1) - (su[ru] * si[r2]).sum(-1)) / 0.03).sigmoid()
     ref = -(tp * (sp + 1e-8).log() + (1 - tp) * (1 - sp + 1e-8).log()).mean()
@@ -336,32 +350,32 @@ def test_infonce_known_and_published():
     eye = torch.eye(4)
     temp = 0.5
     expected = math.log(math.exp(1 / temp) + 3 + 1e-8) - 1 / temp
-    close(L.infonce(eye, eye, torch.arange(4), temp), expected)
+    close(L.infonce(eye, eye, S(torch.arange(4)), temp), expected)
 
     gen = torch.Generator().manual_seed(11)
     x, y = torch.randn(15, 6, generator=gen), torch.randn(15, 6, generator=gen)
     idx = torch.tensor([0, 3, 7, 14])
     for temp in (0.03, 0.1, 1.0):
-        close(L.infonce(x, y, idx, temp), published_infonce(x, y, idx, temp))
+        close(L.infonce(x, y, S(idx), temp), published_infonce(x, y, idx, temp))
 
 
 def test_embedding_kd_is_sum_of_two_infonce():
     users, items, _, _, ua, ui = random_problem(12)
     hu, hi = users.flip(0), items.flip(0)
     expected = published_infonce(hu, users, ua, 0.1) + published_infonce(hi, items, ui, 0.1)
-    close(L.embedding_kd_loss(hu, hi, users, items, ua, ui, 0.1), expected)
+    close(L.embedding_kd_loss((hu, hi), (users, items), (S(ua), S(ui)), 0.1), expected)
 
 
 def test_contrastive_denominator_known_and_published():
     users, items = torch.zeros(5, 3), torch.zeros(4, 3)
     ua, ui = torch.tensor([0, 2]), torch.tensor([1])
     expected = 2 * math.log(4 + 1e-5) + 2 * math.log(5 + 1e-5)
-    close(L.contrastive_denominator_loss(users, items, ua, ui, 1.0), expected)
+    close(L.contrastive_denominator_loss((users, items), (S(ua), S(ui)), 1.0), expected)
 
     users, items, _, _, ua, ui = random_problem(13)
     ref = sum(torch.log(published_point_neg(a, b, n, 0.7) + 1e-5).mean()
               for a, b, n in ((users, items, ua), (items, users, ui), (users, users, ua), (items, items, ui)))
-    close(L.contrastive_denominator_loss(users, items, ua, ui, 0.7), ref)
+    close(L.contrastive_denominator_loss((users, items), (S(ua), S(ui)), 0.7), ref)
 
 
 def test_kdconfig_validation():
@@ -378,16 +392,16 @@ def test_device_shaped_blocks_compute_the_cpu_blocks_objective():
     loss and gradients of the CPU's 256 x 4096 blocks, up to float rounding."""
     from test_fast_levers import _batch_inputs
 
-    assert L.device_blocks("cpu", 1024) is L.CPU_BLOCKS
-    whole = L.device_blocks("cuda", 1024)
+    assert K.device_blocks("cpu", 1024) is K.CPU_BLOCKS
+    whole = K.device_blocks("cuda", 1024)
     assert whole.shape(3900, 42700) == (3900, 42700) and not whole.list_pairs
-    assert L.Blocks(budget=4096).shape(100, 5000) == (4, 1024)  # rows split: 1024 columns would not fit 100 rows
+    assert K.Blocks(budget=4096).shape(100, 5000) == (4, 1024)  # rows split: 1024 columns would not fit 100 rows
     leaves = ("stu_users", "stu_items", "stu_u_embeds", "stu_i_embeds", "stu_edge_weight")
     results = []
-    for blocks in (L.CPU_BLOCKS, whole, L.Blocks(budget=64, list_pairs=False), L.Blocks(budget=3000)):
+    for blocks in (K.CPU_BLOCKS, whole, K.Blocks(budget=64, list_pairs=False), K.Blocks(budget=3000)):
         inputs = _batch_inputs(seed=7)
         cfg = L.KDConfig(use_subspcreg=True, loosen=1.0, subspcreg=0.5, blocks=blocks)
-        parts = L.kd_objective(cfg, **inputs)
+        parts = kd_parts(cfg, inputs)
         grads = torch.autograd.grad(parts["total"], [inputs[k] for k in leaves], allow_unused=True)
         results.append((parts, grads))
     (ref_parts, ref_grads), *others = results

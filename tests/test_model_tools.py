@@ -19,6 +19,9 @@ import modelTools
 from Utils import Plots, Report
 from Utils.Checkpoint import load_checkpoint
 
+pytestmark = pytest.mark.slow  # end-to-end runs in subprocesses
+
+
 TEACHER = [*TINY_TEACHER, "--epoch_tea=2"]
 MID = [*TINY_MID, "--mask_epoch=1"]
 STUDENT = [*TINY_STU, "--mask_epoch=2"]

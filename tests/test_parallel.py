@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from conftest import ROOT, TINY_STU, TINY_TEACHER, run_script, train_tiny_supervisors
+from conftest import ROOT, TINY_STU, TINY_TEACHER, kd_parts, run_script, train_tiny_supervisors
 from test_fast_levers import _batch_inputs
 from Utils import Losses as L
 from Utils.Parallel import SOLO, Group
@@ -22,7 +22,7 @@ LEAVES = ("stu_users", "stu_items", "stu_u_embeds", "stu_i_embeds", "stu_edge_we
 
 def _loss_and_grads(cfg, inputs, **kwargs):
     """The parts and the gradients w.r.t. the trainee's tensors (zeros where a share does not use one)."""
-    parts = L.kd_objective(cfg, **inputs, **kwargs)
+    parts = kd_parts(cfg, inputs, **kwargs)
     leaves = [inputs[k] for k in LEAVES]
     grads = torch.autograd.grad(parts["total"], leaves, allow_unused=True)
     return parts, [torch.zeros_like(x) if g is None else g for x, g in zip(leaves, grads)]
@@ -150,12 +150,14 @@ def _stage_pair(tmp_path, data_dir, script, flags):
 
 
 
+@pytest.mark.slow
 def test_two_processes_train_the_teacher_as_one(tmp_path, tiny_data):
     one, two = _stage_pair(tmp_path, tiny_data, "pretrainTeacher.py", TINY_TEACHER)
     assert _outputs(one) == _outputs(two)  # same files, written once (rank 0)
     _assert_close_rows(read_history(str(one / "run.his")), read_history(str(two / "run.his")))
 
 
+@pytest.mark.slow
 def test_two_processes_distil_and_prune_the_student_as_one(tmp_path, tiny_data):
     middle = train_tiny_supervisors(tmp_path, tiny_data)
     one, two = _stage_pair(tmp_path, tiny_data, "Main.py", [

@@ -4,10 +4,11 @@ import pytest
 import torch
 
 import DataHandler as dh
-from Utils.Distill import DistillLoss, FrozenOutputs, frozen_outputs
+from Utils.Distill import DistillLoss, frozen_outputs
+from Utils.Losses import Supervisor
 from Model import LightGCN_sp
 from Params import parse_args, run_config
-from Utils.Losses import CPU_BLOCKS
+from Utils.Kernels import CPU_BLOCKS
 from Utils.Spmm import propagate_layers, propagate_sum
 
 RTOL, ATOL = 1e-4, 1e-6
@@ -103,7 +104,7 @@ def test_fused_propagation_equals_layer_by_layer_autograd(tiny):
 def test_frozen_outputs_of_a_one_layer_model_have_zero_high_part(tiny):
     model = LightGCN_sp(60, 40, 8, 1, tiny["adj"].nnz)
     out = frozen_outputs(model, tiny["adj"])
-    assert isinstance(out, FrozenOutputs) and float(out.high_users.abs().sum()) == 0.0
+    assert isinstance(out, Supervisor) and float(out.high_users.abs().sum()) == 0.0
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

@@ -35,35 +35,29 @@ def _pruned_from_golden_inputs(ref, case):
     models, graphs, forward = ref("prunable_models.npz"), ref("graphs.npz"), ref("prunable_forward.npz")
     n_nodes = models["stu_uEmbeds"].shape[0] + models["stu_iEmbeds"].shape[0]
     adj_row, adj_col = _t(graphs["adj_row"]), _t(graphs["adj_col"])
-    kwargs = {}
+    kwargs, cfg_kwargs = {}, {}
     if _flag(case, "use_adj_mask_aug"):
         # --use_mTea2drop_edges=True: edges are scored with the intermediate model's outputs.
         kwargs.update(
             aug_embeds=torch.cat([_t(forward["mid_out_users"]), _t(forward["mid_out_items"])]),
-            edge_row=adj_row,
-            edge_col=adj_col,
-            beta1=float(case["adj_mask_aug1"]),
+            edges=(adj_row, adj_col),
         )
+        cfg_kwargs.update(beta1=float(case["adj_mask_aug1"]))
     if _flag(case, "use_SM_edgeW2aug"):
         kwargs.update(
-            mid_edge_weight_on_adj=closure_weights_on_adj(
+            mid_weight=closure_weights_on_adj(
                 adj_row, adj_col, _t(graphs["closure_row"]), _t(graphs["closure_col"]),
                 _t(models["mid_edge_w"]), n_nodes,
             ),
-            beta2=float(case["adj_mask_aug2"]),
         )
-    return compute_pruned_state(
-        _t(models["stu_edge_w"]),
-        _t(models["stu_edge_fixed"]),
-        _t(models["stu_uEmbeds"]),
-        _t(models["stu_iEmbeds"]),
-        _t(models["stu_emb_mask"]),
-        edge_pct=float(case["pruning_percent_adj"]),
-        emb_pct=float(case["pruning_percent_emb"]),
-        keep_weights=_flag(case, "keep_adj_weights2next_prn"),
-        use_abs=_flag(case, "adj_weights_abs"),
-        **kwargs,
-    )
+        cfg_kwargs.update(beta2=float(case["adj_mask_aug2"]))
+    state = PrunedState(edge_weight=_t(models["stu_edge_w"]), edge_mask=_t(models["stu_edge_fixed"]),
+                        u_embeds=_t(models["stu_uEmbeds"]), i_embeds=_t(models["stu_iEmbeds"]),
+                        emb_mask=_t(models["stu_emb_mask"]))
+    cfg = PruneConfig(edge_cut=float(case["pruning_percent_adj"]), emb_cut=float(case["pruning_percent_emb"]),
+                      keep_weights=_flag(case, "keep_adj_weights2next_prn"), use_abs=_flag(case, "adj_weights_abs"),
+                      **cfg_kwargs)
+    return compute_pruned_state(state, cfg, **kwargs)
 
 
 @pytest.mark.parametrize("name", CASES)
@@ -121,7 +115,7 @@ def test_pruned_embeddings_and_edges_never_revive():
 
     weight = torch.randn(20)
     edge_mask = (torch.rand(20) > 0.4).float()
-    score = edge_importance(weight, edge_mask, mid_edge_weight_on_adj=torch.rand(20), beta2=5.0)
+    score = edge_importance(weight, edge_mask, PruneConfig(0.1, 0.1, beta2=5.0), mid_weight=torch.rand(20))
     new_weight, new_mask = prune_edges(weight, score, 0.1, keep_weights=True)
     assert bool((new_mask <= edge_mask).all())
     assert torch.equal(new_weight, weight * new_mask)
@@ -135,13 +129,13 @@ def test_edge_importance_terms():
     dots = torch.tensor([1.0, 2.0, 1.0])
     mid = torch.tensor([0.1, 0.2, 0.3])
     expected = (weight.abs() + 0.5 * torch.tanh(dots) + 2.0 * mid) * edge_mask
-    got = edge_importance(weight, edge_mask, aug_embeds=embeds, edge_row=row, edge_col=col, beta1=0.5,
-                          use_tanh=True, mid_edge_weight_on_adj=mid, beta2=2.0, use_abs=True)
+    cfg = PruneConfig(0.1, 0.1, beta1=0.5, use_tanh=True, beta2=2.0, use_abs=True)
+    got = edge_importance(weight, edge_mask, cfg, aug_embeds=embeds, edges=(row, col), mid_weight=mid)
     torch.testing.assert_close(got, expected)
-    got = edge_importance(weight, edge_mask, aug_embeds=embeds, edge_row=row, edge_col=col, beta1=0.5)
+    got = edge_importance(weight, edge_mask, PruneConfig(0.1, 0.1, beta1=0.5), aug_embeds=embeds, edges=(row, col))
     torch.testing.assert_close(got, (weight + 0.5 * torch.sigmoid(dots)) * edge_mask)
     with pytest.raises(ValueError):
-        edge_importance(weight, edge_mask, aug_embeds=embeds, beta1=0.5)
+        edge_importance(weight, edge_mask, PruneConfig(0.1, 0.1, beta1=0.5), aug_embeds=embeds)
 
 
 def test_closure_weights_on_adj_lookup_and_missing_edge():
@@ -200,13 +194,13 @@ def test_compute_pruned_state_random_variants_follow_keep_rule():
     weight = torch.randn(100)
     edge_mask = torch.ones(100)
     users, items, emb_mask = torch.randn(6, 4), torch.randn(4, 4), torch.ones(10, 4)
-    state = compute_pruned_state(weight, edge_mask, users, items, emb_mask, edge_pct=0.1, emb_pct=0.25,
-                                 random_edges=True, random_embeddings=True,
+    before = PrunedState(weight, edge_mask, users, items, emb_mask)
+    state = compute_pruned_state(before, PruneConfig(0.1, 0.25, random_edges=True, random_embeddings=True),
                                  generator=torch.Generator().manual_seed(0))
     assert kept_percent(state.edge_mask) == pytest.approx(90.0) and kept_percent(state.emb_mask) == pytest.approx(75.0)
     assert torch.equal(state.edge_weight, state.edge_mask)
-    state = compute_pruned_state(weight, edge_mask, users, items, emb_mask, edge_pct=0.1, emb_pct=0.25,
-                                 keep_weights=True, random_edges=True, generator=torch.Generator().manual_seed(0))
+    state = compute_pruned_state(before, PruneConfig(0.1, 0.25, keep_weights=True, random_edges=True),
+                                 generator=torch.Generator().manual_seed(0))
     assert torch.equal(state.edge_weight, weight * state.edge_mask)
 
 
@@ -247,8 +241,7 @@ def test_pruning_through_the_config_built_from_flags_matches_golden(ref, name):
                "teacher": lambda: torch.cat([_t(forward["stu_out_users"]), _t(forward["stu_out_items"])]) * 2}
     mid_w = closure_weights_on_adj(adj_row, adj_col, _t(graphs["closure_row"]), _t(graphs["closure_col"]),
                                    _t(models["mid_edge_w"]), n_nodes)
-    out = prune_state(state, prune_config(args, 2), edge_row=adj_row, edge_col=adj_col, scorers=scorers,
-                      mid_edge_weight_on_adj=mid_w)
+    out = prune_state(state, prune_config(args, 2), edges=(adj_row, adj_col), scorers=scorers, mid_weight=mid_w)
     np.testing.assert_array_equal(out["adj_mask2_fixed"].numpy(), case["adj_mask"])
     np.testing.assert_array_equal(out["emb_mask2_fixed"].numpy(), case["emb_mask"])
     np.testing.assert_allclose(out["adj_mask1_train"].numpy(), case["edge_w_after"], rtol=1e-4, atol=1e-6)
@@ -272,9 +265,9 @@ def test_prune_config_names_the_scoring_model_of_the_flags():
 
 
 def test_prune_state_refuses_a_scoring_model_the_stage_has_not_loaded():
-    cfg = PruneConfig(edge_pct=0.1, emb_pct=0.1, scoring="teacher")
+    cfg = PruneConfig(edge_cut=0.1, emb_cut=0.1, scoring="teacher")
     state = {"uEmbeds": torch.ones(2, 2), "iEmbeds": torch.ones(2, 2), "adj_mask1_train": torch.ones(4),
              "adj_mask2_fixed": torch.ones(4), "emb_mask2_fixed": torch.ones(4, 2)}
     with pytest.raises(ValueError, match="teacher"):
-        prune_state(state, cfg, edge_row=torch.zeros(4, dtype=torch.long), edge_col=torch.zeros(4, dtype=torch.long),
+        prune_state(state, cfg, edges=(torch.zeros(4, dtype=torch.long), torch.zeros(4, dtype=torch.long)),
                     scorers={"middle": lambda: torch.ones(4, 2)})

@@ -13,6 +13,8 @@ import torch
 
 from conftest import ROOT, TINY_MID, TINY_STU, TINY_TEACHER, run_script, tiny_root_with_supervisors
 
+pytestmark = pytest.mark.slow  # end-to-end runs in subprocesses
+
 
 @pytest.fixture(scope="module")
 def tiny_root(tmp_path_factory):

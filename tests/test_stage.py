@@ -14,7 +14,7 @@ import Params
 from Model import LightGCN, model_from_tensors
 from Utils import Checkpoint
 from Utils.Config import Data, DistillConfig, Evaluation, Loop, Outputs, RunConfig, TeacherConfig
-from Utils.Distill import DistillStage, Supervisors, frozen_outputs
+from Utils.Distill import DistillStage, FrozenModels, frozen_outputs
 from Utils.Losses import KDConfig
 from Utils.Pruning import PruneConfig
 from Utils.Teacher import TeacherStage
@@ -43,12 +43,12 @@ def test_a_student_stage_built_in_memory_trains_one_epoch_and_keeps_its_record(t
     dataset, adj = tiny_split
     torch.manual_seed(0)
     teacher = LightGCN(dataset.n_users, dataset.n_items, 8, 3)
-    supervisors = Supervisors(supervisor=frozen_outputs(teacher, adj), layer0=teacher.layer0().detach())
-    run = RunConfig(run=1, epochs=1, lr=1e-2, kd=KDConfig(), prune=PruneConfig(edge_pct=0.15, emb_pct=0.2))
+    frozen = FrozenModels(supervisor=frozen_outputs(teacher, adj), layer0=teacher.layer0().detach())
+    run = RunConfig(run=1, epochs=1, lr=1e-2, kd=KDConfig(), prune=PruneConfig(edge_cut=0.15, emb_cut=0.2))
     cfg = DistillConfig(role="student", runs=(run,), top_range=500, init_from_supervisor=True,
                         **_common(tiny_dir, tmp_path / "stu"))
     log = RunLog(cfg.outputs.history_file, stream=io.StringIO())
-    stage = DistillStage(cfg, dataset, adj, supervisors, log, torch.device("cpu"))
+    stage = DistillStage(cfg, dataset, adj, frozen, log, torch.device("cpu"))
     assert torch.equal(stage.first_state["uEmbeds"], teacher.uEmbeds.detach())  # --init_from_supervisor
 
     stage.run()

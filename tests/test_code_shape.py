@@ -1,0 +1,68 @@
+"""The code stays readable: short functions with few parameters, flags read only at the top.
+
+* No function body longer than 60 lines of code (docstrings, comments and blank lines not
+  counted) and none with more than 8 parameters (``self``/``cls``/``ctx`` not counted), in the
+  project's own Python files: entry points, ``Utils/``, ``bench/`` and ``tests/``.
+* Nothing below the entry points (``Main.py``, ``pretrainTeacher.py``, ``modelTools.py``,
+  ``prepareData.py``) and ``Params.py`` reads the parsed flags: no ``args.`` in ``Utils/``,
+  ``DataHandler.py`` or ``Model.py`` (they receive the frozen configs of ``Utils/Config.py``).
+"""
+import ast
+import re
+
+from conftest import ROOT
+
+MAX_LINES, MAX_PARAMS = 60, 8
+SKIPPED = {"self", "cls", "ctx"}
+
+
+def _python_files():
+    folders = [ROOT, ROOT / "Utils", ROOT / "bench", ROOT / "tests"]
+    return sorted(path for folder in folders for path in folder.glob("*.py"))
+
+
+def _code_lines(lines, node):
+    body = node.body
+    first = body[0]
+    if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str):
+        if len(body) == 1:
+            return 0
+        first = body[1]
+    text = lines[first.lineno - 1:node.end_lineno]
+    return sum(1 for line in text if line.strip() and not line.strip().startswith("#"))
+
+
+def _shape_faults(path, root=ROOT):
+    source = path.read_text(encoding="utf-8")
+    lines = source.splitlines()
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        a = node.args
+        params = [x.arg for x in a.posonlyargs + a.args + a.kwonlyargs if x.arg not in SKIPPED]
+        params += ["*"] * bool(a.vararg) + ["**"] * bool(a.kwarg)
+        n_lines = _code_lines(lines, node)
+        if n_lines > MAX_LINES or len(params) > MAX_PARAMS:
+            yield f"{path.relative_to(root)}:{node.lineno} {node.name}: {n_lines} lines, {len(params)} parameters"
+
+
+def test_no_function_is_longer_than_60_lines_or_takes_more_than_8_parameters():
+    files = _python_files()
+    assert len(files) > 40
+    faults = [fault for path in files for fault in _shape_faults(path)]
+    assert not faults, "\n".join(faults)
+
+
+def test_the_shape_check_sees_a_long_function(tmp_path):
+    body = "\n".join(f"    x{i} = {i}" for i in range(61))
+    path = tmp_path / "long.py"
+    path.write_text(f"def f(a, b, c, d, e, f, g, h, i):\n    \"\"\"doc\"\"\"\n{body}\n")
+    assert list(_shape_faults(path, tmp_path)) == ["long.py:1 f: 61 lines, 9 parameters"]
+
+
+def test_no_module_below_the_entry_points_reads_the_parsed_flags():
+    below = [ROOT / "DataHandler.py", ROOT / "Model.py", *sorted((ROOT / "Utils").glob("*.py"))]
+    found = [f"{path.relative_to(ROOT)}:{number}: {line.strip()}" for path in below
+             for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+             if re.search(r"\bargs\.|vars\(args\)", line)]
+    assert not found, "\n".join(found)
