@@ -112,12 +112,28 @@ def test_unshared_denominators_give_the_same_result(setup):
         close(g_plain[name], g_shared[name])
 
 
-def test_layer0_and_resample_variants_run(setup):
-    _, ly0, grads = run_case(setup, "prn4_v3", use_ly0emb4subspcreg=True)
-    assert torch.isfinite(ly0["subspace"]) and all(torch.isfinite(g).all() for g in grads.values())
-    for version in ("v1", "v2", "v3"):
-        _, res, grads = run_case(setup, "prn4_v3", subspcreg_version=version, resample_ratio=0.5)
-        assert torch.isfinite(res["total"]) and all(torch.isfinite(g).all() for g in grads.values())
+def test_layer0_variant_is_the_subspace_term_on_the_masked_layer0_embeddings(setup):
+    kd, ly0, _ = run_case(setup, "prn4_v3", use_ly0emb4subspcreg=True)
+    t, models = setup["t"], setup["models"]
+    u_embeds, i_embeds, mask = t(models["stu_uEmbeds"]), t(models["stu_iEmbeds"]), t(models["stu_emb_mask"])
+    e0 = torch.cat([u_embeds, i_embeds]) * mask
+    n_users = u_embeds.shape[0]
+    cfg = L.KDConfig(use_subspcreg=True, loosen=float(kd["loosen"]), subspcreg_version="v3")
+    rows = L.SubspaceRows.draw(torch.unique(t(setup["tea"]["ancs"])), torch.unique(t(setup["tea"]["poss"])), cfg,
+                               (n_users, i_embeds.shape[0]))
+    close(ly0["subspace"], 0.5 * L.subspace_loss((e0[:n_users], e0[n_users:]), mask, rows, cfg))
+
+
+@pytest.mark.parametrize("version", ["v1", "v2", "v3"])
+def test_resampling_everything_is_the_exact_subspace_term(setup, version):
+    """--hyper_contr_resample with ratio 1 keeps every anchor and candidate (in another order)."""
+    _, exact, g_exact = run_case(setup, "prn4_v3", subspcreg_version=version)
+    _, every, g_every = run_case(setup, "prn4_v3", subspcreg_version=version, resample_ratio=1.0)
+    _, half, _ = run_case(setup, "prn4_v3", subspcreg_version=version, resample_ratio=0.5)
+    close(every["subspace"], exact["subspace"])
+    for name in g_exact:
+        close(g_every[name], g_exact[name])
+    assert float(half["subspace"].detach()) != float(exact["subspace"].detach())
 
 
 def test_subspace_needs_mask():

@@ -15,6 +15,7 @@ from Model import LightGCN, model_from_tensors
 from Utils import Checkpoint
 from Utils.Config import Data, DistillConfig, Evaluation, Loop, Outputs, RunConfig, TeacherConfig
 from Utils.Distill import DistillStage, FrozenModels, frozen_outputs
+from Utils import Losses as L
 from Utils.Losses import KDConfig
 from Utils.Pruning import PruneConfig
 from Utils.Teacher import TeacherStage
@@ -94,3 +95,95 @@ def test_the_configs_built_from_flags_decide_the_scorer_and_the_runs_once():
                                                    "--distill_from_teacher_model=True", "--PRUNING_END=1"]))
     assert (mid.role, mid.supervisor, mid.middle_path, mid.runs[0].prune) == ("middle_teacher", "teacher", None, None)
     assert mid.closure is not None and not mid.runs[0].kd.use_subspcreg
+
+
+# ----------------------------------------------------------------------------- flags -> configs -> stage
+def _stage_from_flags(tiny_dir, tiny_split, tmp_path, *flags):
+    """A student stage built in memory from command-line flags, under a random 3-layer teacher."""
+    dataset, adj = tiny_split
+    args = Params.parse_args([
+        f"--data_dir={tiny_dir.parent}", "--dataset=tiny", "--batch=64", "--latdim=8", "--gnn_layer=2",
+        "--topRange=500", "--lr=1e-2", "--mask_epoch=1", "--PRUNING_START=1", "--PRUNING_END=1",
+        "--distill_from_middle_model=False", "--distill_from_teacher_model=True", "--use_SM_edgeW2aug=False",
+        "--use_mTea2drop_edges=False", f"--model_save_path={tmp_path}/stu", f"--his_save_path={tmp_path}/stu",
+        *flags])
+    cfg = Params.distill_config(args)
+    torch.manual_seed(0)
+    teacher = LightGCN(dataset.n_users, dataset.n_items, 8, 3)
+    out = frozen_outputs(teacher, adj)
+    frozen = FrozenModels(supervisor=out, layer0=teacher.layer0().detach(), teacher=out)
+    log = RunLog(cfg.outputs.history_file, stream=io.StringIO())
+    return DistillStage(cfg, dataset, adj, frozen, log, torch.device("cpu"))
+
+
+def _losses(stage):
+    stage.run()
+    return [row["loss"]["total"] for row in read_history(stage.cfg.outputs.history_file)]
+
+
+def test_contrast_candidates_reach_the_stage_s_loss(tiny_dir, tiny_split, tmp_path):
+    exact = _losses(_stage_from_flags(tiny_dir, tiny_split, tmp_path / "a"))
+    covering = _losses(_stage_from_flags(tiny_dir, tiny_split, tmp_path / "b", "--contrast_candidates=1000"))
+    sampled = _losses(_stage_from_flags(tiny_dir, tiny_split, tmp_path / "c", "--contrast_candidates=10"))
+    assert covering == exact  # K >= both tables (60 users, 40 items): the exact sums, nothing drawn
+    assert sampled != exact
+
+
+def test_hyper_contr_resample_reaches_the_subspace_rows(tiny_dir, tiny_split, tmp_path, monkeypatch):
+    drawn = []
+    original = L.SubspaceRows.draw
+
+    def spy(users, items, cfg, *rest):
+        rows = original(users, items, cfg, *rest)
+        drawn.append((users.numel(), rows.users.whole.numel(), cfg.resample_ratio))
+        return rows
+
+    monkeypatch.setattr(L.SubspaceRows, "draw", staticmethod(spy))
+    on_from_run_1 = ("--use_subspcreg=True", "--hyper_contr_start_prn_run=1")
+    _losses(_stage_from_flags(tiny_dir, tiny_split, tmp_path / "a", *on_from_run_1))
+    _losses(_stage_from_flags(tiny_dir, tiny_split, tmp_path / "b", *on_from_run_1, "--hyper_contr_resample=True",
+                              "--hyper_contr_resample_ratio=0.5"))
+    whole, resampled = drawn[:len(drawn) // 2], drawn[len(drawn) // 2:]
+    assert all(kept == n and ratio is None for n, kept, ratio in whole)
+    assert all(kept == max(1, int(0.5 * n)) and ratio == 0.5 for n, kept, ratio in resampled)
+
+
+def test_random_pruning_flags_reach_the_pruning_step(tiny_dir, tiny_split, tmp_path):
+    def pruned(folder, *flags):
+        stage = _stage_from_flags(tiny_dir, tiny_split, tmp_path / folder, "--PRUNING_END=2",
+                                  "--pruning_percent_adj=0.2", "--pruning_percent_emb=0.25", *flags)
+        stage.run()
+        return stage.records["w2"], stage.current, stage.graph.nnz
+
+    magnitude, _, _ = pruned("a")
+    random, run2, n = pruned("b", "--use_adj_random_pruning=True", "--use_emb_random_pruning=True")
+    assert (run2.index, run2.emb_pct) == (2, 75.0)  # floor(pct * survivors) removed
+    assert run2.edge_pct == pytest.approx(100 * (n - int(0.2 * n)) / n)
+    mag = Checkpoint.load_checkpoint(magnitude.path).tensors
+    rnd = Checkpoint.load_checkpoint(random.path).tensors
+    assert not torch.equal(mag["adj_mask2_fixed"], rnd["adj_mask2_fixed"])
+    assert not torch.equal(mag["emb_mask2_fixed"], rnd["emb_mask2_fixed"])
+
+
+def test_closure_sampling_flags_reach_the_closure_graph(tiny_split):
+    dataset, _ = tiny_split
+
+    def closure_edges(*flags):
+        cfg = Params.distill_config(Params.parse_args(["--train_middle_model=True", "--distill_from_middle_model=False",
+                                                       "--distill_from_teacher_model=True", "--PRUNING_END=1",
+                                                       *flags]))
+        return dh.closure_graph(dataset.train, cfg.closure).nnz
+
+    full, half = closure_edges(), closure_edges("--adj_aug_sample=True", "--adj_aug_sample_ratio=0.5")
+    assert closure_edges("--adj_aug_sample=True", "--adj_aug_sample_ratio=1.0") == full
+    assert half < full
+
+
+def test_gaps_and_evaluation_schedule_reach_the_stage(tiny_dir, tiny_split, tmp_path):
+    stage = _stage_from_flags(tiny_dir, tiny_split, tmp_path, "--train_2nd_best_gap=0.4", "--fixed_2nd_best_gap=0.3",
+                              "--mask_epoch=3", "--tstEpoch=2")
+    assert (stage.records["w2"].gap, stage.records["wo2"].gap) == (0.4, 0.3)
+    assert stage.records["wo2"].reference is stage.records["wo"]
+    stage.run()
+    rows = read_history(stage.cfg.outputs.history_file)
+    assert [(row["epoch"], "metrics" in row) for row in rows] == [(0, True), (1, False), (2, True)]
