@@ -387,7 +387,8 @@ class KDConfig:
     "student only" rule. ``loosen`` is δ for this run (``hyper_contr_loosen_factor[run]``).
     ``resample_ratio`` is ``hyper_contr_resample_ratio`` when ``--hyper_contr_resample``, else None.
     ``contrast_candidates`` is K of ``--contrast_candidates`` (0 = the exact all-node sums).
-    ``blocks``: the block shape of the all-node kernels (:func:`device_blocks`).
+    ``blocks``: the block shape of the all-node kernels (:func:`Utils.Kernels.device_blocks`).
+    The values are checked once, where the flags are parsed (``Params.validate``).
     """
 
     use_pre_level_kd: bool = True
@@ -411,17 +412,6 @@ class KDConfig:
     resample_ratio: Optional[float] = None
     contrast_candidates: int = 0
     blocks: Blocks = CPU_BLOCKS
-
-    def __post_init__(self):
-        if self.contrast_candidates < 0:
-            raise ValueError(f"contrast_candidates must be >= 0 (0 = exact), got {self.contrast_candidates}")
-        if self.subspcreg_version not in SUBSPACE_VERSIONS:
-            raise ValueError(f"subspcreg_version must be one of {SUBSPACE_VERSIONS}, got {self.subspcreg_version!r}")
-        if self.resample_ratio is not None and not 0.0 < self.resample_ratio <= 1.0:
-            raise ValueError(f"resample_ratio must be in (0, 1], got {self.resample_ratio}")
-        for name in ("tempsoft", "tempcd", "tempsc", "tempsubsp"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
 
 
 @dataclass(frozen=True)

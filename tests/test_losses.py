@@ -378,13 +378,14 @@ def test_contrastive_denominator_known_and_published():
     close(L.contrastive_denominator_loss((users, items), (S(ua), S(ui)), 0.7), ref)
 
 
-def test_kdconfig_validation():
-    with pytest.raises(ValueError):
-        L.KDConfig(subspcreg_version="v9")
-    with pytest.raises(ValueError):
-        L.KDConfig(resample_ratio=0.0)
-    with pytest.raises(ValueError):
-        L.KDConfig(tempcd=0.0)
+@pytest.mark.parametrize("flag", ["--subspcreg_version=v9", "--hyper_contr_resample_ratio=0", "--tempcd=0",
+                                  "--contrast_candidates=-1"])
+def test_the_loss_settings_are_checked_where_the_flags_are_parsed(flag):
+    import Params
+    from Utils.Errors import ConfigError
+
+    with pytest.raises(ConfigError, match=flag.split("=")[0]):
+        Params.parse_args([flag])
 
 
 def test_device_shaped_blocks_compute_the_cpu_blocks_objective():
