@@ -178,12 +178,11 @@ class FrozenModels:
     def load(cls, cfg: DistillConfig, dataset, adj, closure, device, log: RunLog) -> "FrozenModels":
         """Read the intermediate model and/or the teacher that ``cfg`` names."""
         warn = lambda line: log.line(line, stamp=False)  # noqa: E731
-        middle = teacher = None
+        middle = teacher = weights = None
         if cfg.middle_path is not None:
             model = load_model(cfg.middle_path, "middle_teacher", dataset, device, graph=closure,
                                latdim=cfg.data.latdim, warn=warn).eval()
             middle = (frozen_outputs(model, closure), model.layer0().detach().clone())
-            weights = None
             if cfg.middle_edge_weights:
                 weights = Pruning.closure_weights_on_adj(adj.row, adj.col, closure.row, closure.col,
                                                          model.adj_mask1_train.detach(), adj.n_nodes)
@@ -194,7 +193,7 @@ class FrozenModels:
             log.line("Use the teacher to direct the training", stamp=False)
         chosen = middle if cfg.supervisor == "middle" else teacher
         return cls(supervisor=chosen[0], layer0=chosen[1], teacher=teacher and teacher[0],
-                   middle=middle and middle[0], mid_weight=weights if middle else None)
+                   middle=middle and middle[0], mid_weight=weights)
 
 
 # ----------------------------------------------------------------------------- the stage
