@@ -107,6 +107,7 @@ class TeacherConfig:
     epochs: int = 300
     lr: float = 1e-3
     reg: float = 1e-7
+    reg_batch: bool = False  # --reg_batch: the weight decay on the batch's layer-0 rows (LightGCN's)
     load_model: str = ""  # --load_model_tea: start from these weights
     load_history: str = ""  # --load_his_tea: continue this history
     flags: Mapping[str, Any] = None

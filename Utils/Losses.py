@@ -178,6 +178,17 @@ def embedding_reg(u_embeds: torch.Tensor, i_embeds: torch.Tensor, reg: float) ->
     return (u_embeds.square().sum() + i_embeds.square().sum()) * reg
 
 
+def batch_embedding_reg(rows: Tuple[torch.Tensor, torch.Tensor, torch.Tensor], reg: float,
+                        total: Optional[int] = None) -> torch.Tensor:
+    """LightGCN's weight decay (docs/method.md#weight-decay, ``--reg_batch``): on the batch's
+    layer-0 rows only, reg · ½ · mean_b (‖e⁰_u‖² + ‖e⁰_i‖² + ‖e⁰_j‖²) for ``rows`` = (E⁰ of the
+    users, positives, negatives), one row per triple (a row drawn twice counts twice).
+    ``total``: the rows are this process's share of a batch of ``total`` triples (:func:`_mean`)."""
+    users, positives, negatives = rows
+    norms = users.square().sum(dim=1) + positives.square().sum(dim=1) + negatives.square().sum(dim=1)
+    return _mean(norms, total) * (0.5 * reg)
+
+
 def edge_weight_reg(edge_weight: torch.Tensor, ereg: float) -> torch.Tensor:
     """Edge-weight decay (docs/method.md#weight-decay, ``--use_ereg``): ereg · ‖w‖² of ``adj_mask1_train``."""
     return edge_weight.square().sum() * ereg

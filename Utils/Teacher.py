@@ -18,15 +18,17 @@ from Utils import Checkpoint, Resume, Runtime
 from Utils.Config import TeacherConfig, history_file
 from Utils.Errors import DataError
 from Utils.Parallel import SOLO, Group
-from Utils.Losses import bpr_loss, embedding_reg
+from Utils.Losses import batch_embedding_reg, bpr_loss, embedding_reg
 from Utils.Training import Record, RunLog, Stage, format_metrics, read_history
 
 
-def teacher_loss(model: LightGCN, graph, reg: float, group: Group = SOLO):
-    """Stage-1 objective: BPR on the batch + reg·(‖uEmbeds‖² + ‖iEmbeds‖²).
+def teacher_loss(model: LightGCN, graph, reg: float, group: Group = SOLO, reg_batch: bool = False):
+    """Stage-1 objective: BPR on the batch + reg·(‖uEmbeds‖² + ‖iEmbeds‖²), or with ``reg_batch``
+    (``--reg_batch``, LightGCN's recipe) + reg·½·mean_b(‖e⁰_u‖² + ‖e⁰_i‖² + ‖e⁰_j‖²) over the
+    batch's layer-0 rows (:func:`Utils.Losses.batch_embedding_reg`).
 
     ``group`` (a data-parallel run, :mod:`Utils.Parallel`): this process's share of the
-    batch's BPR mean; rank 0 alone adds the weight decay."""
+    batch's BPR mean (and of the batch's weight decay); rank 0 alone adds the whole tables'."""
 
     def loss_fn(ancs, poss, negs):
         (ancs, poss, negs), n_triples = group.split_rows(ancs, poss, negs)
@@ -35,7 +37,11 @@ def teacher_loss(model: LightGCN, graph, reg: float, group: Group = SOLO):
                                     return_inverse=True)
         anc_emb, pos_emb, neg_emb = model.forward_rows(graph, nodes)[where].split(ancs.numel())
         main = bpr_loss(anc_emb, pos_emb, neg_emb, n_triples)
-        reg_loss = embedding_reg(model.uEmbeds, model.iEmbeds, reg) if group.lead else main.new_zeros(())
+        if reg_batch:
+            rows = (model.uEmbeds[ancs], model.iEmbeds[poss], model.iEmbeds[negs])
+            reg_loss = batch_embedding_reg(rows, reg, n_triples)
+        else:
+            reg_loss = embedding_reg(model.uEmbeds, model.iEmbeds, reg) if group.lead else main.new_zeros(())
         return {"total": main + reg_loss, "main": main, "reg": reg_loss}
 
     return loss_fn
@@ -162,7 +168,7 @@ class TeacherStage(Stage):
         self.start_history()
         self.log.line("Model Prepared")
         self.optimizer = Runtime.make_optimizer(self.model.parameters(), self.cfg.lr)
-        self.loss_fn = teacher_loss(self.model, self.graph, self.cfg.reg, self.group)
+        self.loss_fn = teacher_loss(self.model, self.graph, self.cfg.reg, self.group, self.cfg.reg_batch)
         resume = self.start.resume
         if resume is not None:
             self.optimizer.load_state_dict(resume["optimizer"])

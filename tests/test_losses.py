@@ -3,9 +3,11 @@ import math
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 
+import DataHandler as dh
 from conftest import kd_parts
 from Utils import Kernels as K
 from Utils import Losses as L
@@ -411,3 +413,32 @@ def test_device_shaped_blocks_compute_the_cpu_blocks_objective():
             torch.testing.assert_close(parts[name], ref_parts[name], rtol=1e-5, atol=1e-7)
         for g, r in zip(grads, ref_grads):
             torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-7)
+
+
+def test_batch_weight_decay_is_lightgcn_s_and_reaches_only_the_batch_rows():
+    """--reg_batch: LightGCN's reg_loss = ½(‖e⁰_u‖² + ‖e⁰_i‖² + ‖e⁰_j‖²)/B · decay (its PyTorch code)."""
+    import Params
+    from Model import LightGCN
+    from Utils.Errors import ConfigError
+    from Utils.Parallel import Group
+    from Utils.Teacher import teacher_loss
+
+    gen = torch.Generator().manual_seed(21)
+    users, pos, neg = (torch.randn(7, 4, generator=gen) for _ in range(3))
+    lightgcn = 0.5 * (users.norm(2).pow(2) + pos.norm(2).pow(2) + neg.norm(2).pow(2)) / 7 * 1e-4
+    close(L.batch_embedding_reg((users, pos, neg), 1e-4), lightgcn)
+
+    torch.manual_seed(0)
+    model = LightGCN(6, 5, 4, 2)
+    graph = dh.Graph.from_scipy(dh.propagation_matrix(sp.random(6, 5, density=0.5, random_state=3, format="csr")))
+    ancs, poss, negs = torch.tensor([0, 2, 2, 5]), torch.tensor([1, 0, 4, 4]), torch.tensor([3, 3, 1, 2])
+    parts = teacher_loss(model, graph, 1e-2, reg_batch=True)(ancs, poss, negs)
+    close(parts["reg"], L.batch_embedding_reg((model.uEmbeds[ancs], model.iEmbeds[poss], model.iEmbeds[negs]), 1e-2))
+    parts["reg"].backward()
+    assert model.uEmbeds.grad[[1, 3, 4]].abs().sum() == 0 and model.uEmbeds.grad[[0, 2, 5]].abs().sum() > 0
+    shares = [teacher_loss(model, graph, 1e-2, Group(rank, 2), reg_batch=True)(ancs, poss, negs)["reg"]
+              for rank in range(2)]
+    close(sum(shares), parts["reg"])  # each process its share of the batch mean
+    with pytest.raises(ConfigError, match="--reg_batch"):
+        Params.parse_args(["--reg_batch=True"], stage="main")
+    assert Params.teacher_config(Params.parse_args(["--reg_batch=True"], stage="teacher")).reg_batch
