@@ -75,3 +75,13 @@ def test_reproduce_flags_are_valid_on_top_of_the_published_examples():
         if stage != "teacher":
             assert args.contrast_candidates > 0 and args.patience > 0 and args.init_from_supervisor
     assert "--PRUNING_END=12" in text  # the paper's whole mild schedule
+
+
+def test_gowalla_lightgcn_script_runs_the_teacher_with_lightgcn_s_recipe():
+    path = ROOT / "example_scripts" / "gowalla_lightgcn_reproduce.sh"
+    assert subprocess.run(["bash", "-n", str(path)]).returncode == 0
+    flags = [f.replace('"${EPOCHS:-1000}"', "1000") for f in _flags(path)]
+    cfg = Params.teacher_config(Params.parse_args(flags, stage="teacher"))
+    assert (cfg.data.dataset, cfg.data.latdim, cfg.data.gnn_layer, cfg.loop.batch, cfg.loop.seed) == (
+        "gowalla_lightgcn", 64, 3, 2048, 2020)
+    assert (cfg.epochs, cfg.lr, cfg.reg, cfg.reg_batch, cfg.loop.tst_every) == (1000, 1e-3, 1e-4, True, 10)
