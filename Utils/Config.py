@@ -21,6 +21,12 @@ def history_file(path: str) -> str:
     return os.path.abspath(path if path.endswith(".his") else path + ".his")
 
 
+def recorded_flags(flags: Optional[Mapping[str, Any]], select_on: str) -> dict:
+    """The flags as a stage's outputs record them (and a resume compares them): the parsed
+    flags with ``select_on`` resolved against the data."""
+    return {**(flags or {}), "select_on": select_on}
+
+
 @dataclass(frozen=True)
 class Runtime:
     """Where a run executes (``--device``, ``--gpu``, ``--threads``, ``--deterministic``, ``--seed``)."""

@@ -19,7 +19,7 @@ import torch
 import DataHandler as dh
 from Model import LightGCN, LightGCN_sp, model_from_tensors
 from Utils import Checkpoint, Pruning, Report, Resume, Runtime
-from Utils.Config import DistillConfig, RunConfig
+from Utils.Config import DistillConfig, RunConfig, recorded_flags
 from Utils.Kernels import subspace_pair_index
 from Utils.Losses import KDConfig, Supervisor, Trainee, draw_batch, kd_objective
 from Utils.Parallel import SOLO, Group
@@ -249,7 +249,7 @@ class DistillStage(Stage):
         start = DistillStart()
         if cfg.outputs.resume:
             start.resume = Resume.load_last(cfg.outputs.last_path, cfg.role, dataset.fingerprint,
-                                            {**cfg.flags, "select_on": select_on})
+                                            recorded_flags(cfg.flags, select_on))
         elif cfg.break_point is not None:
             model = load_model(cfg.break_point, "student", dataset, device, graph=graph, latdim=cfg.data.latdim,
                                n_layers=cfg.data.gnn_layer, warn=lambda line: log.line(line, stamp=False))

@@ -130,13 +130,13 @@ class Batch:
     subspace: Optional[SubspaceRows] = None
 
     @classmethod
-    def split(cls, triples, random, sample: ContrastSample = EXACT, subspace: Optional[SubspaceRows] = None,
-              group: Group = SOLO) -> "Batch":
-        """``triples`` (ancs, poss, negs) and ``random`` (users, items, items), whole; the anchors
-        are uniq(ancs) and uniq(poss)."""
+    def split(cls, triples, random, anchors: Tuple[torch.Tensor, torch.Tensor], sample: ContrastSample = EXACT,
+              subspace: Optional[SubspaceRows] = None, group: Group = SOLO) -> "Batch":
+        """``triples`` (ancs, poss, negs) and ``random`` (users, items, items), whole; ``anchors``
+        = (uniq(ancs), uniq(poss))."""
         mine, n_triples = group.split_rows(*triples)
         rand, n_random = group.split_rows(*random)
-        users, items = torch.unique(triples[0]), torch.unique(triples[1])
+        users, items = anchors
         return cls(tuple(mine), n_triples, tuple(rand), n_random, Share.of(users, group), Share.of(items, group),
                    sample, subspace)
 
@@ -150,11 +150,11 @@ def draw_batch(cfg: "KDConfig", triples, random, n_nodes: Tuple[int, int], gener
     device = triples[0].device
     if sample is None:
         sample = draw_contrast_sample(n_nodes[0], n_nodes[1], cfg.contrast_candidates, generator, device)
+    anchors = (torch.unique(triples[0]), torch.unique(triples[1]))
     subspace = None
     if cfg.use_subspcreg:
-        subspace = SubspaceRows.draw(torch.unique(triples[0]), torch.unique(triples[1]), cfg, n_nodes, generator,
-                                     group)
-    return Batch.split(triples, random, sample, subspace, group)
+        subspace = SubspaceRows.draw(*anchors, cfg, n_nodes, generator, group)
+    return Batch.split(triples, random, anchors, sample, subspace, group)
 
 
 # ---------------------------------------------------------------------------

@@ -15,7 +15,7 @@ import torch
 import DataHandler as dh
 from Model import LightGCN
 from Utils import Checkpoint, Resume, Runtime
-from Utils.Config import TeacherConfig, history_file
+from Utils.Config import TeacherConfig, history_file, recorded_flags
 from Utils.Errors import DataError
 from Utils.Parallel import SOLO, Group
 from Utils.Losses import batch_embedding_reg, bpr_loss, embedding_reg
@@ -138,7 +138,7 @@ class TeacherStage(Stage):
                                         "load_his_tea": cfg.load_history and history_file(cfg.load_history)}
         Resume.check_outputs(cfg.outputs, "teacher", inputs, continuing)
         if cfg.outputs.resume:
-            flags = {**cfg.flags, "select_on": cfg.evaluation.split(dataset.val is not None)}
+            flags = recorded_flags(cfg.flags, cfg.evaluation.split(dataset.val is not None))
             start.resume = Resume.load_last(cfg.outputs.last_path, "teacher", dataset.fingerprint, flags)
             start.history = start.resume["history"]
             log.line(f"Resuming after epoch {start.resume['epoch']} from {cfg.outputs.last_path}")

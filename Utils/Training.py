@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from Utils import Parallel
+from Utils.Config import recorded_flags
 from Utils.Checkpoint import atomic_write, os_error_reason
 from Utils.Errors import (CheckpointError, DataError, NonFiniteError, discard_closed_stdout, interrupt_exit_code,
                           stdout_may_drop)
@@ -225,7 +226,7 @@ class Stage:
 
         self.cfg, self.dataset, self.graph, self.log, self.device, self.group = cfg, dataset, graph, log, device, group
         self.select_on = cfg.evaluation.split(dataset.val is not None, cfg.data.folder)
-        self.flags = {**(cfg.flags or {}), "select_on": self.select_on}  # as recorded in the outputs
+        self.flags = recorded_flags(cfg.flags, self.select_on)
         self.sampler = dh.NegativeSampler(dataset.train)
         self.suite = build_eval_suite(dataset, cfg.evaluation.topk, cfg.evaluation.batch_users, self.select_on,
                                       device, log, group)
