@@ -73,7 +73,11 @@ def test_reproduce_flags_are_valid_on_top_of_the_published_examples():
                 for f in _flags(ROOT / "example_scripts" / f"example_train_{example}.sh")]
         args = Params.parse_args(base + extra, stage=entry)
         if stage != "teacher":
-            assert args.contrast_candidates > 0 and args.patience > 0 and args.init_from_supervisor
+            assert args.contrast_candidates > 0 and args.patience > 0
+        if stage == "intermediate":  # trained from Xavier at 1e-3: from the teacher's embeddings it stalls
+            assert not args.init_from_supervisor and args.lr == 1e-3
+        if stage == "student":
+            assert args.init_from_supervisor
     assert "--PRUNING_END=12" in text  # the paper's whole mild schedule
 
 
