@@ -7,7 +7,7 @@ Flags are those of the published Yelp examples (batch 4096, 64-d, topRange 100,0
 Models start from their random initialisation (timing does not depend on the values);
 stage 3 first prunes the student once (that step is timed) and trains pruning run 2,
 where the subspace term is on. Prints one JSON line: seconds of the whole epoch (the
-real training step of Main.py), of a full evaluation (test and validation), of the
+real training step of Main.py), of a full evaluation (test, and validation where the split has one), of the
 pruning step, a per-part breakdown measured on the first ``--parts_batches``
 batches (propagation forward/backward, each loss term forward+backward, optimiser,
 sampling), and the process's peak RSS. ``--batches N`` times N batches instead of
@@ -244,7 +244,7 @@ def time_config(b, config, batches, opts) -> dict:
     _, t_epoch = timed(lambda: train_epoch(loss_fn, iter(epoch_batches), len(epoch_batches), optimizer, device))
     row.update(epoch_batches=len(epoch_batches), full_epoch_batches=len(batches), train_epoch_s=round(t_epoch, 2),
                per_batch_s=round(t_epoch / len(epoch_batches), 3))
-    suite = build_eval_suite(b.data, 20, b.args.tstBat, "val", device)
+    suite = build_eval_suite(b.data, 20, b.args.tstBat, "val" if b.data.val is not None else "test", device)
     trainee.eval()
     _, t_eval = timed(lambda: suite.evaluate(lambda: trainee(b.graph)))
     if opts.count_ops:
