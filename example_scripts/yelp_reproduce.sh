@@ -21,7 +21,7 @@
 #                run <= 20 epochs, patience 2), B (lr 1e-4 in runs 2-6), C (A's student after this
 #                intermediate model: runs 5-6 stopped two epochs after an early best), E (this
 #                schedule with lr 1e-3 in runs 5-6).
-# About 39 minutes on the project's 2-core CPU (2026-12-03): teacher 19, intermediate 3, student 17.
+# About 1 h 40 min on the project's 2-core CPU: teacher 19 min (2026-12-03), intermediate 17, student 62 (2026-12-05).
 # Selection on validation (the default when valMat.pkl exists). Logs: logs/{tea,mid,stu}_yelp_reproduce_log;
 # checkpoints and histories under ./outModels/yelp/reproduce/.
 # FROM=intermediate or FROM=student starts at that stage, reusing the checkpoints the

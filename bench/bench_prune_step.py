@@ -1,0 +1,111 @@
+"""What one pruning step costs a student before any retraining, split into its two parts: the
+edges (``--pruning_percent_adj``) and the embedding entries (``--pruning_percent_emb``).
+
+    python bench/bench_prune_step.py STUDENT_CKPT MIDDLE_CKPT --run R [--data_dir ../shared/datasets]
+
+STUDENT_CKPT is a run's best checkpoint (what the stage prunes at the end of run R), MIDDLE_CKPT
+the intermediate model that scores its edges. The step is the stage's own (``Params.prune_config``
+from the flags the student recorded, ``Pruning.prune_state``), done three ways: both parts, the
+edges alone (no entry removed) and the entries alone (no edge removed). Then the entry step
+with other importance scores in place of |e| (the same number of entries removed, the edges
+kept): ``row_relative`` |e_rc| / ‖e_r‖ (each row's share), ``influence`` |e_rc|·s_r and
+``sqrt_influence`` |e_rc|·√s_r, where s_r = Σ_j (I + Â + … + Â^L)_jr is how much node r's
+layer-0 row feeds every output (Â with the student's edge weights and mask). One JSON line
+each: val and test Recall@20 before and right after the step.
+"""
+import argparse
+import dataclasses
+import json
+import math
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import Params  # noqa: E402
+import modelTools  # noqa: E402
+from Model import model_from_tensors  # noqa: E402
+from Utils import Pruning  # noqa: E402
+from Utils.Distill import frozen_outputs  # noqa: E402
+from Utils.Metrics import Evaluator  # noqa: E402
+
+
+def recall(model, graph, evaluators) -> dict:
+    with torch.no_grad():
+        users, items = model(graph)
+    return {split: round(ev.evaluate(users, items)["Recall"], 5) for split, ev in evaluators.items()}
+
+
+def entry_scores(tensors, adj, layers) -> dict:
+    """{name: N×d importance of each layer-0 entry} for the alternatives to |e| (see the docstring)."""
+    embeds = torch.cat([tensors["uEmbeds"], tensors["iEmbeds"]]) * tensors["emb_mask2_fixed"]
+    values = adj.values * tensors["adj_mask1_train"] * tensors["adj_mask2_fixed"]
+    n = embeds.shape[0]
+    a_t = torch.sparse_coo_tensor(torch.stack([adj.col, adj.row]), values, (n, n), check_invariants=False).coalesce()
+    reach = step = torch.ones(n, 1)
+    for _ in range(layers):
+        step = torch.sparse.mm(a_t, step)
+        reach = reach + step
+    return {"row_relative": embeds.abs() / embeds.norm(dim=1, keepdim=True).clamp_min(1e-12),
+            "influence": embeds.abs() * reach, "sqrt_influence": embeds.abs() * reach.sqrt()}
+
+
+def prune_entries_by(tensors, score, emb_cut) -> dict:
+    """The student's tensors with the floor(n·emb_cut) + 1 live entries of lowest ``score`` removed."""
+    embeds = torch.cat([tensors["uEmbeds"], tensors["iEmbeds"]]) * tensors["emb_mask2_fixed"]
+    alive = embeds != 0
+    n_cut = min(math.floor(int(alive.sum()) * emb_cut) + 1, int(alive.sum()))
+    ranked = torch.where(alive, score, torch.full_like(score, float("inf"))).reshape(-1)
+    mask = alive.reshape(-1).clone()
+    mask[torch.topk(ranked, n_cut, largest=False).indices] = False
+    mask = mask.reshape(embeds.shape).to(embeds.dtype)
+    n_users = tensors["uEmbeds"].shape[0]
+    return {**tensors, "emb_mask2_fixed": mask, "uEmbeds": (embeds * mask)[:n_users],
+            "iEmbeds": (embeds * mask)[n_users:]}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("student")
+    parser.add_argument("middle")
+    parser.add_argument("--run", type=int, required=True, help="the pruning run the student checkpoint ends")
+    parser.add_argument("--data_dir", default=os.path.join(os.path.dirname(__file__), "..", "..", "shared", "datasets"))
+    parser.add_argument("--dataset", default="yelp")
+    opts = parser.parse_args()
+    where = argparse.Namespace(dataset=opts.dataset, data_dir=opts.data_dir)
+    student, middle = modelTools.load_model_file(opts.student), modelTools.load_model_file(opts.middle)
+    dataset = modelTools.load_data(student, where)
+    adj, _ = modelTools.model_graph(student, dataset)
+    closure, _ = modelTools.model_graph(middle, dataset)
+    mid_model = modelTools.build_model(middle, dataset, closure)
+    with torch.no_grad():
+        mid_all = frozen_outputs(mid_model, closure).all
+    mid_weight = Pruning.closure_weights_on_adj(adj.row, adj.col, closure.row, closure.col,
+                                                mid_model.adj_mask1_train.detach(), adj.n_nodes)
+    args = argparse.Namespace(**{**vars(modelTools.default_flags()), **student.flags})
+    cfg = Params.prune_config(args, opts.run)
+    evaluators = {"val": Evaluator(dataset.train, dataset.val, 20, 256, "cpu")} if dataset.val is not None else {}
+    evaluators["test"] = Evaluator(dataset.train, dataset.test, 20, 256, "cpu")
+    tensors = student.ckpt.tensors
+    layers = int(student.meta["gnn_layer"])
+    before = recall(model_from_tensors(tensors, dataset.n_users, dataset.n_items, layers).eval(), adj, evaluators)
+    for part, step in (("both", cfg), ("edges_only", dataclasses.replace(cfg, emb_cut=0.0)),
+                       ("entries_only", dataclasses.replace(cfg, edge_cut=0.0))):
+        state = Pruning.prune_state(dict(tensors), step, edges=(adj.row, adj.col),
+                                    scorers={"middle": lambda: mid_all}, mid_weight=mid_weight)
+        model = model_from_tensors({**tensors, **state}, dataset.n_users, dataset.n_items, layers).eval()
+        print(json.dumps({"bench": "prune_step", "checkpoint": os.path.basename(opts.student), "run": opts.run,
+                          "part": part, "edge_kept_pct": round(Pruning.kept_percent(state["adj_mask2_fixed"]), 2),
+                          "emb_kept_pct": round(Pruning.kept_percent(state["emb_mask2_fixed"]), 2),
+                          "recall_before": before, "recall_after": recall(model, adj, evaluators)}), flush=True)
+    for name, score in entry_scores(tensors, adj, layers).items():
+        pruned = prune_entries_by(tensors, score, cfg.emb_cut)
+        model = model_from_tensors(pruned, dataset.n_users, dataset.n_items, layers).eval()
+        print(json.dumps({"bench": "prune_step", "checkpoint": os.path.basename(opts.student), "run": opts.run,
+                          "part": f"entries_by_{name}", "emb_kept_pct": round(Pruning.kept_percent(pruned["emb_mask2_fixed"]), 2),
+                          "recall_before": before, "recall_after": recall(model, adj, evaluators)}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
