@@ -10,7 +10,7 @@ Reported values are means over the evaluated users.
 """
 from __future__ import annotations
 
-from typing import Dict
+from typing import Dict, Optional
 
 import numpy as np
 import scipy.sparse as sp
@@ -81,6 +81,20 @@ class Evaluator:
         self.n_truth = torch.from_numpy(np.diff(split.indptr).astype(np.int64)).to(device)
 
     @torch.no_grad()
+    def per_user(self, user_emb: torch.Tensor, item_emb: torch.Tensor, users: Optional[torch.Tensor] = None):
+        """Yield (users, their Recall@K, their NDCG@K) batch by batch over ``users`` (default:
+        every user of the split), in order."""
+        users = self.users if users is None else users
+        item_t = item_emb.t().contiguous()
+        for start in range(0, users.numel(), self.batch_users):
+            chunk = users[start:start + self.batch_users]
+            toplocs = top_k_unseen(user_emb, item_t, chunk, self.train_csr, self.topk).indices
+            truth = torch.zeros(chunk.numel(), self.n_items, dtype=torch.bool, device=self.device)
+            rows, cols = _rows_to_coords(*self.split_csr, chunk)
+            truth[rows, cols] = True
+            yield (chunk, *recall_ndcg_from_ranking(toplocs, truth, self.n_truth[chunk], self.topk))
+
+    @torch.no_grad()
     def evaluate(self, user_emb: torch.Tensor, item_emb: torch.Tensor, progress=None,
                  group: Group = SOLO) -> Dict[str, float]:
         """Mean Recall@K and NDCG@K given the propagated user and item embeddings.
@@ -90,19 +104,14 @@ class Evaluator:
         sums are added over the processes.
         """
         recall_sum = ndcg_sum = 0.0
-        item_t = item_emb.t().contiguous()
         mine, _ = group.split(self.users)
-        for start in range(0, mine.numel(), self.batch_users):
-            users = mine[start:start + self.batch_users]
-            toplocs = top_k_unseen(user_emb, item_t, users, self.train_csr, self.topk).indices
-            truth = torch.zeros(users.numel(), self.n_items, dtype=torch.bool, device=self.device)
-            rows, cols = _rows_to_coords(*self.split_csr, users)
-            truth[rows, cols] = True
-            recall, ndcg = recall_ndcg_from_ranking(toplocs, truth, self.n_truth[users], self.topk)
+        done = 0
+        for users, recall, ndcg in self.per_user(user_emb, item_emb, mine):
             recall_sum += float(recall.sum())
             ndcg_sum += float(ndcg.sum())
+            done += users.numel()
             if progress is not None:
-                progress(start + users.numel(), mine.numel())
+                progress(done, mine.numel())
         if group.world > 1:
             sums = group.sum_(torch.tensor([recall_sum, ndcg_sum], dtype=torch.float64, device=self.device))
             recall_sum, ndcg_sum = sums.tolist()

@@ -21,27 +21,17 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import modelTools  # noqa: E402
-from Utils.Metrics import _csr_tensors, _rows_to_coords, recall_ndcg_from_ranking, top_k_unseen  # noqa: E402
+from Utils.Metrics import Evaluator  # noqa: E402
 
 GROUPS = ((0, 0), (1, 2), (3, 5), (6, 64))
 
 
 @torch.no_grad()
-def per_user_recall(users_emb, items_emb, dataset, k=20, batch=2048) -> np.ndarray:
+def per_user_recall(users_emb, items_emb, dataset, k=20) -> np.ndarray:
     """Test Recall@k of every user (0 for users without test items), train items excluded."""
-    test = sp.csr_matrix(dataset.test)
-    users = np.flatnonzero(np.diff(test.indptr) > 0)
-    train_t, test_t = _csr_tensors(sp.csr_matrix(dataset.train), "cpu"), _csr_tensors(test, "cpu")
-    n_truth = torch.from_numpy(np.diff(test.indptr).astype(np.int64))
-    item_t = items_emb.t().contiguous()
     recall = np.zeros(dataset.n_users)
-    for start in range(0, users.size, batch):
-        chunk = torch.from_numpy(users[start:start + batch])
-        top = top_k_unseen(users_emb, item_t, chunk, train_t, k).indices
-        truth = torch.zeros(chunk.numel(), dataset.n_items, dtype=torch.bool)
-        rows, cols = _rows_to_coords(*test_t, chunk)
-        truth[rows, cols] = True
-        recall[chunk.numpy()] = recall_ndcg_from_ranking(top, truth, n_truth[chunk], k)[0].numpy()
+    for users, user_recall, _ in Evaluator(dataset.train, dataset.test, k, 2048, "cpu").per_user(users_emb, items_emb):
+        recall[users.numpy()] = user_recall.numpy()
     return recall
 
 
