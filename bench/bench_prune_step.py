@@ -31,7 +31,9 @@ from Utils.Distill import frozen_outputs  # noqa: E402
 from Utils.Metrics import Evaluator  # noqa: E402
 
 
-def recall(model, graph, evaluators) -> dict:
+def recall(tensors, dataset, layers, graph, evaluators) -> dict:
+    """{split: Recall@20} of the student holding ``tensors``."""
+    model = model_from_tensors(tensors, dataset.n_users, dataset.n_items, layers).eval()
     with torch.no_grad():
         users, items = model(graph)
     return {split: round(ev.evaluate(users, items)["Recall"], 5) for split, ev in evaluators.items()}
@@ -89,23 +91,21 @@ def main():
     evaluators["test"] = Evaluator(dataset.train, dataset.test, 20, 256, "cpu")
     tensors = student.ckpt.tensors
     layers = int(student.meta["gnn_layer"])
-    before = recall(model_from_tensors(tensors, dataset.n_users, dataset.n_items, layers).eval(), adj, evaluators)
+    before = recall(tensors, dataset, layers, adj, evaluators)
+
+    def report(part, pruned):
+        print(json.dumps({"bench": "prune_step", "checkpoint": os.path.basename(opts.student), "run": opts.run,
+                          "part": part, "edge_kept_pct": round(Pruning.kept_percent(pruned["adj_mask2_fixed"]), 2),
+                          "emb_kept_pct": round(Pruning.kept_percent(pruned["emb_mask2_fixed"]), 2),
+                          "recall_before": before,
+                          "recall_after": recall(pruned, dataset, layers, adj, evaluators)}), flush=True)
+
     for part, step in (("both", cfg), ("edges_only", dataclasses.replace(cfg, emb_cut=0.0)),
                        ("entries_only", dataclasses.replace(cfg, edge_cut=0.0))):
-        state = Pruning.prune_state(dict(tensors), step, edges=(adj.row, adj.col),
-                                    scorers={"middle": lambda: mid_all}, mid_weight=mid_weight)
-        model = model_from_tensors({**tensors, **state}, dataset.n_users, dataset.n_items, layers).eval()
-        print(json.dumps({"bench": "prune_step", "checkpoint": os.path.basename(opts.student), "run": opts.run,
-                          "part": part, "edge_kept_pct": round(Pruning.kept_percent(state["adj_mask2_fixed"]), 2),
-                          "emb_kept_pct": round(Pruning.kept_percent(state["emb_mask2_fixed"]), 2),
-                          "recall_before": before, "recall_after": recall(model, adj, evaluators)}), flush=True)
+        report(part, {**tensors, **Pruning.prune_state(dict(tensors), step, edges=(adj.row, adj.col),
+                                                         scorers={"middle": lambda: mid_all}, mid_weight=mid_weight)})
     for name, score in entry_scores(tensors, adj, layers).items():
-        pruned = prune_entries_by(tensors, score, cfg.emb_cut)
-        model = model_from_tensors(pruned, dataset.n_users, dataset.n_items, layers).eval()
-        print(json.dumps({"bench": "prune_step", "checkpoint": os.path.basename(opts.student), "run": opts.run,
-                          "part": f"entries_by_{name}", "emb_kept_pct": round(Pruning.kept_percent(pruned["emb_mask2_fixed"]), 2),
-                          "recall_before": before, "recall_after": recall(model, adj, evaluators)}), flush=True)
-
+        report(f"entries_by_{name}", prune_entries_by(tensors, score, cfg.emb_cut))
 
 if __name__ == "__main__":
     main()
