@@ -10,8 +10,12 @@ edges alone (no entry removed) and the entries alone (no edge removed). Then the
 with other importance scores in place of |e| (the same number of entries removed, the edges
 kept): ``row_relative`` |e_rc| / ‖e_r‖ (each row's share), ``influence`` |e_rc|·s_r and
 ``sqrt_influence`` |e_rc|·√s_r, where s_r = Σ_j (I + Â + … + Â^L)_jr is how much node r's
-layer-0 row feeds every output (Â with the student's edge weights and mask). One JSON line
-each: val and test Recall@20 before and right after the step.
+layer-0 row feeds every output (Â with the student's edge weights and mask); and two scores
+from the gradient g of the BPR loss over one epoch of train triples (``--grad_epochs``; batches
+of 4096, one uniform negative each): ``taylor`` |e_rc · ḡ_rc| (first-order change of the loss
+when the entry is zeroed, ḡ the epoch's mean gradient) and ``fisher`` e_rc² · mean_b g_rc,b²
+(the second-order term with the empirical Fisher as the curvature, as in Optimal Brain Damage).
+One JSON line each: val and test Recall@20 before and right after the step.
 """
 import argparse
 import dataclasses
@@ -20,14 +24,17 @@ import math
 import os
 import sys
 
+import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import DataHandler as dh  # noqa: E402
 import Params  # noqa: E402
 import modelTools  # noqa: E402
 from Model import model_from_tensors  # noqa: E402
 from Utils import Pruning  # noqa: E402
 from Utils.Distill import frozen_outputs  # noqa: E402
+from Utils.Losses import bpr_loss  # noqa: E402
 from Utils.Metrics import Evaluator  # noqa: E402
 
 
@@ -53,6 +60,28 @@ def entry_scores(tensors, adj, layers) -> dict:
             "influence": embeds.abs() * reach, "sqrt_influence": embeds.abs() * reach.sqrt()}
 
 
+def gradient_scores(tensors, dataset, layers, graph, epochs: int, seed: int = 0) -> dict:
+    """{'taylor': |e·ḡ|, 'fisher': e²·mean g²}: N×d scores from the BPR gradient of the layer-0 entries."""
+    model = model_from_tensors(tensors, dataset.n_users, dataset.n_items, layers)
+    sampler = dh.NegativeSampler(dataset.train)
+    rng = np.random.default_rng(seed)
+    total = torch.zeros_like(model.emb_mask2_fixed)
+    square = torch.zeros_like(total)
+    steps = 0
+    for _ in range(epochs):
+        for ancs, poss, negs in sampler.epoch_batches(rng, 4096):
+            model.zero_grad()
+            users, items = model(graph)
+            ancs, poss, negs = (torch.from_numpy(x) for x in (ancs, poss, negs))
+            bpr_loss(users[ancs], items[poss], items[negs]).backward()
+            grad = torch.cat([model.uEmbeds.grad, model.iEmbeds.grad]) * model.emb_mask2_fixed
+            total += grad
+            square += grad * grad
+            steps += 1
+    embeds = torch.cat([tensors["uEmbeds"], tensors["iEmbeds"]]) * tensors["emb_mask2_fixed"]
+    return {"taylor": (embeds * total / steps).abs(), "fisher": embeds * embeds * square / steps}
+
+
 def prune_entries_by(tensors, score, emb_cut) -> dict:
     """The student's tensors with the floor(n·emb_cut) + 1 live entries of lowest ``score`` removed."""
     embeds = torch.cat([tensors["uEmbeds"], tensors["iEmbeds"]]) * tensors["emb_mask2_fixed"]
@@ -74,6 +103,7 @@ def main():
     parser.add_argument("--run", type=int, required=True, help="the pruning run the student checkpoint ends")
     parser.add_argument("--data_dir", default=os.path.join(os.path.dirname(__file__), "..", "..", "shared", "datasets"))
     parser.add_argument("--dataset", default="yelp")
+    parser.add_argument("--grad_epochs", type=int, default=1, help="epochs of BPR gradients for taylor/fisher")
     opts = parser.parse_args()
     where = argparse.Namespace(dataset=opts.dataset, data_dir=opts.data_dir)
     student, middle = modelTools.load_model_file(opts.student), modelTools.load_model_file(opts.middle)
@@ -104,7 +134,8 @@ def main():
                        ("entries_only", dataclasses.replace(cfg, edge_cut=0.0))):
         report(part, {**tensors, **Pruning.prune_state(dict(tensors), step, edges=(adj.row, adj.col),
                                                          scorers={"middle": lambda: mid_all}, mid_weight=mid_weight)})
-    for name, score in entry_scores(tensors, adj, layers).items():
+    scores = {**entry_scores(tensors, adj, layers), **gradient_scores(tensors, dataset, layers, adj, opts.grad_epochs)}
+    for name, score in scores.items():
         report(f"entries_by_{name}", prune_entries_by(tensors, score, cfg.emb_cut))
 
 if __name__ == "__main__":

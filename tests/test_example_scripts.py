@@ -76,8 +76,8 @@ def test_reproduce_flags_are_valid_on_top_of_the_published_examples():
             assert args.contrast_candidates > 0 and args.patience > 0
         if stage == "intermediate":  # trained from Xavier at 1e-3: from the teacher's embeddings it stalls
             assert not args.init_from_supervisor and args.lr == 1e-3
-        if stage == "student":
-            assert args.init_from_supervisor
+        if stage == "student":  # no subspace term in runs 9-12, where empty rows make it a clique
+            assert args.init_from_supervisor and args.hyper_contr_end_prn_run == 8
     assert "--PRUNING_END=12" in text  # the paper's whole mild schedule
 
 
