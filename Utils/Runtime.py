@@ -7,10 +7,16 @@ from __future__ import annotations
 
 import os
 import random
+import sys
 from typing import Optional
 
 import numpy as np
 import torch
+
+try:
+    import resource
+except ImportError:  # not on Windows
+    resource = None
 
 from Utils import Parallel, Spmm
 from Utils.Errors import ConfigError
@@ -116,6 +122,16 @@ def machine_memory(device=None) -> Optional[int]:
         return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (AttributeError, OSError, ValueError):
         return None
+
+
+def peak_memory_line() -> str:
+    """The process's peak resident memory so far (``getrusage``), and on CUDA the peak of tensor memory
+    allocated on the current device: the line every command prints when it ends."""
+    text = "Peak memory: RSS " + ("unknown" if resource is None else format_bytes(
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)))
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        text += f", CUDA tensors {format_bytes(torch.cuda.max_memory_allocated())}"
+    return text
 
 
 def format_bytes(n_bytes: int) -> str:

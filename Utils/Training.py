@@ -26,7 +26,7 @@ from typing import Callable, Dict, Iterable, List, Optional
 import numpy as np
 import torch
 
-from Utils import Parallel
+from Utils import Parallel, Runtime
 from Utils.Config import recorded_flags
 from Utils.Checkpoint import atomic_write, os_error_reason
 from Utils.Errors import (CheckpointError, DataError, NonFiniteError, discard_closed_stdout, interrupt_exit_code,
@@ -459,6 +459,7 @@ def print_summary(stage, log: RunLog, interrupted: bool = False) -> None:
     reaches the user, at worst twice (when tee survived, on a terminal that shows both)."""
     lines = ([(stage.interrupted_line, True)] if interrupted else []) + [(text, False) for text in stage.summary()]
     echo = interrupted and stdout_may_drop()
+    lines.append((Runtime.peak_memory_line(), False))
     for text, stamp in lines:
         log.line(text, stamp=stamp)
         if echo and log.stream is sys.stdout:  # (once stdout broke, RunLog.line writes to stderr itself)

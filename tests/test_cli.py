@@ -75,6 +75,8 @@ def test_three_stages_chain_through_their_own_checkpoints(tmp_path, data_dir):
     tea = run("pretrainTeacher.py", *TINY_TEACHER, f"--data_dir={data_dir}", f"--model_save_path={out}/tea",
               f"--his_save_path={out}/tea")
     assert "Epoch 0/3, Train: Loss = " in tea.stdout and "Epoch 0/3, Test: Recall = " in tea.stdout
+    peak = re.search(r"^Peak memory: RSS ([\d.]+) (MiB|GiB)$", tea.stdout, flags=re.M)  # the command's last line
+    assert peak and float(peak.group(1)) > 0 and tea.stdout.rstrip().endswith(peak.group(0))
     ckpt = torch.load(out / "tea.mod", weights_only=True)
     assert ckpt["meta"]["stage"] == "teacher" and ckpt["tensors"]["uEmbeds"].shape == (60, 8)
 

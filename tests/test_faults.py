@@ -214,6 +214,7 @@ def test_a_signal_prints_the_summary_and_exits_without_traceback(tmp_path, tiny_
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == code, err
     assert "Traceback" not in err and "Final Best Acc" in out and "Interrupted" in out
+    assert "Peak memory: RSS " in out
 
 
 def test_ctrl_c_under_tee_keeps_the_summary_on_stderr(tmp_path, tiny_dir):
