@@ -20,3 +20,10 @@ run_stage() {
         --model_save_path="$out/$ckpts/$tag" --his_save_path="$out/$his/$tag" \
         | tee "./logs/${logname}_${dataset}_${example}_log"
 }
+
+timed() {  # timed NAME COMMAND...: run a stage of a pipeline script and report its wall time
+    local name=$1 start=$SECONDS
+    shift
+    "$@"
+    echo "$(basename "$0"): $name took $(( (SECONDS - start) / 60 )) min $(( (SECONDS - start) % 60 )) s"
+}

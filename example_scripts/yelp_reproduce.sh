@@ -35,8 +35,8 @@
 # an interrupted run ends as if it had not stopped, a finished stage returns at once) or
 # OVERWRITE=1 (start afresh); without either a stage refuses to replace an earlier run.
 set -euo pipefail
-cd "$(dirname "$0")/.."
 export DATA_DIR=${DATA_DIR:-../shared/datasets}
+source "$(dirname "$0")/common.sh"  # (cd to the project root; timed)
 export RUN_NAME=reproduce
 FROM=${FROM:-teacher}
 case $FROM in
@@ -47,12 +47,6 @@ OUT=./outModels/yelp/reproduce
 export TEACHER=$OUT/tea_ckpts/teacher_yelp.mod
 export MIDDLE=$OUT/mid_tea_ckpts/mid_teacher_yelp_best_global_100_100.mod
 
-timed() {  # timed NAME COMMAND...: run a stage and report its wall time
-    local name=$1 start=$SECONDS
-    shift
-    "$@"
-    echo "yelp_reproduce.sh: $name took $(( (SECONDS - start) / 60 )) min $(( (SECONDS - start) % 60 )) s"
-}
 
 if [ "$FROM" = teacher ]; then
     timed teacher bash example_scripts/example_train_teacher_model_yelp.sh --tstEpoch=5

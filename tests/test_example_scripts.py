@@ -89,3 +89,32 @@ def test_gowalla_lightgcn_script_runs_the_teacher_with_lightgcn_s_recipe():
     assert (cfg.data.dataset, cfg.data.latdim, cfg.data.gnn_layer, cfg.loop.batch, cfg.loop.seed) == (
         "gowalla_lightgcn", 64, 3, 2048, 2020)
     assert (cfg.epochs, cfg.lr, cfg.reg, cfg.reg_batch, cfg.loop.tst_every) == (1000, 1e-3, 1e-4, True, 10)
+
+
+def test_gowalla_compress_flags_are_valid_on_top_of_the_published_examples():
+    """gowalla_lightgcn_compress.sh: both stages on LightGCN's split, on the same sampled Ĉ, to the paper's point."""
+    path = ROOT / "example_scripts" / "gowalla_lightgcn_compress.sh"
+    assert subprocess.run(["bash", "-n", str(path)]).returncode == 0
+    text = path.read_text()
+    both = re.search(r"^BOTH=\((.*)\)$", text, flags=re.M).group(1).split()
+    parsed = {}
+    for stage, example in (("intermediate", "intermediate_model_lightgnn_gowalla"),
+                           ("student", "final_student_lightgnn_gowalla")):
+        command = re.search(rf"^\s*timed {stage} bash .*?(?<!\\)\n", text, flags=re.M | re.S).group(0)
+        assert '"${BOTH[@]}"' in command, stage
+        base = [f.replace('"$TEACHER"', "t.mod").replace('"$MIDDLE"', "m.mod")
+                for f in _flags(ROOT / "example_scripts" / f"example_train_{example}.sh")]
+        parsed[stage] = Params.parse_args(base + both + re.findall(r"(--\w+=[^\s\\]+)", command), stage="main")
+    mid, stu = parsed["intermediate"], parsed["student"]
+    assert mid.train_middle_model and stu.distill_from_middle_model
+    for args in (mid, stu):
+        assert args.dataset == "gowalla_lightgcn" and args.contrast_candidates == 2048
+    assert Params.closure_config(vars(mid)) == Params.closure_config(vars(stu))  # the student loads that Ĉ
+    assert (stu.PRUNING_END, stu.pruning_percent_adj, stu.pruning_percent_emb) == (6, 0.15, 0.2)
+
+
+def test_gowalla_compress_rejects_an_unknown_start_stage():
+    script = ROOT / "example_scripts" / "gowalla_lightgcn_compress.sh"
+    proc = subprocess.run(["bash", str(script)], env={"FROM": "teacher", "PATH": "/usr/bin:/bin"},
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "FROM must be intermediate or student" in proc.stderr
