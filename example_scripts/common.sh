@@ -27,3 +27,15 @@ timed() {  # timed NAME COMMAND...: run a stage of a pipeline script and report 
     "$@"
     echo "$(basename "$0"): $name took $(( (SECONDS - start) / 60 )) min $(( (SECONDS - start) % 60 )) s"
 }
+
+start_stage() {  # start_stage CHOICE...: the stage a pipeline script starts at ($FROM, default the first
+    # CHOICE), or exit 2 naming the choices
+    local from=${FROM:-$1} choice
+    for choice in "$@"; do
+        [ "$from" = "$choice" ] && { echo "$from"; return 0; }
+    done
+    local list=$*
+    [ $# -gt 1 ] && list="$(IFS=,; echo "${*:1:$#-1}" | sed 's/,/, /g') or ${!#}"
+    echo "$(basename "$0"): FROM must be $list, not '$from'" >&2
+    exit 2
+}

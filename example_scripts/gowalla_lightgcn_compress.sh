@@ -22,13 +22,9 @@
 # Checkpoints under ./outModels/gowalla/lightgcn_compress/, logs logs/{mid,stu}_gowalla_lightgcn_compress_log.
 set -euo pipefail
 export DATA_DIR=${DATA_DIR:-../shared/datasets}
-source "$(dirname "$0")/common.sh"  # (cd to the project root; timed)
+source "$(dirname "$0")/common.sh"  # (cd to the project root; start_stage, timed)
 export RUN_NAME=lightgcn_compress
-FROM=${FROM:-intermediate}
-case $FROM in
-    intermediate|student) ;;
-    *) echo "gowalla_lightgcn_compress.sh: FROM must be intermediate or student, not '$FROM'" >&2; exit 2 ;;
-esac
+FROM=$(start_stage intermediate student)
 export TEACHER=${TEACHER:-./outModels/gowalla_lightgcn/reproduce/tea_ckpts/teacher_gowalla_lightgcn.mod}
 export MIDDLE=./outModels/gowalla/lightgcn_compress/mid_tea_ckpts/mid_teacher_gowalla_best_global_100_100.mod
 BOTH=(--dataset=gowalla_lightgcn --contrast_candidates=2048 --adj_aug_sample=True --adj_aug_sample_ratio=0.1)

@@ -36,13 +36,9 @@
 # OVERWRITE=1 (start afresh); without either a stage refuses to replace an earlier run.
 set -euo pipefail
 export DATA_DIR=${DATA_DIR:-../shared/datasets}
-source "$(dirname "$0")/common.sh"  # (cd to the project root; timed)
+source "$(dirname "$0")/common.sh"  # (cd to the project root; start_stage, timed)
 export RUN_NAME=reproduce
-FROM=${FROM:-teacher}
-case $FROM in
-    teacher|intermediate|student) ;;
-    *) echo "yelp_reproduce.sh: FROM must be teacher, intermediate or student, not '$FROM'" >&2; exit 2 ;;
-esac
+FROM=$(start_stage teacher intermediate student)
 OUT=./outModels/yelp/reproduce
 export TEACHER=$OUT/tea_ckpts/teacher_yelp.mod
 export MIDDLE=$OUT/mid_tea_ckpts/mid_teacher_yelp_best_global_100_100.mod

@@ -14,13 +14,9 @@
 # an interrupted run ends as if it had not stopped, a finished stage returns at once) or
 # OVERWRITE=1 (start afresh); without either a stage refuses to replace an earlier run.
 set -euo pipefail
-cd "$(dirname "$0")/.."
 export DATA_DIR=${DATA_DIR:-../shared/datasets}
-FROM=${FROM:-teacher}
-case $FROM in
-    teacher|intermediate|student) ;;
-    *) echo "yelp_short_pipeline.sh: FROM must be teacher, intermediate or student, not '$FROM'" >&2; exit 2 ;;
-esac
+source "$(dirname "$0")/common.sh"  # (cd to the project root; start_stage)
+FROM=$(start_stage teacher intermediate student)
 FAST_FLAGS=()
 if [ "${FAST:-0}" = 1 ]; then
     export RUN_NAME=short_fast
