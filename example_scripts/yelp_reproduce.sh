@@ -21,12 +21,11 @@
 #                run <= 20 epochs, patience 2), B (lr 1e-4 in runs 2-6), C (A's student after this
 #                intermediate model: runs 5-6 stopped two epochs after an early best), E (this
 #                schedule with lr 1e-3 in runs 5-6).
-#   student      --hyper_contr_end_prn_run=8 (published 1000): no subspace term after run 8. From run 9
-#                its slack is 0, every pair of rows left without entries counts as a positive pair
-#                (6-7 thousand such users by runs 11-12), and with the term runs 11-12 ended 0.0017 and
-#                0.0022 lower and took 6x longer (docs/results.md, "The clique costs quality too").
-# About 1 h 40 min on the project's 2-core CPU: teacher 19 min (2026-12-03), intermediate 17, student 62 (2026-12-05,
-# before the subspace term stopped at run 8, which saves about 20 min).
+#   student      --hyper_contr_end_prn_run=8 (published 13): no subspace term after run 8. From run 9
+#                its slack is 0 and every pair of rows left without entries counts as a positive
+#                pair (6-7 thousand such users by runs 11-12): runs 11-12 took 8.5 and 20 min with it,
+#                3 without, for the same Recall (docs/results.md, "The clique costs time, not quality").
+# About 1 h 15 min on the project's 2-core CPU: teacher 19 min (2026-12-03), intermediate 17, student 39 (2026-12-05).
 # Selection on validation (the default when valMat.pkl exists). Logs: logs/{tea,mid,stu}_yelp_reproduce_log;
 # checkpoints and histories under ./outModels/yelp/reproduce/.
 # FROM=intermediate or FROM=student starts at that stage, reusing the checkpoints the
