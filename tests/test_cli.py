@@ -67,6 +67,7 @@ def test_contradictory_flags_are_one_line_error():
 
 def _strip_volatile(text):
     text = re.sub(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: ", "", text, flags=re.M)
+    text = re.sub(r"^Peak memory: .*", "Peak memory", text, flags=re.M)
     return re.sub(r"Time: .*", "Time", text)
 
 
