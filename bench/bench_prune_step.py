@@ -46,9 +46,14 @@ def recall(tensors, dataset, layers, graph, evaluators) -> dict:
     return {split: round(ev.evaluate(users, items)["Recall"], 5) for split, ev in evaluators.items()}
 
 
+def live_embeds(tensors):
+    """[uEmbeds; iEmbeds] ⊙ emb_mask2_fixed: the student's layer-0 entries, pruned ones 0."""
+    return torch.cat([tensors["uEmbeds"], tensors["iEmbeds"]]) * tensors["emb_mask2_fixed"]
+
+
 def entry_scores(tensors, adj, layers) -> dict:
     """{name: N×d importance of each layer-0 entry} for the alternatives to |e| (see the docstring)."""
-    embeds = torch.cat([tensors["uEmbeds"], tensors["iEmbeds"]]) * tensors["emb_mask2_fixed"]
+    embeds = live_embeds(tensors)
     values = adj.values * tensors["adj_mask1_train"] * tensors["adj_mask2_fixed"]
     n = embeds.shape[0]
     a_t = torch.sparse_coo_tensor(torch.stack([adj.col, adj.row]), values, (n, n), check_invariants=False).coalesce()
@@ -69,22 +74,22 @@ def gradient_scores(tensors, dataset, layers, graph, epochs: int, seed: int = 0)
     square = torch.zeros_like(total)
     steps = 0
     for _ in range(epochs):
-        for ancs, poss, negs in sampler.epoch_batches(rng, 4096):
+        for batch in sampler.epoch_batches(rng, 4096):
             model.zero_grad()
             users, items = model(graph)
-            ancs, poss, negs = (torch.from_numpy(x) for x in (ancs, poss, negs))
+            ancs, poss, negs = (torch.from_numpy(x) for x in batch)
             bpr_loss(users[ancs], items[poss], items[negs]).backward()
             grad = torch.cat([model.uEmbeds.grad, model.iEmbeds.grad]) * model.emb_mask2_fixed
             total += grad
             square += grad * grad
             steps += 1
-    embeds = torch.cat([tensors["uEmbeds"], tensors["iEmbeds"]]) * tensors["emb_mask2_fixed"]
+    embeds = live_embeds(tensors)
     return {"taylor": (embeds * total / steps).abs(), "fisher": embeds * embeds * square / steps}
 
 
 def prune_entries_by(tensors, score, emb_cut) -> dict:
     """The student's tensors with the floor(n·emb_cut) + 1 live entries of lowest ``score`` removed."""
-    embeds = torch.cat([tensors["uEmbeds"], tensors["iEmbeds"]]) * tensors["emb_mask2_fixed"]
+    embeds = live_embeds(tensors)
     alive = embeds != 0
     n_cut = min(math.floor(int(alive.sum()) * emb_cut) + 1, int(alive.sum()))
     ranked = torch.where(alive, score, torch.full_like(score, float("inf"))).reshape(-1)
