@@ -2,6 +2,11 @@
 torch.sparse.mm (CSR), SciPy and the Numba kernel of Utils/Spmm.py (into a new and
 into a reused output), the 8-layer propagation of an evaluation, and the propagation
 of one stage-1 teacher step (forward + backward restricted to a batch's rows).
+``chain_ms``: at 1 thread and at --threads, --layers products in a chain (each
+output the next input, as a propagation does), the same number of products of one
+fixed input ("repeated"), and the chain on Â with its nodes renumbered by reverse
+Cuthill-McKee ("chain_rcm", rows keep their terms' order, so the same sums): how much
+of a chain's time is memory behaviour rather than arithmetic.
 Prints one JSON line; times are the median of --repeat runs, in milliseconds.
 
     python bench/bench_spmm.py [--data_dir ../shared/datasets] [--threads 2]
@@ -31,6 +36,32 @@ def median_ms(fn, repeat):
         fn()
         times.append(time.perf_counter() - t)
     return round(1000 * statistics.median(times), 2)
+
+
+def chain_ms(adj, x, opts):
+    """{threads: {"chain", "repeated", "chain_rcm"}}: see the module docstring."""
+    from scipy.sparse.csgraph import reverse_cuthill_mckee
+    order = reverse_cuthill_mckee(adj.tocsr(), symmetric_mode=True)
+    graphs = {"chain": dh.Graph.from_scipy(adj), "chain_rcm": dh.Graph.from_scipy(adj[order][:, order])}
+    buffers = [torch.empty_like(x), torch.empty_like(x)]
+
+    def chain(graph, fixed_input):
+        cur = x
+        for layer in range(opts.layers):
+            out = buffers[layer % 2]
+            Spmm._product((graph.indptr, graph.col, graph.values), x if fixed_input else cur, graph.n_nodes, out=out)
+            cur = out
+
+    result = {}
+    for threads in sorted({1, opts.threads}):
+        Spmm.set_threads(threads)
+        result[str(threads)] = {
+            "chain": median_ms(lambda: chain(graphs["chain"], False), opts.repeat),
+            "repeated": median_ms(lambda: chain(graphs["chain"], True), opts.repeat),
+            "chain_rcm": median_ms(lambda: chain(graphs["chain_rcm"], False), opts.repeat),
+        }
+    Spmm.set_threads(opts.threads)
+    return result
 
 
 def main():
@@ -76,6 +107,7 @@ def main():
         (out * weight).sum().backward()
         e0.grad = None
 
+    result["chain_ms"] = chain_ms(adj, x, opts)
     result.update({
         "propagation_ms": median_ms(lambda: Spmm.propagate_sum(graph, values, x, opts.layers), opts.repeat),
         "teacher_step_propagation_ms": median_ms(step, opts.repeat), "step_rows": rows.numel(),
