@@ -15,7 +15,14 @@ from the gradient g of the BPR loss over one epoch of train triples (``--grad_ep
 of 4096, one uniform negative each): ``taylor`` |e_rc · ḡ_rc| (first-order change of the loss
 when the entry is zeroed, ḡ the epoch's mean gradient) and ``fisher`` e_rc² · mean_b g_rc,b²
 (the second-order term with the empirical Fisher as the curvature, as in Optimal Brain Damage).
-One JSON line each: val and test Recall@20 before and right after the step.
+The edge step, too, is done with other scores (the entries kept): ``edges_by_own_weight``
+the student's own learned weight w_e alone (no β₁, β₂ terms), ``edges_by_middle_outputs``
+w_e + σ(Ē_r·Ē_c) of the intermediate model's outputs (β₁ = 1, no β₂: what Yelp's published
+flags weigh most), ``edges_by_student_outputs``
+the β₁ term from the student's own output embeddings instead of the intermediate model's,
+and ``edges_random`` (uniform, seed 0), the baseline any score must beat.
+One JSON line each: val and test Recall@20 before and right after the step. ``--parts``
+picks some of them (the gradient scores take the longest).
 """
 import argparse
 import dataclasses
@@ -109,7 +116,10 @@ def main():
     parser.add_argument("--data_dir", default=os.path.join(os.path.dirname(__file__), "..", "..", "shared", "datasets"))
     parser.add_argument("--dataset", default="yelp")
     parser.add_argument("--grad_epochs", type=int, default=1, help="epochs of BPR gradients for taylor/fisher")
+    parser.add_argument("--parts", default="", help="comma-separated parts to report (default: all), e.g. "
+                        "both,edges_only,entries_only,edges_random")
     opts = parser.parse_args()
+    wanted = set(filter(None, opts.parts.split(",")))
     where = argparse.Namespace(dataset=opts.dataset, data_dir=opts.data_dir)
     student, middle = modelTools.load_model_file(opts.student), modelTools.load_model_file(opts.middle)
     dataset = modelTools.load_data(student, where)
@@ -135,13 +145,31 @@ def main():
                           "recall_before": before,
                           "recall_after": recall(pruned, dataset, layers, adj, evaluators)}), flush=True)
 
-    for part, step in (("both", cfg), ("edges_only", dataclasses.replace(cfg, emb_cut=0.0)),
-                       ("entries_only", dataclasses.replace(cfg, edge_cut=0.0))):
-        report(part, {**tensors, **Pruning.prune_state(dict(tensors), step, edges=(adj.row, adj.col),
-                                                         scorers={"middle": lambda: mid_all}, mid_weight=mid_weight)})
+    def student_outputs():
+        model = model_from_tensors(tensors, dataset.n_users, dataset.n_items, layers).eval()
+        with torch.no_grad():
+            return torch.cat(model(adj))
+
+    edges_only = dataclasses.replace(cfg, emb_cut=0.0)
+    steps = {"both": cfg, "edges_only": edges_only, "entries_only": dataclasses.replace(cfg, edge_cut=0.0),
+             "edges_by_own_weight": dataclasses.replace(edges_only, scoring=None, use_middle_weights=False),
+             "edges_by_middle_outputs": dataclasses.replace(edges_only, scoring="middle", beta1=1.0,
+                                                            use_middle_weights=False),
+             "edges_by_student_outputs": dataclasses.replace(edges_only, scoring="student"),
+             "edges_random": dataclasses.replace(edges_only, random_edges=True)}
+    for part, step in steps.items():
+        if wanted and part not in wanted:
+            continue
+        report(part, {**tensors, **Pruning.prune_state(
+            dict(tensors), step, edges=(adj.row, adj.col), scorers={"middle": lambda: mid_all, "student": student_outputs},
+            mid_weight=mid_weight, generator=torch.Generator().manual_seed(0))})
+    names = ("row_relative", "influence", "sqrt_influence", "taylor", "fisher")
+    if wanted and not wanted & {f"entries_by_{name}" for name in names}:
+        return
     scores = {**entry_scores(tensors, adj, layers), **gradient_scores(tensors, dataset, layers, adj, opts.grad_epochs)}
     for name, score in scores.items():
-        report(f"entries_by_{name}", prune_entries_by(tensors, score, cfg.emb_cut))
+        if not wanted or f"entries_by_{name}" in wanted:
+            report(f"entries_by_{name}", prune_entries_by(tensors, score, cfg.emb_cut))
 
 if __name__ == "__main__":
     main()
