@@ -45,6 +45,12 @@ from Utils.Losses import bpr_loss  # noqa: E402
 from Utils.Metrics import Evaluator  # noqa: E402
 
 
+STEP_PARTS = ("both", "edges_only", "entries_only", "edges_by_own_weight", "edges_by_middle_outputs",
+              "edges_by_student_outputs", "edges_random")
+ENTRY_SCORES = ("row_relative", "influence", "sqrt_influence", "taylor", "fisher")
+PARTS = STEP_PARTS + tuple(f"entries_by_{name}" for name in ENTRY_SCORES)
+
+
 def recall(tensors, dataset, layers, graph, evaluators) -> dict:
     """{split: Recall@20} of the student holding ``tensors``."""
     model = model_from_tensors(tensors, dataset.n_users, dataset.n_items, layers).eval()
@@ -120,6 +126,8 @@ def main():
                         "both,edges_only,entries_only,edges_random")
     opts = parser.parse_args()
     wanted = set(filter(None, opts.parts.split(",")))
+    if wanted - set(PARTS):
+        parser.error(f"--parts: unknown {sorted(wanted - set(PARTS))}; known: {', '.join(PARTS)}")
     where = argparse.Namespace(dataset=opts.dataset, data_dir=opts.data_dir)
     student, middle = modelTools.load_model_file(opts.student), modelTools.load_model_file(opts.middle)
     dataset = modelTools.load_data(student, where)
@@ -157,14 +165,14 @@ def main():
                                                             use_middle_weights=False),
              "edges_by_student_outputs": dataclasses.replace(edges_only, scoring="student"),
              "edges_random": dataclasses.replace(edges_only, random_edges=True)}
+    assert tuple(steps) == STEP_PARTS
     for part, step in steps.items():
         if wanted and part not in wanted:
             continue
         report(part, {**tensors, **Pruning.prune_state(
             dict(tensors), step, edges=(adj.row, adj.col), scorers={"middle": lambda: mid_all, "student": student_outputs},
             mid_weight=mid_weight, generator=torch.Generator().manual_seed(0))})
-    names = ("row_relative", "influence", "sqrt_influence", "taylor", "fisher")
-    if wanted and not wanted & {f"entries_by_{name}" for name in names}:
+    if wanted and not wanted - set(STEP_PARTS):
         return
     scores = {**entry_scores(tensors, adj, layers), **gradient_scores(tensors, dataset, layers, adj, opts.grad_epochs)}
     for name, score in scores.items():
