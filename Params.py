@@ -323,6 +323,7 @@ OUR_FLAGS = (  # group, flag, argparse options, help (one flag per line)
     (LEVERS, 'patience', dict(type=int, default=0, metavar='N'), 'end stage-1 training, or a stage-2/3 pruning run, after N evaluations without a new best on the selection split; the best point is what is kept and carried (0 = off, every epoch runs; default: %(default)s)'),
     (LEVERS, 'contrast_candidates', dict(type=int, default=0, metavar='K'), 'stages 2-3: estimate every sum over a whole user/item table in the embedding-level KD, auxiliary denominator and subspace (v3) terms from K rows drawn per batch, scaled by table size / K (an unbiased estimate of each sum, but not of its log, the loss, nor of the gradient); K >= the table size is exact (0 = exact, the published objective; default: %(default)s)'),
     (LEVERS, 'init_from_supervisor', dict(type=str2bool, default=False, metavar='BOOL'), 'stages 2-3: the first pruning run starts the trainee\'s layer-0 embeddings from the supervisor\'s (teacher or intermediate model, masked) instead of Xavier initialisation; ignored when a break point is loaded (default: %(default)s)'),
+    (LEVERS, 'emb_prune_score', dict(choices=('magnitude', 'taylor'), default='magnitude'), 'stage 3: how each pruning step ranks the live embedding entries it removes the lowest --pruning_percent_emb of: magnitude |e| (the published step) or taylor |e * g|, g the gradient of the BPR loss averaged over one epoch of train triples (one uniform negative each) at the point being pruned, the first-order change of that loss when the entry is zeroed; costs one propagation forward and back per step and draws one epoch of negatives (default: %(default)s)'),
     (LEVERS, 'use_dynamic_lr', dict(type=str2bool, default=False, metavar='BOOL'), 'stages 2-3: take each pruning run\'s Adam learning rate from --lr_list[run] instead of --lr, e.g. a lower rate for the runs that fine-tune an already trained, freshly pruned model (default: %(default)s)'),
     (LEVERS, 'lr_list', dict(type=float_list, default=None, metavar='FLOATS'), 'per-run learning rates, indexed by pruning run like --epoch_list (comma-separated; used with --use_dynamic_lr=True; default: --lr for every run)'),
 )
@@ -438,6 +439,18 @@ def _validate_runtime(args):
             _fail("--device=cuda but CUDA is not available here (use --device=auto or --device=cpu)")
 
 
+def _validate_entry_score(args):
+    """--emb_prune_score other than magnitude: only where entries are pruned by a score."""
+    if args.emb_prune_score == 'magnitude':
+        return
+    if args.train_middle_model:
+        _fail(f"--emb_prune_score={args.emb_prune_score} ranks the entries a student's pruning step removes; "
+              "the intermediate model (--train_middle_model=True) is not pruned")
+    if args.use_emb_random_pruning:
+        _fail(f"--emb_prune_score={args.emb_prune_score} contradicts --use_emb_random_pruning=True, which removes "
+              "entries at random")
+
+
 def _validate_main(args):
     """Checks that only concern distillation and pruning (Main.py)."""
     if args.distill_from_middle_model == args.distill_from_teacher_model:
@@ -487,6 +500,7 @@ def _validate_main(args):
     if args.use_dynamic_tempsubsp and min(args.tempsubsp_list[:needed]) <= 0:
         _fail("--tempsubsp_list must hold positive temperatures (--use_dynamic_tempsubsp=True)")
 
+    _validate_entry_score(args)
     if not args.train_middle_model:  # the student is trained and pruned
         if args.use_adj_mask_aug and args.use_mTea2drop_edges and args.use_tea2drop_edges:
             _fail("--use_mTea2drop_edges=True and --use_tea2drop_edges=True both choose the "
@@ -607,7 +621,7 @@ def prune_config(args, run):
         use_middle_weights=args.use_SM_edgeW2aug,
         beta2=float(_pick(args, 'use_dynamic_adj_mask_aug2', 'adj_mask_aug_list2', 'adj_mask_aug2', run)),
         use_tanh=args.use_tanh2aug, use_abs=args.adj_weights_abs, random_edges=args.use_adj_random_pruning,
-        random_embeddings=args.use_emb_random_pruning)
+        random_embeddings=args.use_emb_random_pruning, emb_score=args.emb_prune_score)
 
 
 def run_config(args, run, student, blocks):

@@ -23,7 +23,7 @@ from Utils.Config import DistillConfig, RunConfig, recorded_flags
 from Utils.Kernels import subspace_pair_index
 from Utils.Losses import KDConfig, Supervisor, Trainee, draw_batch, kd_objective
 from Utils.Parallel import SOLO, Group
-from Utils.Training import EarlyStopper, Record, RunLog, Stage
+from Utils.Training import EarlyStopper, Record, RunLog, Stage, mean_bpr_gradient, timer
 
 
 # ----------------------------------------------------------------------------- frozen models
@@ -285,6 +285,14 @@ class DistillStage(Stage):
             with torch.no_grad():
                 return torch.cat(self.build_trainee(state)(self.graph), dim=0)
 
+        def entry_gradient():  # --emb_prune_score=taylor: one draw of the epoch's negatives
+            elapsed = timer()
+            triples = (self.sampler.users, self.sampler.items, self.sampler.sample(self.rng))
+            grad = mean_bpr_gradient(self.build_trainee(state), self.graph, triples, self.device)
+            self.log.line(f"Embedding entries ranked by |e * mean BPR gradient| over {len(triples[0])} train "
+                          f"triples (--emb_prune_score=taylor), {elapsed():.1f} s")
+            return grad
+
         sup = self.frozen
         scorers = {"student": student_outputs}
         if sup.teacher is not None:
@@ -292,7 +300,8 @@ class DistillStage(Stage):
         if sup.middle is not None:
             scorers["middle"] = lambda: sup.middle.all
         return Pruning.prune_state(state, prune_cfg, edges=(self.graph.row, self.graph.col), scorers=scorers,
-                                   mid_weight=sup.mid_weight, generator=self.generator)
+                                   mid_weight=sup.mid_weight, entry_gradient=entry_gradient,
+                                   generator=self.generator)
 
     # -- records and checkpoints
     def save_record(self, record: Record) -> None:

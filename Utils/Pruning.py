@@ -1,4 +1,4 @@
-"""Pruning of the student between runs: edge importance, magnitude thresholds, pruned state.
+"""Pruning of the student between runs: edge importance, entry scores and thresholds, pruned state.
 
 Pure functions over tensors (no ``args``, no globals). Names map onto the published ones:
 
@@ -55,6 +55,7 @@ __all__ = [
     "magnitude_threshold",
     "prune_edges",
     "prune_embeddings",
+    "taylor_entry_scores",
     "random_prune_edges",
     "random_prune_embeddings",
     "kept_percent",
@@ -211,23 +212,53 @@ def prune_edges(
 
 @torch.no_grad()
 def prune_embeddings(
-    user_embeds: Tensor, item_embeds: Tensor, emb_mask: Tensor, pct: float
+    user_embeds: Tensor, item_embeds: Tensor, emb_mask: Tensor, pct: float, score: Optional[Tensor] = None
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Magnitude-prune embedding entries; returns ``(user_embeds, item_embeds, emb_mask)``.
+    """Prune embedding entries by score; returns ``(user_embeds, item_embeds, emb_mask)``.
 
-    E = [uEmbeds; iEmbeds] * emb_mask (the effective embeddings); t = magnitude threshold
-    of E's non-zero entries at ``pct``; entries with ``|E| <= t`` become 0, the new
-    emb_mask2_fixed is ``|E| > t`` and surviving values are kept unchanged.
+    E = [uEmbeds; iEmbeds] * emb_mask (the effective embeddings); its live entries are its
+    non-zeros. ``score`` (N x d, default |E|, the published magnitude pruning) ranks them:
+    t = the value at 0-based position ``floor(n * pct)`` of the n live entries' ascending
+    scores, live entries scoring ``<= t`` become 0, the new emb_mask2_fixed is "live and
+    score > t" and surviving values are kept unchanged. With ``score = |E|`` this is the
+    magnitude threshold of :func:`magnitude_threshold` over E's non-zeros.
     """
     n_users = user_embeds.shape[0]
     embeds = torch.cat([user_embeds.detach(), item_embeds.detach()], dim=0)
     if emb_mask.shape != embeds.shape:
         raise ValueError(f"emb_mask {tuple(emb_mask.shape)} != [uEmbeds; iEmbeds] {tuple(embeds.shape)}")
     embeds = embeds * emb_mask.detach().to(embeds.dtype)
-    threshold = magnitude_threshold(embeds, pct)
-    new_mask = (embeds.abs() > threshold).to(embeds.dtype)
+    if score is None:
+        threshold = magnitude_threshold(embeds, pct)
+        new_mask = (embeds.abs() > threshold).to(embeds.dtype)
+    else:
+        if score.shape != embeds.shape:
+            raise ValueError(f"score {tuple(score.shape)} != [uEmbeds; iEmbeds] {tuple(embeds.shape)}")
+        _check_pct(pct, "pct")
+        live = embeds != 0
+        values = score.detach().to(embeds.dtype)[live]
+        new_mask = live
+        if values.numel():
+            position = min(math.floor(values.numel() * pct), values.numel() - 1)
+            threshold = torch.kthvalue(values, position + 1).values
+            new_mask = live & (score.detach().to(embeds.dtype) > threshold)
+        new_mask = new_mask.to(embeds.dtype)
     embeds = embeds * new_mask
     return embeds[:n_users].clone(), embeds[n_users:].clone(), new_mask
+
+
+@torch.no_grad()
+def taylor_entry_scores(embeds: Tensor, mean_grad: Tensor) -> Tensor:
+    r"""``--emb_prune_score=taylor``: N x d importance ``|e_rc · ḡ_rc|`` of each layer-0 entry.
+
+    ``embeds``: the effective layer-0 embeddings [uEmbeds; iEmbeds] * emb_mask; ``mean_grad``:
+    ḡ, the gradient of the BPR loss averaged over one epoch of train triples, at the same
+    point. Zeroing entry e_rc changes that loss by about -ḡ_rc e_rc (first-order Taylor
+    expansion), so the entries whose removal moves the loss least score lowest.
+    """
+    if mean_grad.shape != embeds.shape:
+        raise ValueError(f"mean_grad {tuple(mean_grad.shape)} != embeds {tuple(embeds.shape)}")
+    return (embeds.detach() * mean_grad.detach().to(embeds.dtype)).abs()
 
 
 def _random_survivor_mask(mask: Tensor, pct: float, generator: Optional[torch.Generator]) -> Tensor:
@@ -287,6 +318,7 @@ def compute_pruned_state(
     aug_embeds: Optional[Tensor] = None,
     edges: Optional[Tuple[Tensor, Tensor]] = None,
     mid_weight: Optional[Tensor] = None,
+    entry_grad: Optional[Tensor] = None,
     generator: Optional[torch.Generator] = None,
 ) -> PrunedState:
     """One pruning step of the student's ``state`` (published ``get_final_mask_epoch``).
@@ -294,8 +326,10 @@ def compute_pruned_state(
     Edges: scored by :func:`edge_importance` (``aug_embeds``, ``edges``, ``mid_weight``) and cut
     by :func:`prune_edges`, or, with ``cfg.random_edges`` (``--use_adj_random_pruning``),
     :func:`random_prune_edges` on the current mask (the weights then follow the same
-    ``cfg.keep_weights`` rule). Embeddings: :func:`prune_embeddings`, or
-    :func:`random_prune_embeddings` with ``cfg.random_embeddings`` (``--use_emb_random_pruning``).
+    ``cfg.keep_weights`` rule). Embeddings: :func:`prune_embeddings` by magnitude, or by
+    :func:`taylor_entry_scores` with ``cfg.emb_score == "taylor"`` (``entry_grad``, the mean BPR
+    gradient of the layer-0 entries, is then required), or :func:`random_prune_embeddings` with
+    ``cfg.random_embeddings`` (``--use_emb_random_pruning``).
     ``cfg.edge_cut``/``cfg.emb_cut`` are the shares removed. Percentages: :func:`kept_percent`.
     """
     _check_pct(cfg.edge_cut, "edge_cut")
@@ -311,10 +345,18 @@ def compute_pruned_state(
     embeds = (state.u_embeds, state.i_embeds, state.emb_mask, cfg.emb_cut)
     if cfg.random_embeddings:
         u_after, i_after, new_emb_mask = random_prune_embeddings(*embeds, generator)
+    elif cfg.emb_score == "taylor":
+        if entry_grad is None:
+            raise ValueError("the taylor entry score needs the mean BPR gradient of the layer-0 entries")
+        live = torch.cat([state.u_embeds.detach(), state.i_embeds.detach()]) * state.emb_mask.detach()
+        u_after, i_after, new_emb_mask = prune_embeddings(*embeds, score=taylor_entry_scores(live, entry_grad))
     else:
         u_after, i_after, new_emb_mask = prune_embeddings(*embeds)
     return PrunedState(edge_weight=new_edge_weight, edge_mask=new_edge_mask, u_embeds=u_after, i_embeds=i_after,
                        emb_mask=new_emb_mask)
+
+
+ENTRY_SCORES = ("magnitude", "taylor")  # --emb_prune_score
 
 
 @dataclass(frozen=True)
@@ -327,7 +369,8 @@ class PruneConfig:
     ``scoring`` names the model whose output embeddings score edges (the β₁ term of
     :func:`edge_importance`): None (no β₁ term, ``--use_adj_mask_aug=False``), "teacher",
     "middle" (the intermediate model) or "student". ``use_middle_weights`` adds the β₂ term,
-    the intermediate model's edge weights mapped onto Â (``--use_SM_edgeW2aug``).
+    the intermediate model's edge weights mapped onto Â (``--use_SM_edgeW2aug``). ``emb_score``
+    ranks the embedding entries (``--emb_prune_score``): "magnitude" |e| (published) or "taylor".
     """
 
     edge_cut: float
@@ -341,6 +384,11 @@ class PruneConfig:
     use_abs: bool = False
     random_edges: bool = False
     random_embeddings: bool = False
+    emb_score: str = "magnitude"
+
+    def __post_init__(self):
+        if self.emb_score not in ENTRY_SCORES:
+            raise ValueError(f"emb_score must be one of {ENTRY_SCORES}, got {self.emb_score!r}")
 
 
 SCORING_MODELS = ("teacher", "middle", "student")
@@ -353,6 +401,7 @@ def prune_state(
     edges: Tuple[Tensor, Tensor],
     scorers: Mapping[str, Callable[[], Tensor]],
     mid_weight: Optional[Tensor] = None,
+    entry_gradient: Optional[Callable[[], Tensor]] = None,
     generator: Optional[torch.Generator] = None,
 ) -> Dict[str, Tensor]:
     """One pruning step on a student state dict (published tensor names in and out).
@@ -360,6 +409,8 @@ def prune_state(
     ``scorers[cfg.scoring]()`` gives the N×d output embeddings that score edges; it is only
     called when ``cfg.scoring`` is set. ``edges``: (row, col) of Â's edges. ``mid_weight``
     (:func:`closure_weights_on_adj`) is required with ``cfg.use_middle_weights``.
+    ``entry_gradient()`` gives the N×d mean BPR gradient of the layer-0 entries; it is only
+    called for the taylor entry score (``cfg.emb_score``).
     """
     aug_embeds = None
     if cfg.scoring is not None:
@@ -368,9 +419,15 @@ def prune_state(
         aug_embeds = scorers[cfg.scoring]()
     if cfg.use_middle_weights and mid_weight is None:
         raise ValueError("use_middle_weights needs the intermediate model's edge weights on Â")
+    entry_grad = None
+    if cfg.emb_score == "taylor" and not cfg.random_embeddings:
+        if entry_gradient is None:
+            raise ValueError("the taylor entry score needs the layer-0 entries' mean BPR gradient")
+        entry_grad = entry_gradient()
     current = PrunedState(edge_weight=state["adj_mask1_train"], edge_mask=state["adj_mask2_fixed"],
                           u_embeds=state["uEmbeds"], i_embeds=state["iEmbeds"], emb_mask=state["emb_mask2_fixed"])
     pruned = compute_pruned_state(current, cfg, aug_embeds=aug_embeds, edges=edges,
-                                  mid_weight=mid_weight if cfg.use_middle_weights else None, generator=generator)
+                                  mid_weight=mid_weight if cfg.use_middle_weights else None, entry_grad=entry_grad,
+                                  generator=generator)
     return {"uEmbeds": pruned.u_embeds, "iEmbeds": pruned.i_embeds, "adj_mask1_train": pruned.edge_weight,
             "adj_mask2_fixed": pruned.edge_mask, "emb_mask2_fixed": pruned.emb_mask}

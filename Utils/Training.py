@@ -5,6 +5,8 @@
   :class:`Utils.Teacher.TeacherStage` and :class:`Utils.Distill.DistillStage` fill it in.
 * :func:`train_epoch` — one pass over freshly sampled, shuffled BPR triples, calling a
   stage's loss function per batch and stepping the optimiser; returns mean loss parts.
+* :func:`mean_bpr_gradient` — the BPR gradient of the layer-0 tables over an epoch's triples
+  (the taylor entry score of a pruning step).
 * :class:`EvalSuite` — propagates ONCE per evaluation and scores every split it holds.
 * :class:`Record` — a "best so far" record: its metrics, epoch, run, sparsity, and the
   checkpoint it writes when it improves.
@@ -31,6 +33,7 @@ from Utils.Config import recorded_flags
 from Utils.Checkpoint import atomic_write, os_error_reason
 from Utils.Errors import (CheckpointError, DataError, NonFiniteError, discard_closed_stdout, interrupt_exit_code,
                           stdout_may_drop)
+from Utils.Losses import bpr_loss
 from Utils.Parallel import SOLO, Group
 
 
@@ -170,6 +173,24 @@ def train_epoch(loss_fn: Callable, batches: Iterable, n_batches: int, optimizer:
     if log is not None:
         log.end_progress()
     return {name: total / max(1, count) for name, total in sums.items()}
+
+
+def mean_bpr_gradient(model: torch.nn.Module, graph, triples, device, chunk: int = 1 << 16) -> torch.Tensor:
+    """N×d gradient of the BPR loss, averaged over ``triples`` (ancs, poss, negs int64 arrays,
+    all of an epoch's), with respect to the layer-0 tables [uEmbeds; iEmbeds] at their values
+    now; nothing is stepped. One propagation forward and back: the loss is taken ``chunk``
+    triples at a time on a detached copy of the outputs, whose summed gradient then goes back
+    through propagation once (the numbers of one backward pass over the whole epoch)."""
+    total = len(triples[0])
+    with torch.enable_grad():
+        users, items = model(graph)
+        outputs = [users.detach().requires_grad_(), items.detach().requires_grad_()]
+        for start in range(0, total, chunk):
+            ancs, poss, negs = (torch.from_numpy(a[start:start + chunk]).to(device) for a in triples)
+            bpr_loss(outputs[0][ancs], outputs[1][poss], outputs[1][negs], total=total).backward()
+        grads = torch.autograd.grad([users, items], [model.uEmbeds, model.iEmbeds],
+                                    grad_outputs=[out.grad for out in outputs])
+    return torch.cat(grads, dim=0)
 
 
 class EvalSuite:

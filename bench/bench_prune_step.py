@@ -11,10 +11,11 @@ with other importance scores in place of |e| (the same number of entries removed
 kept): ``row_relative`` |e_rc| / ‖e_r‖ (each row's share), ``influence`` |e_rc|·s_r and
 ``sqrt_influence`` |e_rc|·√s_r, where s_r = Σ_j (I + Â + … + Â^L)_jr is how much node r's
 layer-0 row feeds every output (Â with the student's edge weights and mask); and two scores
-from the gradient g of the BPR loss over one epoch of train triples (``--grad_epochs``; batches
-of 4096, one uniform negative each): ``taylor`` |e_rc · ḡ_rc| (first-order change of the loss
-when the entry is zeroed, ḡ the epoch's mean gradient) and ``fisher`` e_rc² · mean_b g_rc,b²
-(the second-order term with the empirical Fisher as the curvature, as in Optimal Brain Damage).
+from the gradient g of the BPR loss over train triples (one uniform negative each): ``taylor``
+|e_rc · ḡ_rc| (first-order change of the loss when the entry is zeroed, ḡ the mean gradient
+over one epoch's triples: the stage's ``--emb_prune_score=taylor``) and ``fisher``
+e_rc² · mean_b g_rc,b² over batches of 4096 (``--grad_epochs`` epochs; the second-order term
+with the empirical Fisher as the curvature, as in Optimal Brain Damage).
 The edge step, too, is done with other scores (the entries kept): ``edges_by_own_weight``
 the student's own learned weight w_e alone (no β₁, β₂ terms), ``edges_by_middle_outputs``
 w_e + σ(Ē_r·Ē_c) of the intermediate model's outputs (β₁ = 1, no β₂: what Yelp's published
@@ -27,7 +28,6 @@ picks some of them (the gradient scores take the longest).
 import argparse
 import dataclasses
 import json
-import math
 import os
 import sys
 
@@ -43,6 +43,7 @@ from Utils import Pruning  # noqa: E402
 from Utils.Distill import frozen_outputs  # noqa: E402
 from Utils.Losses import bpr_loss  # noqa: E402
 from Utils.Metrics import Evaluator  # noqa: E402
+from Utils.Training import mean_bpr_gradient  # noqa: E402
 
 
 STEP_PARTS = ("both", "edges_only", "entries_only", "edges_by_own_weight", "edges_by_middle_outputs",
@@ -78,13 +79,20 @@ def entry_scores(tensors, adj, layers) -> dict:
             "influence": embeds.abs() * reach, "sqrt_influence": embeds.abs() * reach.sqrt()}
 
 
-def gradient_scores(tensors, dataset, layers, graph, epochs: int, seed: int = 0) -> dict:
-    """{'taylor': |e·ḡ|, 'fisher': e²·mean g²}: N×d scores from the BPR gradient of the layer-0 entries."""
+def taylor_scores(tensors, dataset, layers, graph, seed: int = 0) -> dict:
+    """{'taylor': |e·ḡ|}, as ``--emb_prune_score=taylor`` computes it (one epoch's draw of negatives)."""
+    model = model_from_tensors(tensors, dataset.n_users, dataset.n_items, layers)
+    sampler = dh.NegativeSampler(dataset.train)
+    triples = (sampler.users, sampler.items, sampler.sample(np.random.default_rng(seed)))
+    return {"taylor": Pruning.taylor_entry_scores(live_embeds(tensors), mean_bpr_gradient(model, graph, triples, "cpu"))}
+
+
+def fisher_scores(tensors, dataset, layers, graph, epochs: int, seed: int = 0) -> dict:
+    """{'fisher': e²·mean g²}: N×d scores from the per-batch BPR gradients of the layer-0 entries."""
     model = model_from_tensors(tensors, dataset.n_users, dataset.n_items, layers)
     sampler = dh.NegativeSampler(dataset.train)
     rng = np.random.default_rng(seed)
-    total = torch.zeros_like(model.emb_mask2_fixed)
-    square = torch.zeros_like(total)
+    square = torch.zeros_like(model.emb_mask2_fixed)
     steps = 0
     for _ in range(epochs):
         for batch in sampler.epoch_batches(rng, 4096):
@@ -93,25 +101,17 @@ def gradient_scores(tensors, dataset, layers, graph, epochs: int, seed: int = 0)
             ancs, poss, negs = (torch.from_numpy(x) for x in batch)
             bpr_loss(users[ancs], items[poss], items[negs]).backward()
             grad = torch.cat([model.uEmbeds.grad, model.iEmbeds.grad]) * model.emb_mask2_fixed
-            total += grad
             square += grad * grad
             steps += 1
     embeds = live_embeds(tensors)
-    return {"taylor": (embeds * total / steps).abs(), "fisher": embeds * embeds * square / steps}
+    return {"fisher": embeds * embeds * square / steps}
 
 
 def prune_entries_by(tensors, score, emb_cut) -> dict:
-    """The student's tensors with the floor(n·emb_cut) + 1 live entries of lowest ``score`` removed."""
-    embeds = live_embeds(tensors)
-    alive = embeds != 0
-    n_cut = min(math.floor(int(alive.sum()) * emb_cut) + 1, int(alive.sum()))
-    ranked = torch.where(alive, score, torch.full_like(score, float("inf"))).reshape(-1)
-    mask = alive.reshape(-1).clone()
-    mask[torch.topk(ranked, n_cut, largest=False).indices] = False
-    mask = mask.reshape(embeds.shape).to(embeds.dtype)
-    n_users = tensors["uEmbeds"].shape[0]
-    return {**tensors, "emb_mask2_fixed": mask, "uEmbeds": (embeds * mask)[:n_users],
-            "iEmbeds": (embeds * mask)[n_users:]}
+    """The student's tensors with the live entries of lowest ``score`` removed, by the stage's rule."""
+    users, items, mask = Pruning.prune_embeddings(tensors["uEmbeds"], tensors["iEmbeds"], tensors["emb_mask2_fixed"],
+                                                  emb_cut, score=score)
+    return {**tensors, "emb_mask2_fixed": mask, "uEmbeds": users, "iEmbeds": items}
 
 
 def main():
@@ -121,7 +121,8 @@ def main():
     parser.add_argument("--run", type=int, required=True, help="the pruning run the student checkpoint ends")
     parser.add_argument("--data_dir", default=os.path.join(os.path.dirname(__file__), "..", "..", "shared", "datasets"))
     parser.add_argument("--dataset", default="yelp")
-    parser.add_argument("--grad_epochs", type=int, default=1, help="epochs of BPR gradients for taylor/fisher")
+    parser.add_argument("--grad_epochs", type=int, default=1, help="epochs of BPR gradients for fisher (taylor: one, "
+                        "as the stage's --emb_prune_score=taylor)")
     parser.add_argument("--parts", default="", help="comma-separated parts to report (default: all), e.g. "
                         "both,edges_only,entries_only,edges_random")
     opts = parser.parse_args()
@@ -174,10 +175,17 @@ def main():
             mid_weight=mid_weight, generator=torch.Generator().manual_seed(0))})
     if wanted and not wanted - set(STEP_PARTS):
         return
-    scores = {**entry_scores(tensors, adj, layers), **gradient_scores(tensors, dataset, layers, adj, opts.grad_epochs)}
-    for name, score in scores.items():
-        if not wanted or f"entries_by_{name}" in wanted:
-            report(f"entries_by_{name}", prune_entries_by(tensors, score, cfg.emb_cut))
+    scorers = {"row_relative": lambda: entry_scores(tensors, adj, layers),
+               "taylor": lambda: taylor_scores(tensors, dataset, layers, adj),
+               "fisher": lambda: fisher_scores(tensors, dataset, layers, adj, opts.grad_epochs)}
+    scorers["influence"] = scorers["sqrt_influence"] = scorers["row_relative"]
+    scores = {}
+    for name in ENTRY_SCORES:
+        if wanted and f"entries_by_{name}" not in wanted:
+            continue
+        if name not in scores:
+            scores.update(scorers[name]())
+        report(f"entries_by_{name}", prune_entries_by(tensors, scores[name], cfg.emb_cut))
 
 if __name__ == "__main__":
     main()

@@ -79,6 +79,8 @@ def test_new_flags_defaults():
     assert args.select_on is None
     assert args.device == "auto"
     assert args.threads == 0
+    assert args.emb_prune_score == "magnitude" and Params.prune_config(args, 1).emb_score == "magnitude"
+    assert Params.prune_config(Params.parse_args(["--emb_prune_score=taylor"]), 1).emb_score == "taylor"
 
 
 _SAMPLES = {  # published type -> (command-line text, parsed value, python type)
@@ -237,6 +239,9 @@ def test_published_stage_settings_are_valid():
       "--use_SM_edgeW2aug=True"], ["--use_SM_edgeW2aug", "--distill_from_teacher_model"]),
     (["--use_adj_mask_aug=True", "--use_tea2drop_edges=True"],
      ["--use_mTea2drop_edges", "--use_tea2drop_edges"]),
+    (STAGE2 + ["--emb_prune_score=taylor"], ["--emb_prune_score", "--train_middle_model"]),
+    (["--emb_prune_score=taylor", "--use_emb_random_pruning=True"],
+     ["--emb_prune_score", "--use_emb_random_pruning"]),
 ])
 def test_contradictions_raise_config_error(argv, names):
     with pytest.raises(ConfigError) as exc:
@@ -375,13 +380,14 @@ def test_format_args_published_lines():
     assert break_point == "break_point" + Params._BREAK_POINT  # too long: no dots
     assert "esc_train_prn_run" + "." * 61 + "-1" in lines
     assert "adj_mask_aug2" + "." * 66 + "1" in lines
-    assert lines[-15:] == ["data_dir" + "." * 62 + "./Datasets", "select_on" + "." * 67 + "None",
+    assert lines[-16:] == ["data_dir" + "." * 62 + "./Datasets", "select_on" + "." * 67 + "None",
                            "device" + "." * 70 + "auto", "threads" + "." * 72 + "0",
                            "deterministic" + "." * 63 + "True", "plots" + "." * 71 + "True",
                            "resume" + "." * 69 + "False", "overwrite" + "." * 66 + "False",
                            "block_mb" + "." * 66 + "1024.0", "reg_batch" + "." * 66 + "False",
                            "patience" + "." * 71 + "0", "contrast_candidates" + "." * 60 + "0",
-                           "init_from_supervisor" + "." * 55 + "False", "use_dynamic_lr" + "." * 61 + "False",
+                           "init_from_supervisor" + "." * 55 + "False", "emb_prune_score" + "." * 56 + "magnitude",
+                           "use_dynamic_lr" + "." * 61 + "False",
                            "lr_list" + "." * 69 + "None"]
 
 
@@ -400,7 +406,7 @@ def test_format_args_matches_published_log(no_cuda_env):
                                                                        "resume", "overwrite",
                                                                        "block_mb", "reg_batch", "patience",
                                                                        "contrast_candidates",
-                                                                       "init_from_supervisor",
+                                                                       "init_from_supervisor", "emb_prune_score",
                                                                        "use_dynamic_lr", "lr_list"]  # our additions
 
 

@@ -18,6 +18,7 @@ from Utils.Pruning import (
     prune_state,
     random_prune_edges,
     random_prune_embeddings,
+    taylor_entry_scores,
 )
 
 CASES = ["prune_plain", "prune_plain_keep", "prune_aug_only", "prune_aug_sm", "prune_aug_abs"]
@@ -271,3 +272,62 @@ def test_prune_state_refuses_a_scoring_model_the_stage_has_not_loaded():
     with pytest.raises(ValueError, match="teacher"):
         prune_state(state, cfg, edges=(torch.zeros(4, dtype=torch.long), torch.zeros(4, dtype=torch.long)),
                     scorers={"middle": lambda: torch.ones(4, 2)})
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_scoring_entries_by_their_magnitude_is_the_published_step(ref, name):
+    """prune_embeddings with score = |E| (the path --emb_prune_score takes) gives the golden mask."""
+    models, case = ref("prunable_models.npz"), ref(f"{name}.npz")
+    users, items, mask = (_t(models[k]) for k in ("stu_uEmbeds", "stu_iEmbeds", "stu_emb_mask"))
+    embeds = torch.cat([users, items]) * mask
+    u, i, new_mask = prune_embeddings(users, items, mask, float(case["pruning_percent_emb"]), score=embeds.abs())
+    np.testing.assert_array_equal(new_mask.numpy(), case["emb_mask"])
+    np.testing.assert_allclose(u.numpy(), case["uEmbeds_after"], rtol=1e-4, atol=1e-6)
+
+
+def test_taylor_scores_remove_the_entries_whose_loss_change_is_smallest():
+    torch.manual_seed(1)
+    users, items = torch.randn(6, 4), torch.randn(4, 4)
+    mask = (torch.rand(10, 4) > 0.25).float()
+    grad = torch.randn(10, 4)
+    embeds = torch.cat([users, items]) * mask
+    score = taylor_entry_scores(embeds, grad)
+    assert torch.equal(score, (embeds * grad).abs())
+    state = PrunedState(edge_weight=torch.ones(5), edge_mask=torch.ones(5), u_embeds=users, i_embeds=items,
+                        emb_mask=mask)
+    pruned = compute_pruned_state(state, PruneConfig(0.0, 0.3, emb_score="taylor"), entry_grad=grad)
+    live, kept = mask.bool(), pruned.emb_mask.bool()
+    n_live = int(live.sum())
+    assert int((live & ~kept).sum()) == math.floor(n_live * 0.3) + 1 and bool((kept <= live).all())
+    assert score[live & ~kept].max() < score[kept].min()  # the lowest |e * g| go, never a dead entry back
+    assert torch.equal(pruned.u_embeds, (users * mask[:6]) * pruned.emb_mask[:6])
+    with pytest.raises(ValueError, match="gradient"):
+        compute_pruned_state(state, PruneConfig(0.0, 0.3, emb_score="taylor"))
+    with pytest.raises(ValueError, match="emb_score"):
+        PruneConfig(0.0, 0.3, emb_score="fisher")
+
+
+def test_mean_bpr_gradient_is_the_gradient_of_the_epoch_s_mean_loss():
+    """Taken in chunks on the detached outputs, then once through propagation: the same numbers as
+    one autograd pass of the mean BPR loss over every triple."""
+    from Model import LightGCN_sp
+    from Utils.Losses import bpr_loss
+    from Utils.Training import mean_bpr_gradient
+    import DataHandler as dh
+    import scipy.sparse as sp
+
+    torch.manual_seed(2)
+    rng = np.random.default_rng(2)
+    train = sp.random(7, 5, density=0.5, format="csr", random_state=3, dtype=np.float32)
+    train.data[:] = 1
+    graph = dh.Graph.from_scipy(dh.propagation_matrix(train))
+    model = LightGCN_sp(7, 5, 4, 2, graph.nnz)
+    model.emb_mask2_fixed.copy_((torch.rand(12, 4) > 0.3).float())
+    rows, cols = train.nonzero()
+    triples = (rows.astype(np.int64), cols.astype(np.int64), rng.integers(0, 5, rows.size).astype(np.int64))
+    grad = mean_bpr_gradient(model, graph, triples, "cpu", chunk=3)
+    users, items = model(graph)
+    a, p, n = (torch.from_numpy(x) for x in triples)
+    expected = torch.autograd.grad(bpr_loss(users[a], items[p], items[n]), [model.uEmbeds, model.iEmbeds])
+    torch.testing.assert_close(grad, torch.cat(expected), rtol=1e-5, atol=1e-7)
+    assert bool((grad[model.emb_mask2_fixed == 0] == 0).all())  # pruned entries get no gradient

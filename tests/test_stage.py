@@ -165,6 +165,40 @@ def test_random_pruning_flags_reach_the_pruning_step(tiny_dir, tiny_split, tmp_p
     assert not torch.equal(mag["emb_mask2_fixed"], rnd["emb_mask2_fixed"])
 
 
+def test_the_taylor_entry_score_reaches_the_pruning_step(tiny_dir, tiny_split, tmp_path, monkeypatch):
+    """--emb_prune_score=taylor: the step ranks the entries of the state it prunes by |e * ḡ|, ḡ the mean
+    BPR gradient the stage computed for it; the same number of entries goes as with magnitude."""
+    from Utils import Distill, Pruning
+
+    seen, grads = [], []
+    prune_state, gradient = Pruning.prune_state, Distill.mean_bpr_gradient
+
+    def spy_prune(state, cfg, **kwargs):
+        seen.append((cfg.emb_score, state, prune_state(state, cfg, **kwargs)))
+        return seen[-1][2]
+
+    def spy_gradient(*args, **kwargs):
+        grads.append(gradient(*args, **kwargs))
+        return grads[-1]
+
+    monkeypatch.setattr(Pruning, "prune_state", spy_prune)
+    monkeypatch.setattr(Distill, "mean_bpr_gradient", spy_gradient)
+    for folder, score in (("a", "magnitude"), ("b", "taylor")):
+        _stage_from_flags(tiny_dir, tiny_split, tmp_path / folder, "--pruning_percent_emb=0.25",
+                          f"--emb_prune_score={score}").run()
+    (mag_score, mag_before, magnitude), (tay_score, before, taylor) = seen
+    assert (mag_score, tay_score, len(grads)) == ("magnitude", "taylor", 1)
+    assert torch.equal(mag_before["uEmbeds"], before["uEmbeds"])  # the same run 1, pruned two ways
+    embeds = torch.cat([before["uEmbeds"], before["iEmbeds"]]) * before["emb_mask2_fixed"]
+    n_users = before["uEmbeds"].shape[0]
+    expected = Pruning.prune_embeddings(embeds[:n_users], embeds[n_users:], before["emb_mask2_fixed"], 0.25,
+                                        score=(embeds * grads[0]).abs())[2]
+    assert torch.equal(taylor["emb_mask2_fixed"], expected)
+    assert int(taylor["emb_mask2_fixed"].sum()) == int(magnitude["emb_mask2_fixed"].sum())
+    assert not torch.equal(taylor["emb_mask2_fixed"], magnitude["emb_mask2_fixed"])
+    assert torch.equal(taylor["adj_mask2_fixed"], magnitude["adj_mask2_fixed"])
+
+
 def test_closure_sampling_flags_reach_the_closure_graph(tiny_split):
     dataset, _ = tiny_split
 
