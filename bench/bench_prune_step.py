@@ -107,6 +107,22 @@ def fisher_scores(tensors, dataset, layers, graph, epochs: int, seed: int = 0) -
     return {"fisher": embeds * embeds * square / steps}
 
 
+def entry_alternatives(tensors, dataset, layers, graph, grad_epochs: int, wanted):
+    """Yield (name, N×d score) for each entry score of ENTRY_SCORES in ``wanted`` (all when empty),
+    computing each family of scores once."""
+    families = {"row_relative": lambda: entry_scores(tensors, graph, layers),
+                "taylor": lambda: taylor_scores(tensors, dataset, layers, graph),
+                "fisher": lambda: fisher_scores(tensors, dataset, layers, graph, grad_epochs)}
+    families["influence"] = families["sqrt_influence"] = families["row_relative"]
+    scores = {}
+    for name in ENTRY_SCORES:
+        if wanted and f"entries_by_{name}" not in wanted:
+            continue
+        if name not in scores:
+            scores.update(families[name]())
+        yield name, scores[name]
+
+
 def prune_entries_by(tensors, score, emb_cut) -> dict:
     """The student's tensors with the live entries of lowest ``score`` removed, by the stage's rule."""
     users, items, mask = Pruning.prune_embeddings(tensors["uEmbeds"], tensors["iEmbeds"], tensors["emb_mask2_fixed"],
@@ -175,17 +191,8 @@ def main():
             mid_weight=mid_weight, generator=torch.Generator().manual_seed(0))})
     if wanted and not wanted - set(STEP_PARTS):
         return
-    scorers = {"row_relative": lambda: entry_scores(tensors, adj, layers),
-               "taylor": lambda: taylor_scores(tensors, dataset, layers, adj),
-               "fisher": lambda: fisher_scores(tensors, dataset, layers, adj, opts.grad_epochs)}
-    scorers["influence"] = scorers["sqrt_influence"] = scorers["row_relative"]
-    scores = {}
-    for name in ENTRY_SCORES:
-        if wanted and f"entries_by_{name}" not in wanted:
-            continue
-        if name not in scores:
-            scores.update(scorers[name]())
-        report(f"entries_by_{name}", prune_entries_by(tensors, scores[name], cfg.emb_cut))
+    for name, score in entry_alternatives(tensors, dataset, layers, adj, opts.grad_epochs, wanted):
+        report(f"entries_by_{name}", prune_entries_by(tensors, score, cfg.emb_cut))
 
 if __name__ == "__main__":
     main()
