@@ -17,7 +17,9 @@
 #                 runs 4-6 (with 5, runs 4-6 were still climbing when their cap ended them), patience 2;
 #                 edges scored without the intermediate model's learned weights (--use_SM_edgeW2aug=False):
 #                 the published beta2 = 1 on them scores Gowalla's edges worse than a random draw
-#                 (bench_prune_step.py on run 6's step: test 0.1354 after it, random 0.1418, this 0.1469)
+#                 (bench_prune_step.py on run 6's step: test 0.1354 after it, random 0.1418, this 0.1469);
+#                 entries ranked by |e * mean BPR gradient| (--emb_prune_score=taylor), not |e|: on the same
+#                 step the published |e| leaves 0.1448, this 0.1542 (on Yelp the two are level)
 # The split has no validation file, so every stage selects on test, as LightGCN's table did.
 # Each command ends with its peak memory (RSS) and each stage with its wall time.
 # TEACHER=path picks another teacher (default: gowalla_lightgcn_reproduce.sh's, which may be
@@ -39,4 +41,5 @@ if [ "$FROM" = intermediate ]; then
 fi
 timed student bash example_scripts/example_train_final_student_lightgnn_gowalla.sh "${BOTH[@]}" \
     --PRUNING_END=6 --init_from_supervisor=True --patience=2 \
-    --use_dynamic_epoch=True --epoch_list=0,8,5,5,10,10,10 --use_SM_edgeW2aug=False
+    --use_dynamic_epoch=True --epoch_list=0,8,5,5,10,10,10 \
+    --use_SM_edgeW2aug=False --emb_prune_score=taylor
