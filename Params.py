@@ -31,6 +31,7 @@ import torch
 from Utils.Errors import (ConfigError, OneLineErrorParser, Terminated, UserError, flush_stdout, interrupt_exit_code,
                           quiet_library_warnings, report_user_error, speaks)
 from Utils import Config, Runtime
+from Utils.Pruning import ENTRY_SCORES
 from Utils.Runtime import MAX_SEED
 
 STAGES = ('main', 'teacher')
@@ -323,7 +324,7 @@ OUR_FLAGS = (  # group, flag, argparse options, help (one flag per line)
     (LEVERS, 'patience', dict(type=int, default=0, metavar='N'), 'end stage-1 training, or a stage-2/3 pruning run, after N evaluations without a new best on the selection split; the best point is what is kept and carried (0 = off, every epoch runs; default: %(default)s)'),
     (LEVERS, 'contrast_candidates', dict(type=int, default=0, metavar='K'), 'stages 2-3: estimate every sum over a whole user/item table in the embedding-level KD, auxiliary denominator and subspace (v3) terms from K rows drawn per batch, scaled by table size / K (an unbiased estimate of each sum, but not of its log, the loss, nor of the gradient); K >= the table size is exact (0 = exact, the published objective; default: %(default)s)'),
     (LEVERS, 'init_from_supervisor', dict(type=str2bool, default=False, metavar='BOOL'), 'stages 2-3: the first pruning run starts the trainee\'s layer-0 embeddings from the supervisor\'s (teacher or intermediate model, masked) instead of Xavier initialisation; ignored when a break point is loaded (default: %(default)s)'),
-    (LEVERS, 'emb_prune_score', dict(choices=('magnitude', 'taylor'), default='magnitude'), 'stage 3: how each pruning step ranks the live embedding entries it removes the lowest --pruning_percent_emb of: magnitude |e| (the published step) or taylor |e * g|, g the gradient of the BPR loss averaged over one epoch of train triples (one uniform negative each) at the point being pruned, the first-order change of that loss when the entry is zeroed; costs one propagation forward and back per step and draws one epoch of negatives (default: %(default)s)'),
+    (LEVERS, 'emb_prune_score', dict(choices=ENTRY_SCORES, default='magnitude'), 'stage 3: how each pruning step ranks the live embedding entries it removes the lowest --pruning_percent_emb of: magnitude |e| (the published step) or taylor |e * g|, g the gradient of the BPR loss averaged over one epoch of train triples (one uniform negative each) at the point being pruned, the first-order change of that loss when the entry is zeroed; costs one propagation forward and back per step and draws one epoch of negatives (default: %(default)s)'),
     (LEVERS, 'use_dynamic_lr', dict(type=str2bool, default=False, metavar='BOOL'), 'stages 2-3: take each pruning run\'s Adam learning rate from --lr_list[run] instead of --lr, e.g. a lower rate for the runs that fine-tune an already trained, freshly pruned model (default: %(default)s)'),
     (LEVERS, 'lr_list', dict(type=float_list, default=None, metavar='FLOATS'), 'per-run learning rates, indexed by pruning run like --epoch_list (comma-separated; used with --use_dynamic_lr=True; default: --lr for every run)'),
 )
