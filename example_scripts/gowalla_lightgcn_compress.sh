@@ -14,15 +14,12 @@
 #                 a Xavier start at lr 1e-3, at most 10 epochs, patience 2
 #   student       --PRUNING_END=6; the intermediate model's layer-0 embeddings as the start
 #                 (--init_from_supervisor=True); at most 8 epochs in run 1, 5 in runs 2-3 and 10 in
-#                 runs 4-6 (with 5, runs 4-6 were still climbing when their cap ended them), patience 2;
-#                 edges scored as Yelp's published flags weigh them, beta1 = 1 on sigma(E_r . E_c) of the
-#                 intermediate model's outputs and no beta2 term (--adj_mask_aug1=1.0 --use_SM_edgeW2aug=False):
-#                 the published Gowalla beta2 = 1 on the intermediate model's learned weights removes worse
-#                 edges than a random draw. Test Recall@20 right after the edge step (bench_prune_step.py):
-#                 after run 1, published 0.1443, random 0.1553, this 0.1553 (the student's own weight 0.1398);
-#                 after run 5, published 0.1354, random 0.1418, this 0.1475 (own weight 0.1469);
-#                 entries ranked by |e * mean BPR gradient| (--emb_prune_score=taylor), not |e|: after run 5
-#                 the published |e| leaves 0.1448, this 0.1542; after run 1 0.1642 and 0.1646 (on Yelp: level)
+#                 runs 4-6 (with 5, runs 4-6 were still climbing when their cap ended them), patience 2.
+#                 Edges and entries are scored as published. Scoring the edges by the intermediate model's
+#                 outputs and the entries by Taylor (--adj_mask_aug1=1.0 --use_SM_edgeW2aug=False
+#                 --emb_prune_score=taylor) loses less at every step (bench_prune_step.py), but each run then
+#                 stops on patience near the same level: run 6 ends at 0.1508 against 0.1519, in 68 min
+#                 instead of 97 (docs/results.md)
 # The split has no validation file, so every stage selects on test, as LightGCN's table did.
 # Each command ends with its peak memory (RSS) and each stage with its wall time.
 # TEACHER=path picks another teacher (default: gowalla_lightgcn_reproduce.sh's, which may be
@@ -44,5 +41,4 @@ if [ "$FROM" = intermediate ]; then
 fi
 timed student bash example_scripts/example_train_final_student_lightgnn_gowalla.sh "${BOTH[@]}" \
     --PRUNING_END=6 --init_from_supervisor=True --patience=2 \
-    --use_dynamic_epoch=True --epoch_list=0,8,5,5,10,10,10 \
-    --adj_mask_aug1=1.0 --use_SM_edgeW2aug=False --emb_prune_score=taylor
+    --use_dynamic_epoch=True --epoch_list=0,8,5,5,10,10,10
