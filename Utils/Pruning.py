@@ -235,13 +235,13 @@ def prune_embeddings(
         if score.shape != embeds.shape:
             raise ValueError(f"score {tuple(score.shape)} != [uEmbeds; iEmbeds] {tuple(embeds.shape)}")
         _check_pct(pct, "pct")
+        score = score.detach().to(embeds.dtype)
         live = embeds != 0
-        values = score.detach().to(embeds.dtype)[live]
+        values = score[live]
         new_mask = live
         if values.numel():
             position = min(math.floor(values.numel() * pct), values.numel() - 1)
-            threshold = torch.kthvalue(values, position + 1).values
-            new_mask = live & (score.detach().to(embeds.dtype) > threshold)
+            new_mask = live & (score > torch.kthvalue(values, position + 1).values)
         new_mask = new_mask.to(embeds.dtype)
     embeds = embeds * new_mask
     return embeds[:n_users].clone(), embeds[n_users:].clone(), new_mask
