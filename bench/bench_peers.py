@@ -6,6 +6,9 @@ PyTorch Geometric's ``LightGCN`` as its own example runs it and with the adjacen
 Every implementation trains on the same BPR triples (one epoch of ``NegativeSampler`` at seed 0,
 8 layers, 64-d, batch 4096, Adam at 4e-4 by default) after a warm-up of --warmup batches, and
 prints one JSON line: ``impl``, ``train_epoch_s`` and the per-part split of the epoch.
+``--rounds R`` times them R times, alternating (this VM's speed drifts by ±20 % within minutes,
+so a ratio is only meaningful between epochs timed close together), and ends with a line of
+each one's median and ``times_ours``: the median over the rounds of its epoch / ours.
 
 * ``ours``: ``Model.LightGCN`` and ``Utils.Teacher.teacher_loss``, as ``pretrainTeacher.py`` runs them.
 * ``pyg_example``: ``torch_geometric.nn.models.LightGCN`` called as PyG's ``examples/lightgcn.py``
@@ -119,10 +122,15 @@ def main():
     parser.add_argument("--lr", type=float, default=4e-4)
     parser.add_argument("--reg", type=float, default=1.5e-6, help="L2 weight (the Yelp teacher's)")
     parser.add_argument("--warmup", type=int, default=2, help="batches trained before the timed epoch")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="time every implementation this many times, alternating them; with more than one, "
+                             "a last line gives each one's median and its median ratio to ours over the rounds")
     opts = parser.parse_args()
     impls = opts.impls.split(",")
     if set(impls) - set(IMPLS):
         parser.error(f"--impls takes {', '.join(IMPLS)}, not {opts.impls}")
+    if opts.rounds < 1:
+        parser.error(f"--rounds must be at least 1, not {opts.rounds}")
     torch.set_num_threads(opts.threads)
     device = Runtime.device_named(opts.device)
     Runtime.set_deterministic(False, device)  # PyG's scatter has no deterministic CPU kernel; ours runs alike
@@ -132,16 +140,36 @@ def main():
               "layers": opts.layers, "latdim": opts.latdim, "batch": opts.batch, "batches": len(batches),
               "threads": opts.threads, "device": opts.device,
               "machine": f"{platform.machine()} {os.cpu_count()} cpus, torch {torch.__version__}"}
+    missing = {impl: pyg_missing() for impl in impls if impl != "ours"}
     for impl in impls:
-        missing = pyg_missing() if impl != "ours" else None
-        if missing:
-            print(json.dumps({**common, "impl": impl, "skipped": missing}), flush=True)
-            continue
-        torch.manual_seed(0)
-        model, loss_fn = build(impl, data, opts, device)
-        epoch_s, parts = time_epoch(model, loss_fn, batches, opts, device)
-        print(json.dumps({**common, "impl": impl, "train_epoch_s": round(epoch_s, 3),
-                          "train_parts_s": {k: round(v, 3) for k, v in parts.items()}}), flush=True)
+        if missing.get(impl):
+            print(json.dumps({**common, "impl": impl, "skipped": missing[impl]}), flush=True)
+    timed = [impl for impl in impls if not missing.get(impl)]
+    seconds = {impl: [] for impl in timed}
+    for rnd in range(opts.rounds):  # alternating, so that a slow spell of the machine hits every one
+        for impl in timed:
+            torch.manual_seed(0)
+            model, loss_fn = build(impl, data, opts, device)
+            epoch_s, parts = time_epoch(model, loss_fn, batches, opts, device)
+            seconds[impl].append(epoch_s)
+            line = {**common, "impl": impl, "train_epoch_s": round(epoch_s, 3),
+                    "train_parts_s": {k: round(v, 3) for k, v in parts.items()}}
+            if opts.rounds > 1:
+                line["round"] = rnd
+            print(json.dumps(line), flush=True)
+    if opts.rounds > 1:
+        print(json.dumps(rounds_summary(common, seconds)), flush=True)
+
+
+def rounds_summary(common: dict, seconds: dict) -> dict:
+    """Each implementation's median epoch over the rounds and, when ours ran, the median over the
+    rounds of its epoch divided by ours of the same round (how many times faster ours is)."""
+    line = {**common, "rounds": len(next(iter(seconds.values()))),
+            "median_train_epoch_s": {impl: round(float(np.median(s)), 3) for impl, s in seconds.items()}}
+    if "ours" in seconds:
+        line["times_ours"] = {impl: round(float(np.median(np.divide(s, seconds["ours"]))), 2)
+                              for impl, s in seconds.items() if impl != "ours"}
+    return line
 
 
 if __name__ == "__main__":

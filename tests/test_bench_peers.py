@@ -55,3 +55,11 @@ def test_the_bench_rejects_an_unknown_implementation(capsys):
     finally:
         sys.argv = argv
     assert "--impls takes ours, pyg_prenorm, pyg_example" in capsys.readouterr().err
+
+
+def test_rounds_summary_gives_medians_and_the_median_per_round_ratio():
+    bench = _bench()
+    line = bench.rounds_summary({"bench": "peers"}, {"ours": [2.0, 4.0, 3.0], "pyg_prenorm": [10.0, 12.0, 15.0]})
+    assert line["rounds"] == 3
+    assert line["median_train_epoch_s"] == {"ours": 3.0, "pyg_prenorm": 12.0}
+    assert line["times_ours"] == {"pyg_prenorm": 5.0}  # median of 5.0, 3.0, 5.0, not 12 / 3
