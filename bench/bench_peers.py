@@ -157,7 +157,7 @@ def main():
             if opts.rounds > 1:
                 line["round"] = rnd
             print(json.dumps(line), flush=True)
-    if opts.rounds > 1:
+    if opts.rounds > 1 and timed:  # nothing to summarise when every implementation asked for was skipped
         print(json.dumps(rounds_summary(common, seconds)), flush=True)
 
 
