@@ -278,6 +278,8 @@ class Graph:
     t_col: torch.Tensor
     transpose_perm: torch.Tensor
     t_values: torch.Tensor  # values[transpose_perm]: Mᵀ's values in its CSR order
+    # reusable work arrays of the CPU propagation (Utils.Spmm._scratch); a copy starts without them
+    scratch: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def nnz(self) -> int:
@@ -285,7 +287,7 @@ class Graph:
 
     def to(self, device) -> "Graph":
         return Graph(*(getattr(self, f).to(device) if torch.is_tensor(getattr(self, f)) else getattr(self, f)
-                       for f in self.__dataclass_fields__))
+                       for f in self.__dataclass_fields__ if f != "scratch"))
 
     @classmethod
     def from_scipy(cls, mat: sp.spmatrix) -> "Graph":

@@ -2,6 +2,8 @@
 
 These need no ../shared data: the graph is a random bipartite one built here.
 """
+import mmap
+
 import pytest
 import scipy.sparse as sp
 import torch
@@ -54,3 +56,47 @@ def test_rows_path_uses_the_graphs_own_transposed_values(graph):
     e0.grad = None
     Spmm.propagate_sum(graph, graph.values.clone(), e0, 3, rows=rows).sum().backward()
     assert torch.equal(own, e0.grad)
+
+
+@pytest.mark.parametrize("layers", [1, 2, 3, 6])
+def test_outputs_and_gradients_outlive_the_next_propagation(graph, layers):
+    """The row-restricted propagation keeps its intermediate layers in work arrays of the graph,
+    reused by the next call: what it returns (Ē[rows] and the gradient of E₀) must never be one of
+    them, so a step's results stay as they were after the next step's forward and backward."""
+    rows = torch.tensor([1, 2, 30, 55, 70])
+    gen = torch.Generator().manual_seed(11)
+    e0, e1 = (torch.randn(graph.n_nodes, 8, generator=gen).requires_grad_(True) for _ in range(2))
+    out = Spmm.propagate_sum(graph, graph.values, e0, layers, rows=rows)
+    out.square().sum().backward()
+    first_out, first_grad = out.detach().clone(), e0.grad.clone()
+    assert graph.scratch, "the CPU path keeps its work arrays on the graph"
+    again = Spmm.propagate_sum(graph, graph.values, e1, layers, rows=rows)
+    again.square().sum().backward()
+    assert not torch.equal(again, out)
+    assert torch.equal(out.detach(), first_out) and torch.equal(e0.grad, first_grad)
+    e0.grad = None
+    Spmm.propagate_sum(graph, graph.values, e0, layers, rows=rows).square().sum().backward()
+    assert torch.equal(e0.grad, first_grad)  # reused work arrays give the same numbers
+
+
+def test_graph_copies_start_without_work_arrays(graph):
+    """Graph.to() gives a graph of its own work arrays (none until its first propagation)."""
+    e0 = torch.randn(graph.n_nodes, 5, requires_grad=True)
+    Spmm.propagate_sum(graph, graph.values, e0, 3, rows=torch.tensor([0, 3])).sum().backward()
+    assert graph.scratch
+    assert graph.to("cpu").scratch == {}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_huge_page_arrays_are_plain_writable_tensors(dtype):
+    """huge_page_empty: the shape and dtype asked for, contiguous, writable; from 2 MiB up it starts
+    on a 2 MiB boundary where the OS takes the advice (Linux), and small ones are plain tensors."""
+    big = Spmm.huge_page_empty(6000, 100, dtype)  # 2.4 MB (float32) or 4.8 MB
+    assert big.shape == (6000, 100) and big.dtype == dtype and big.is_contiguous()
+    big.fill_(0.5)
+    big[-1, -1] = 2.0
+    assert float(big.sum()) == 0.5 * (6000 * 100 - 1) + 2.0
+    if hasattr(mmap, "MADV_HUGEPAGE"):
+        assert big.data_ptr() % Spmm.HUGE_PAGE == 0
+    small = Spmm.huge_page_empty(4, 3, dtype)
+    assert small.shape == (4, 3) and small.dtype == dtype
