@@ -121,22 +121,48 @@ try:  # Numba is a requirement; the torch path keeps the code importable without
                 for j in range(dim):
                     picked[s, j] += acc[j]
 
+    @numba.njit(inline="always")
+    def _put(out, k, value, accumulate):
+        if accumulate:
+            out[k] += value
+        else:
+            out[k] = value
+
     @numba.njit(parallel=True, cache=True)
     def _csr_sampled_dot(indptr, col, g, x, out, accumulate):
-        """out[e] (+)= g[row_e] · x[col_e] for every edge e."""
+        """out[e] (+)= g[row_e] · x[col_e] for every edge e, each a float64 sum over the columns in order.
+
+        That order makes each edge's sum one chain of dependent additions, so a row's edges are
+        taken four at a time, their four chains interleaved: the same sums, 1.4-1.8x faster on
+        Yelp's Â and Ĉ (a throwaway script, 2026-12-05; 8 at a time was slower)."""
         n_rows = indptr.shape[0] - 1
         dim = x.shape[1]
         for r in numba.prange(n_rows):
-            for k in range(indptr[r], indptr[r + 1]):
-                _prefetch_ahead(x, col, k)
-                c = col[k]
-                acc = 0.0  # float64 accumulator
+            k = indptr[r]
+            end = indptr[r + 1]
+            while k + 4 <= end:
+                for q in range(4):
+                    _prefetch_ahead(x, col, k + q)
+                c0, c1, c2, c3 = col[k], col[k + 1], col[k + 2], col[k + 3]
+                a0 = a1 = a2 = a3 = 0.0  # float64 accumulators
+                for j in range(dim):
+                    gj = g[r, j]
+                    a0 += gj * x[c0, j]
+                    a1 += gj * x[c1, j]
+                    a2 += gj * x[c2, j]
+                    a3 += gj * x[c3, j]
+                _put(out, k, a0, accumulate)
+                _put(out, k + 1, a1, accumulate)
+                _put(out, k + 2, a2, accumulate)
+                _put(out, k + 3, a3, accumulate)
+                k += 4
+            for e in range(k, end):
+                _prefetch_ahead(x, col, e)
+                c = col[e]
+                acc = 0.0
                 for j in range(dim):
                     acc += g[r, j] * x[c, j]
-                if accumulate:
-                    out[k] += acc
-                else:
-                    out[k] = acc
+                _put(out, e, acc, accumulate)
 
     @numba.njit(parallel=True, cache=True)
     def _csr_spmm_rows(rows, indptr, col, values, x, out, dim):
