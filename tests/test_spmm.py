@@ -4,6 +4,8 @@ These need no ../shared data: the graph is a random bipartite one built here.
 """
 import mmap
 
+import numpy as np
+
 import pytest
 import scipy.sparse as sp
 import torch
@@ -100,3 +102,32 @@ def test_huge_page_arrays_are_plain_writable_tensors(dtype):
         assert big.data_ptr() % Spmm.HUGE_PAGE == 0
     small = Spmm.huge_page_empty(4, 3, dtype)
     assert small.shape == (4, 3) and small.dtype == dtype
+
+
+@pytest.mark.parametrize("accumulate", [False, True])
+def test_edge_gradient_sums_each_edge_in_column_order(graph, accumulate):
+    """_sampled_dot interleaves four edges of a row at a time; each edge's value must still be the
+    float64 sum of its float32 products in column order, bit for bit (rows of 5-9 edges here:
+    whole groups of four and the edges left over)."""
+    gen = torch.Generator().manual_seed(5)
+    g = torch.randn(graph.n_nodes, 13, generator=gen)
+    x = torch.randn(graph.n_nodes, 13, generator=gen)
+    g[:, 0] *= 1e15  # products of columns 0 and 1 cancel exactly when added first, as in column order;
+    g[:, 1] = -g[:, 0]  # added last, they take the bits of the small ones' sum with them
+    x[:, 1] = x[:, 0]
+    start = torch.randn(graph.nnz, generator=gen)
+    got = Spmm._sampled_dot(graph, g, x, out=start.clone() if accumulate else None)
+    gn, xn = g.numpy(), x.numpy()
+
+    def reference(columns):
+        want = start.numpy().copy() if accumulate else np.zeros(graph.nnz, dtype=np.float32)
+        for e, (r, c) in enumerate(zip(graph.row.tolist(), graph.col.tolist())):
+            acc = 0.0
+            for j in columns:
+                acc += float(gn[r, j] * xn[c, j])  # a float32 product, added in float64
+            want[e] = np.float32(float(want[e]) + acc) if accumulate else np.float32(acc)
+        return want
+
+    assert np.diff(graph.indptr.numpy()).max() >= 5  # some rows have a whole group of four and more
+    assert np.array_equal(got.numpy(), reference(range(13)))
+    assert not np.array_equal(got.numpy(), reference(range(12, -1, -1)))  # another order would show
