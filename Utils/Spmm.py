@@ -401,8 +401,9 @@ def huge_page_empty(n_rows: int, dim: int, dtype: torch.dtype) -> torch.Tensor:
     The products read the rows of x in column-index order, all over an N×d array (17.8 MB on
     Yelp at 64-d: 4,350 pages of 4 KiB, more than the TLB holds), so with 4 KiB pages most
     gathers also miss the TLB. An anonymous mapping advised ``MADV_HUGEPAGE`` (Linux with
-    transparent huge pages set to ``madvise`` or ``always``) needs nine entries instead: an
-    8-layer chain of products over such arrays took 22-23 ms against 30.5 ms on this VM. Where
+    transparent huge pages set to ``madvise`` or ``always``) needs nine entries instead: a
+    chain of 7 products over such arrays took 22-23 ms against 30.5 ms (a throwaway script on
+    this VM; ``bench/README.md`` has the rerunnable figures). Where
     the advice is not available, a plain ``torch.empty``. Contents are never read before written."""
     np_dtype = torch.empty(0, dtype=dtype).numpy().dtype
     nbytes = n_rows * dim * np_dtype.itemsize
