@@ -495,13 +495,13 @@ class _PropagateSumRows(torch.autograd.Function):
             g[rows] = grad_rows
             return g, None, None, None, None
         t_values = t_values.to(grad_rows.dtype).contiguous()
-        # g_{L-1}, …, g_1 in the work arrays; g_0, the gradient returned, in a fresh array
-        buffers = _scratch(graph, grad_rows) + [None]
-        last = n_layers - 1
+        # g_{L-1}, …, g_1 alternate between the work arrays; g_0, the gradient returned, is a fresh array
+        work = _scratch(graph, grad_rows)
+        outs = [work[i % 2] for i in range(n_layers - 1)] + [None]
         g = _rows_transposed_product(graph, t_values, slot, grad_rows, rows,
-                                     out=buffers[0 if last > 0 else 2])  # g_{L-1} = G + Mᵀ g_L, g_L = G on rows
-        for step in range(last):
-            g = _transposed_product(graph, t_values, g, out=buffers[(step + 1) % 2 if step + 1 < last else 2],
+                                     out=outs[0])  # g_{L-1} = G + Mᵀ g_L, g_L = G on rows
+        for out in outs[1:]:
+            g = _transposed_product(graph, t_values, g, out=out,
                                     picked=(slot, grad_rows, True))  # g_{l-1} = Mᵀ g_l + G on rows
         return g, None, None, None, None
 

@@ -5,7 +5,6 @@ These need no ../shared data: the graph is a random bipartite one built here.
 import mmap
 
 import numpy as np
-
 import pytest
 import scipy.sparse as sp
 import torch
