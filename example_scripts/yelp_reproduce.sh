@@ -50,6 +50,5 @@ if [ "$FROM" != student ]; then
     timed intermediate bash example_scripts/example_train_intermediate_model_lightgnn_yelp.sh \
         --contrast_candidates=2048 --init_from_supervisor=False --lr=1e-3 --mask_epoch=20 --patience=2
 fi
-timed student bash example_scripts/example_train_final_student_lightgnn_yelp.sh \
-    --PRUNING_END=12 --contrast_candidates=2048 --init_from_supervisor=True --lr=5e-4 --patience=4 \
-    --use_dynamic_epoch=True --epoch_list=0,16,5,5,5,14,14,14,14,14,14,14,14 --hyper_contr_end_prn_run=8
+source example_scripts/yelp_student_schedule.sh  # YELP_STUDENT_FLAGS (shared with yelp_ablation.sh)
+timed student bash example_scripts/example_train_final_student_lightgnn_yelp.sh "${YELP_STUDENT_FLAGS[@]}"
