@@ -320,6 +320,7 @@ OUR_FLAGS = (  # group, flag, argparse options, help (one flag per line)
     (ADDED, 'resume', dict(type=str2bool, default=False, metavar='BOOL'), 'continue the run whose <model_save_path>_last.ckpt (written after every epoch) is there, exactly as if it had not stopped; the same flags, except how long and where it runs (default: %(default)s)'),
     (ADDED, 'overwrite', dict(type=str2bool, default=False, metavar='BOOL'), 'replace the outputs of an earlier run of the same stage at --model_save_path/--his_save_path: once every input is checked, its history, _last.ckpt, checkpoints and reports are removed together, before the first epoch; without it (or --resume) a stage refuses to start there. Never replaces a file the stage reads or another stage\'s outputs (default: %(default)s)'),
     (ADDED, 'block_mb', dict(type=float, default=1024.0, metavar='MB'), 'stages 2-3 on a GPU: memory budget of one block of the all-node contrastive kernels; each term multiplies its whole anchor set against column blocks of at most this size (on the CPU the blocks are 256 x 4096, cache-sized) (default: %(default)s)'),
+    (ADDED, 'learn_edge_weights', dict(type=str2bool, default=True, metavar='BOOL'), 'stages 2-3: the trainee learns its edge weights (adj_mask1_train), as published; False propagates with binary weights, 1 on every kept edge and never trained (the paper\'s BnEdge ablation: pruning then ranks edges by the other terms of the edge score; the runs fill the "without edge weights" records) (default: %(default)s)'),
     (ADDED, 'reg_batch', dict(type=str2bool, default=False, metavar='BOOL'), 'stage 1: apply --reg as LightGCN does, to the batch\'s layer-0 rows only: reg * 1/2 * mean over the batch of the squared norms of the user, positive and negative item embeddings, instead of reg * the squared norms of the whole tables (default: %(default)s)'),
     (LEVERS, 'patience', dict(type=int, default=0, metavar='N'), 'end stage-1 training, or a stage-2/3 pruning run, after N evaluations without a new best on the selection split; the best point is what is kept and carried (0 = off, every epoch runs; default: %(default)s)'),
     (LEVERS, 'contrast_candidates', dict(type=int, default=0, metavar='K'), 'stages 2-3: estimate every sum over a whole user/item table in the embedding-level KD, auxiliary denominator and subspace (v3) terms from K rows drawn per batch, scaled by table size / K (an unbiased estimate of each sum, but not of its log, the loss, nor of the gradient); K >= the table size is exact (0 = exact, the published objective; default: %(default)s)'),
@@ -653,6 +654,7 @@ def distill_config(args, device='cpu'):
         init_from_supervisor=args.init_from_supervisor,
         middle_edge_weights=bool(student and args.use_SM_edgeW2aug and args.distill_from_middle_model),
         fixed_copy_epochs=args.fix_epoch if args.run_no_adj_weights else None,
+        learn_edge_weights=args.learn_edge_weights,
         gaps=(args.train_2nd_best_gap, args.fixed_2nd_best_gap))
 
 

@@ -154,6 +154,7 @@ class DistillConfig:
     whenever the teacher is read (to supervise, or to score the student's edges), ``middle_path``
     whenever the intermediate model is; ``closure`` whenever Ĉ is needed.
     ``fixed_copy_epochs``: ``--run_no_adj_weights`` trains a copy with frozen masks that long.
+    ``learn_edge_weights``: whether the runs train the edge weights (False: 1 on every kept edge).
     ``gaps``: the "2nd best" gaps with learned and with fixed edge weights.
     """
 
@@ -173,6 +174,7 @@ class DistillConfig:
     closure: Optional[Closure] = None
     middle_edge_weights: bool = False  # --use_SM_edgeW2aug: the student's edge scores read Ĉ's learned weights
     fixed_copy_epochs: Optional[int] = None
+    learn_edge_weights: bool = True  # False: binary edge weights (--learn_edge_weights, the BnEdge ablation)
     flags: Mapping[str, Any] = None
 
     @property

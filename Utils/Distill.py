@@ -135,6 +135,7 @@ class PruningRun:
     n_epochs: int
     edge_pct: float
     emb_pct: float
+    resumable: bool = True  # (a frozen-mask copy of --run_no_adj_weights is not)
     best: Record = field(default_factory=lambda: Record(title="run"))
     best_state: Optional[Dict[str, torch.Tensor]] = None
 
@@ -331,17 +332,17 @@ class DistillStage(Stage):
 
     # -- one pruning run
     def train_run(self, model: LightGCN_sp, run_cfg: RunConfig, learn_edges: bool, n_epochs: int,
-                  resume: Optional[dict] = None) -> Dict[str, torch.Tensor]:
+                  resume: Optional[dict] = None, copy: bool = False) -> Dict[str, torch.Tensor]:
         """Train one pruning run; return the model's state at its best evaluation (the final
         state when none was evaluated). ``resume``: the resume file of a run stopped within it.
-        After every epoch of a learned-edge run, the resume file is written."""
+        After every epoch of a run (not of a frozen-mask ``copy``), the resume file is written."""
         self.model = model
         model.adj_mask1_train.requires_grad_(learn_edges)
         self.optimizer = Runtime.make_optimizer([p for p in model.parameters() if p.requires_grad], run_cfg.lr)
         self.loss_fn = DistillLoss(model, self.graph, self.frozen.supervisor, run_cfg.kd, self.cfg.top_range,
                                    self.generator, self.group)
-        run = self.current = PruningRun(run_cfg.run, learn_edges, n_epochs, model.edge_kept_pct(),
-                                        model.emb_kept_pct())
+        run = self.current = PruningRun(run_cfg.run, learn_edges, n_epochs, model.edge_kept_pct(), model.emb_kept_pct(),
+                                        resumable=not copy)
         self.stopper = EarlyStopper(self.cfg.loop.patience)
         self.row_info = {"stage": self.role, "prn_run": run.index, "kind": run.kind,
                          "edge_kept_pct": run.edge_pct, "emb_kept_pct": run.emb_pct}
@@ -377,7 +378,7 @@ class DistillStage(Stage):
 
     def end_epoch(self, epoch: int, stopped: bool) -> None:
         run = self.current
-        if not (self.group.lead and run.learn_edges):  # (the fixed-mask copies are not resumed)
+        if not (self.group.lead and run.resumable):  # (the fixed-mask copies are not resumed)
             return
         Resume.save_last(self.cfg.outputs.last_path, self.resume_payload(
             epoch, stopped, run=run.index, run_best=run.best.as_dict(), best_state=run.best_state,
@@ -396,7 +397,7 @@ class DistillStage(Stage):
         """--run_no_adj_weights: train a copy with every mask frozen for --fix_epoch epochs."""
         model = self.build_trainee(state)
         self.log_sparsity(model)
-        self.train_run(model, run_cfg, learn_edges=False, n_epochs=self.cfg.fixed_copy_epochs)
+        self.train_run(model, run_cfg, learn_edges=False, n_epochs=self.cfg.fixed_copy_epochs, copy=True)
 
     def run_one(self, state, run_cfg: RunConfig, resuming: Optional[dict]) -> Dict[str, torch.Tensor]:
         """Pruning run ``run_cfg.run`` from ``state``: train it (or skip it), report it, prune the student."""
@@ -406,7 +407,11 @@ class DistillStage(Stage):
             self.log.line(f"Skipping the training of pruning run {run_cfg.run} (--esc_train_prn_run)")
             state = state_of(model)
         else:
-            state = self.train_run(model, run_cfg, learn_edges=True, n_epochs=run_cfg.epochs, resume=resuming)
+            if not self.cfg.learn_edge_weights:  # --learn_edge_weights=False: 1 on every kept edge
+                with torch.no_grad():
+                    model.adj_mask1_train.copy_(model.adj_mask2_fixed)
+            state = self.train_run(model, run_cfg, learn_edges=self.cfg.learn_edge_weights, n_epochs=run_cfg.epochs,
+                                   resume=resuming)
         # the masks do not change within a run: this is the report of the run's best checkpoint
         if self.group.lead:
             Report.log_run_report(model.state_dict(), {"stage": self.role, "model_class": self.model_class,

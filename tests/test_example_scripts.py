@@ -1,5 +1,6 @@
 """The published example scripts: valid bash, and every flag they pass is accepted by the parser."""
 import re
+import shutil
 import subprocess
 
 import pytest
@@ -67,6 +68,9 @@ def test_reproduce_flags_are_valid_on_top_of_the_published_examples():
                                   ("intermediate", "intermediate_model_lightgnn_yelp", "main"),
                                   ("student", "final_student_lightgnn_yelp", "main")):
         command = re.search(rf"^\s*timed {stage} bash .*?(?<!\\)\n", text, flags=re.M | re.S).group(0)
+        if stage == "student":  # its flags are shared with yelp_ablation.sh
+            assert '"${YELP_STUDENT_FLAGS[@]}"' in command
+            command = (ROOT / "example_scripts" / "yelp_student_schedule.sh").read_text()
         extra = re.findall(r"(--\w+=[^\s\\]+)", command)
         assert extra, stage
         base = [f.replace('"$TEACHER"', "t.mod").replace('"$MIDDLE"', "m.mod")
@@ -78,7 +82,7 @@ def test_reproduce_flags_are_valid_on_top_of_the_published_examples():
             assert not args.init_from_supervisor and args.lr == 1e-3
         if stage == "student":  # no subspace term in runs 9-12, where empty rows make it a clique
             assert args.init_from_supervisor and args.hyper_contr_end_prn_run == 8
-    assert "--PRUNING_END=12" in text  # the paper's whole mild schedule
+    assert "--PRUNING_END=12" in command  # the paper's whole mild schedule
 
 
 def test_gowalla_lightgcn_script_runs_the_teacher_with_lightgcn_s_recipe():
@@ -119,3 +123,50 @@ def test_gowalla_compress_rejects_an_unknown_start_stage():
     proc = subprocess.run(["bash", str(script)], env={"FROM": "teacher", "PATH": "/usr/bin:/bin"},
                           capture_output=True, text=True)
     assert proc.returncode == 2 and "FROM must be intermediate or student" in proc.stderr
+
+
+ABLATION = ("lightgnn", "no_bialn", "no_intkd", "no_impd", "bnedge", "rand_edge", "rand_emb", "rand_both")
+
+
+def _ablation_command(tmp_path, variant):
+    """The Main.py flags yelp_ablation.sh VARIANT runs (a copy of example_scripts/ run with LAUNCH=echo)."""
+    shutil.copytree(ROOT / "example_scripts", tmp_path / "example_scripts", dirs_exist_ok=True)
+    proc = subprocess.run(["bash", str(tmp_path / "example_scripts" / "yelp_ablation.sh"), variant],
+                          env={"LAUNCH": "echo", "PATH": "/usr/bin:/bin"}, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    argv = proc.stdout.splitlines()[0].split()
+    assert argv[0] == "Main.py"
+    return Params.parse_args(argv[1:], stage="main")
+
+
+def test_ablation_variants_are_the_reproduce_student_stage_with_one_component_changed(tmp_path):
+    base = _ablation_command(tmp_path, "lightgnn")
+    reproduce = re.search(r"^\s*timed student bash .*$", (ROOT / "example_scripts" / "yelp_reproduce.sh").read_text(),
+                          flags=re.M).group(0)
+    assert '"${YELP_STUDENT_FLAGS[@]}"' in reproduce  # the same schedule as the script
+    assert (base.PRUNING_END, base.contrast_candidates, base.patience, base.hyper_contr_end_prn_run) == (12, 2048, 4, 8)
+    assert base.distill_from_middle_model and base.use_SM_edgeW2aug and base.learn_edge_weights
+    changed = {}
+    for variant in ABLATION[1:]:
+        args = _ablation_command(tmp_path, variant)
+        changed[variant] = {k: v for k, v in vars(args).items() if vars(base)[k] != v}
+        assert args.model_save_path.startswith(f"./outModels/yelp/ablation_{variant}/")
+    assert changed["no_bialn"] == {"softreg": 0.0, "cdreg": 0.0, **_paths(changed["no_bialn"])}
+    assert changed["no_intkd"]["distill_from_teacher_model"] and not changed["no_intkd"]["distill_from_middle_model"]
+    assert changed["no_intkd"]["use_tea2drop_edges"] and not changed["no_intkd"]["use_SM_edgeW2aug"]
+    assert changed["no_impd"] == {"use_adj_mask_aug": False, "use_SM_edgeW2aug": False, **_paths(changed["no_impd"])}
+    assert changed["bnedge"] == {"learn_edge_weights": False, **_paths(changed["bnedge"])}
+    assert changed["rand_edge"] == {"use_adj_random_pruning": True, **_paths(changed["rand_edge"])}
+    assert changed["rand_emb"] == {"use_emb_random_pruning": True, **_paths(changed["rand_emb"])}
+    assert changed["rand_both"] == {"use_adj_random_pruning": True, "use_emb_random_pruning": True,
+                                    **_paths(changed["rand_both"])}
+
+
+def _paths(changed):
+    return {k: v for k, v in changed.items() if k in ("model_save_path", "his_save_path", "teacher_model")}
+
+
+def test_ablation_rejects_an_unknown_variant(tmp_path):
+    proc = subprocess.run(["bash", str(ROOT / "example_scripts" / "yelp_ablation.sh"), "nokd"],
+                          env={"PATH": "/usr/bin:/bin"}, capture_output=True, text=True)
+    assert proc.returncode == 2 and "VARIANT must be lightgnn" in proc.stderr

@@ -165,6 +165,29 @@ def test_random_pruning_flags_reach_the_pruning_step(tiny_dir, tiny_split, tmp_p
     assert not torch.equal(mag["emb_mask2_fixed"], rnd["emb_mask2_fixed"])
 
 
+def test_binary_edge_weights_stay_one_on_kept_edges_and_fill_the_fixed_weight_records(tiny_dir, tiny_split,
+                                                                                      tmp_path):
+    """--learn_edge_weights=False (BnEdge): every run propagates with weight 1 on each kept edge and 0 on
+    the pruned ones, never trained; its points are the "without edge weights" records and it still writes
+    a resume file after each epoch (a run of its own, not a frozen copy)."""
+    stage = _stage_from_flags(tiny_dir, tiny_split, tmp_path, "--PRUNING_END=2", "--pruning_percent_adj=0.2",
+                              "--learn_edge_weights=False")
+    assert not stage.cfg.learn_edge_weights
+    stage.run()
+    assert stage.current.index == 2 and stage.current.kind == "Fixed Mask"
+    assert stage.records["w"].path is None and stage.records["wo"].path is not None
+    assert stage.current.edge_pct < 100.0  # run 2 was pruned
+    for record in ("wo", "wo2"):
+        tensors = Checkpoint.load_checkpoint(stage.records[record].path).tensors
+        assert torch.equal(tensors["adj_mask1_train"], tensors["adj_mask2_fixed"])
+    last = torch.load(stage.cfg.outputs.last_path, weights_only=True)
+    assert last["run"] == 2
+    learned = _stage_from_flags(tiny_dir, tiny_split, tmp_path / "w")
+    learned.run()
+    tensors = Checkpoint.load_checkpoint(learned.records["w"].path).tensors
+    assert not torch.equal(tensors["adj_mask1_train"], tensors["adj_mask2_fixed"])  # the default learns them
+
+
 def test_the_taylor_entry_score_reaches_the_pruning_step(tiny_dir, tiny_split, tmp_path, monkeypatch):
     """--emb_prune_score=taylor: the step ranks the entries of the state it prunes by |e * ḡ|, ḡ the mean
     BPR gradient the stage computed for it; the same number of entries goes as with magnitude."""
