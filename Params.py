@@ -324,6 +324,7 @@ OUR_FLAGS = (  # group, flag, argparse options, help (one flag per line)
     (ADDED, 'reg_batch', dict(type=str2bool, default=False, metavar='BOOL'), 'stage 1: apply --reg as LightGCN does, to the batch\'s layer-0 rows only: reg * 1/2 * mean over the batch of the squared norms of the user, positive and negative item embeddings, instead of reg * the squared norms of the whole tables (default: %(default)s)'),
     (LEVERS, 'patience', dict(type=int, default=0, metavar='N'), 'end stage-1 training, or a stage-2/3 pruning run, after N evaluations without a new best on the selection split; the best point is what is kept and carried (0 = off, every epoch runs; default: %(default)s)'),
     (LEVERS, 'contrast_candidates', dict(type=int, default=0, metavar='K'), 'stages 2-3: estimate every sum over a whole user/item table in the embedding-level KD, auxiliary denominator and subspace (v3) terms from K rows drawn per batch, scaled by table size / K (an unbiased estimate of each sum, but not of its log, the loss, nor of the gradient); K >= the table size is exact (0 = exact, the published objective; default: %(default)s)'),
+    (LEVERS, 'contrast_estimator', dict(choices=('uniform', 'adaptive'), default='uniform'), 'stages 2-3, with --contrast_candidates K: how the all-node sums use their K rows. uniform: the plain scaled sample; adaptive: gradients close to the exact ones at about 1.5-2x the cost: the auxiliary-denominator and subspace sums add a second-order control variate summed over the whole table in closed form (the K rows estimate only what it leaves), and the embedding-level KD sums over each group of anchors the table clusters that carry 90 %% of its weight exactly and samples the other rows at rate K/table size (docs/method.md#adaptive-all-node-sums; default: %(default)s)'),
     (LEVERS, 'init_from_supervisor', dict(type=str2bool, default=False, metavar='BOOL'), 'stages 2-3: the first pruning run starts the trainee\'s layer-0 embeddings from the supervisor\'s (teacher or intermediate model, masked) instead of Xavier initialisation; ignored when a break point is loaded (default: %(default)s)'),
     (LEVERS, 'emb_prune_score', dict(choices=ENTRY_SCORES, default='magnitude'), 'stage 3: how each pruning step ranks the live embedding entries it removes the lowest --pruning_percent_emb of: magnitude |e| (the published step) or taylor |e * g|, g the gradient of the BPR loss averaged over one epoch of train triples (one uniform negative each) at the point being pruned, the first-order change of that loss when the entry is zeroed; costs one propagation forward and back per step and draws one epoch of negatives (default: %(default)s)'),
     (LEVERS, 'use_dynamic_lr', dict(type=str2bool, default=False, metavar='BOOL'), 'stages 2-3: take each pruning run\'s Adam learning rate from --lr_list[run] instead of --lr, e.g. a lower rate for the runs that fine-tune an already trained, freshly pruned model (default: %(default)s)'),
@@ -417,6 +418,9 @@ def _validate_ranges(args):
         _fail(f"--subspcreg_version must be v1, v2 or v3, got {args.subspcreg_version!r}")
     if args.contrast_candidates < 0:
         _fail(f"--contrast_candidates must be >= 0 (0 = exact sums), got {args.contrast_candidates}")
+    if args.contrast_estimator != 'uniform' and args.contrast_candidates == 0:
+        _fail(f"--contrast_estimator={args.contrast_estimator} says how the --contrast_candidates K rows are used, "
+              "but K is 0 (the exact sums): give K > 0, e.g. --contrast_candidates=2048")
     if args.lr_list is not None:
         bad = [v for v in args.lr_list if not (math.isfinite(v) and v >= 0)]
         if bad:
@@ -609,7 +613,7 @@ def kd_config(args, run, student, blocks):
         loosen=float(args.hyper_contr_loosen_factor[run]) if run < len(args.hyper_contr_loosen_factor) else 0.0,
         use_ly0emb4subspcreg=args.use_ly0emb4subspcreg,
         resample_ratio=args.hyper_contr_resample_ratio if args.hyper_contr_resample else None,
-        contrast_candidates=args.contrast_candidates, blocks=blocks)
+        contrast_candidates=args.contrast_candidates, contrast_estimator=args.contrast_estimator, blocks=blocks)
 
 
 def prune_config(args, run):

@@ -20,6 +20,7 @@ import DataHandler as dh
 from Model import LightGCN, LightGCN_sp, model_from_tensors
 from Utils import Checkpoint, Pruning, Report, Resume, Runtime
 from Utils.Config import DistillConfig, RunConfig, recorded_flags
+from Utils.Estimators import TableProfile
 from Utils.Kernels import subspace_pair_index
 from Utils.Losses import KDConfig, Supervisor, Trainee, draw_batch, kd_objective
 from Utils.Parallel import SOLO, Group
@@ -76,9 +77,28 @@ class DistillLoss:
         self.model, self.graph, self.supervisor, self.kd = model, graph, supervisor, kd
         self.top_range, self.generator, self.group = top_range, generator, group
         self.pair_index = None
+        self.table_profiles = None  # --contrast_estimator=adaptive: what it keeps of each table, once an epoch
         if kd.use_subspcreg and kd.subspcreg_version == "v3" and kd.resample_ratio is None:
             mask, n_users = model.emb_mask2_fixed.detach(), model.n_users
             self.pair_index = subspace_pair_index(mask[:n_users], mask[n_users:], kd.loosen, kd.blocks)
+
+    def start_epoch(self) -> None:
+        """A new epoch: the adaptive estimator's table profiles are rebuilt at its first batch, from
+        the trainee as it is then (so a resumed epoch rebuilds the same ones)."""
+        self.table_profiles = None
+
+    def profiles(self) -> Optional[Tuple[TableProfile, TableProfile]]:
+        """The (users, items) :class:`Utils.Estimators.TableProfile` of this epoch (None unless adaptive)."""
+        kd = self.kd
+        if kd.contrast_estimator != "adaptive" or kd.contrast_candidates <= 0:
+            return None
+        if self.table_profiles is None:
+            with torch.no_grad():
+                users, items = self.model(self.graph)
+            sup, kd_on = self.supervisor, kd.use_emb_level_kd
+            self.table_profiles = (TableProfile.build(users, sup.high_users if kd_on else None),
+                                   TableProfile.build(items, sup.high_items if kd_on else None))
+        return self.table_profiles
 
     def draw(self) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return random_triples(self.generator, self.top_range, self.model.n_users, self.model.n_items,
@@ -89,8 +109,9 @@ class DistillLoss:
         # the order the objective draws them: on a GPU this happens before the step's device work
         # is queued, so the only wait on that work is the loss parts' read-back (train_epoch)
         model = self.model
+        profiles = self.profiles()
         batch = draw_batch(self.kd, (ancs, poss, negs), self.draw(), (model.n_users, model.n_items), self.generator,
-                           self.group)
+                           self.group, profiles=profiles)
         users, items = model(self.graph)
         trainee = Trainee(users, items, model.uEmbeds, model.iEmbeds, model.adj_mask1_train, model.emb_mask2_fixed)
         return kd_objective(self.kd, trainee, self.supervisor, batch, self.group.lead, self.pair_index)

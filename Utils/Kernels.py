@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 from torch.autograd.function import once_differentiable
@@ -298,10 +298,29 @@ class ContrastSample:
 
     ``users``/``items`` are row indices (drawn uniformly without replacement) or ``None``
     for "every row" (the exact sum). One sample is shared by every all-node term of a batch.
+    With ``--contrast_estimator=adaptive`` (:func:`Utils.Estimators.draw_adaptive`): the rows are
+    drawn with replacement from a proposal and weighted (``weights_users``/``weights_items``),
+    ``control`` makes the spread sums (auxiliary denominator, subspace term) use them for the
+    remainder of the second-order control variate, and ``strata_users``/``strata_items``
+    (:class:`Utils.Estimators.StratifiedRows`) are the plans of the concentrated sums
+    (embedding-level KD).
     """
 
     users: Optional[torch.Tensor] = None
     items: Optional[torch.Tensor] = None
+    control: bool = False
+    strata_users: Optional[Any] = None
+    strata_items: Optional[Any] = None
+    weights_users: Optional[torch.Tensor] = None
+    weights_items: Optional[torch.Tensor] = None
+
+    def rows(self, table: str) -> Optional[torch.Tensor]:
+        """The rows of ``table`` ('u' or 'i')."""
+        return self.users if table == "u" else self.items
+
+    def weights(self, table: str) -> Optional[torch.Tensor]:
+        """The weights of those rows (None: K uniform rows, each |T|/K)."""
+        return self.weights_users if table == "u" else self.weights_items
 
 
 EXACT = ContrastSample()

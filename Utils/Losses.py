@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from Utils import MaskPairs
+from Utils.Estimators import control_variate_logsumexp, draw_adaptive, stratified_logsumexp
 from Utils.Kernels import (CPU_BLOCKS, EXACT, Blocks, ContrastSample, draw_contrast_sample, positive_pair_logit_sums,
                            row_logsumexp_matmul, table_logsumexp)
 from Utils.Parallel import SOLO, Group
@@ -142,15 +143,20 @@ class Batch:
 
 
 def draw_batch(cfg: "KDConfig", triples, random, n_nodes: Tuple[int, int], generator: Optional[torch.Generator] = None,
-               group: Group = SOLO, sample: Optional[ContrastSample] = None) -> Batch:
+               group: Group = SOLO, sample: Optional[ContrastSample] = None, profiles=None) -> Batch:
     """A :class:`Batch` of ``triples`` (ancs, poss, negs) and ``random`` (users, items, items) for
     ``n_nodes`` = (U, I): the rows of the all-node sums (``sample``, else K = ``cfg.contrast_candidates``
     drawn from ``generator``; K = 0: exact), then the subspace term's rows (when it is on), drawn
-    in this order as the published objective draws them, then split between the processes."""
+    in this order as the published objective draws them, then split between the processes.
+    ``profiles`` (``--contrast_estimator=adaptive``: the (users, items)
+    :class:`Utils.Estimators.TableProfile` of this epoch): the rows are those of
+    :func:`Utils.Estimators.draw_adaptive` instead of uniform ones."""
     device = triples[0].device
+    anchors = (torch.unique(triples[0]), torch.unique(triples[1]))
+    if sample is None and profiles is not None:
+        sample = draw_adaptive(profiles, cfg.contrast_candidates, anchors, cfg.tempcd, generator)
     if sample is None:
         sample = draw_contrast_sample(n_nodes[0], n_nodes[1], cfg.contrast_candidates, generator, device)
-    anchors = (torch.unique(triples[0]), torch.unique(triples[1]))
     subspace = None
     if cfg.use_subspcreg:
         subspace = SubspaceRows.draw(*anchors, cfg, n_nodes, generator, group)
@@ -219,7 +225,7 @@ def prediction_kd_loss(student: Pair, teacher: Pair, triples, temp: float,
 
 
 def infonce(x_all: torch.Tensor, y_all: torch.Tensor, anchors: Share, temp: float,
-            sample: Optional[torch.Tensor] = None, blocks: Blocks = CPU_BLOCKS) -> torch.Tensor:
+            sample: Optional[torch.Tensor] = None, blocks: Blocks = CPU_BLOCKS, plan=None) -> torch.Tensor:
     """InfoNCE (docs/method.md#embedding-level-kd; the published ``infoNCE``).
 
     x = (X + 1e-8)/‖X + 1e-8‖, y likewise (row-wise, ``F.normalize``);
@@ -227,13 +233,17 @@ def infonce(x_all: torch.Tensor, y_all: torch.Tensor, anchors: Share, temp: floa
     = mean_n [ log(exp(lse_n) + 1e-8) − x_n·y_n/τ ],  lse_n from :func:`Utils.Kernels.row_logsumexp_matmul`,
     the outer 1e-8 added stably with ``logaddexp``.
     ``sample``: rows of Y the denominator is estimated from (:func:`Utils.Kernels.table_logsumexp`);
-    the positive pair x_n·y_n stays exact.
+    the positive pair x_n·y_n stays exact. ``plan`` (``--contrast_estimator=adaptive``): the
+    denominator is :func:`Utils.Estimators.stratified_logsumexp` instead.
     """
     index = anchors.rows
     x = F.normalize(x_all[index] + 1e-8, p=2, dim=1)  # row-wise, so normalising only the picked rows is the same
     y = F.normalize(y_all + 1e-8, p=2, dim=1)
     positive = (x * y[index]).sum(dim=-1) / temp
-    lse = table_logsumexp(x, y, temp, sample, blocks)
+    if plan is not None:
+        lse = stratified_logsumexp(x, index, y, temp, plan)
+    else:
+        lse = table_logsumexp(x, y, temp, sample, blocks)
     log_deno = torch.logaddexp(lse, lse.new_tensor(math.log(INFONCE_EPS)))
     return _mean(log_deno - positive, anchors.total)
 
@@ -245,8 +255,8 @@ def embedding_kd_loss(high: Pair, out: Pair, anchors: Tuple[Share, Share], temp:
     ``high`` = H = Σ_{l≥2} E^T_l of the supervisor (users, items), detached here; ``out`` = Ē^S.
     ``sample``: see :class:`Utils.Kernels.ContrastSample`.
     """
-    return (infonce(high[0].detach(), out[0], anchors[0], temp, sample.users, blocks)
-            + infonce(high[1].detach(), out[1], anchors[1], temp, sample.items, blocks))
+    return (infonce(high[0].detach(), out[0], anchors[0], temp, sample.users, blocks, sample.strata_users)
+            + infonce(high[1].detach(), out[1], anchors[1], temp, sample.items, blocks, sample.strata_items))
 
 
 def contrastive_denominator_loss(out: Pair, anchors: Tuple[Share, Share], temp: float, *,
@@ -265,25 +275,32 @@ def contrastive_denominator_loss(out: Pair, anchors: Tuple[Share, Share], temp: 
     users, items = out
     log_eps = math.log(CONTR_DENO_EPS)
     total = users.new_zeros(())
-    for key, a, b, share, rows in (("ui", users, items, anchors[0], sample.items),
-                                   ("iu", items, users, anchors[1], sample.users),
-                                   ("uu", users, users, anchors[0], sample.users),
-                                   ("ii", items, items, anchors[1], sample.items)):
-        lse = _cached_lse(lse_cache, key, (a[share.rows], b), temp, rows, blocks)
+    for key, a, b, share in (("ui", users, items, anchors[0]), ("iu", items, users, anchors[1]),
+                             ("uu", users, users, anchors[0]), ("ii", items, items, anchors[1])):
+        lse = _cached_lse(lse_cache, key, (a[share.rows], b), temp, sample, blocks, share.rows)
         total = total + _mean(torch.logaddexp(lse, lse.new_tensor(log_eps)), share.total)
     return total
 
 
-def _cached_lse(cache: Optional[MutableMapping], key: str, pair: Pair, temp: float,
-                sample: Optional[torch.Tensor] = None, blocks: Blocks = CPU_BLOCKS) -> torch.Tensor:
-    """:func:`Utils.Kernels.table_logsumexp` of ``pair`` = (anchors, table), memoised in ``cache``
-    under (key, τ) when a cache is given."""
-    if cache is None:
-        return table_logsumexp(*pair, temp, sample, blocks)
+def _cached_lse(cache: Optional[MutableMapping], key: str, pair: Pair, temp: float, sample: ContrastSample,
+                blocks: Blocks, anchor_rows: torch.Tensor) -> torch.Tensor:
+    """The row log-sum-exps of ``pair`` = (anchors, table) for the sums ``key`` (anchor kind, then
+    table kind: 'ui', 'iu', 'uu', 'ii'), over the rows ``sample`` gives the table
+    (:func:`Utils.Kernels.table_logsumexp`), with the control variate when ``sample.control``
+    (:func:`Utils.Estimators.control_variate_logsumexp`; ``anchor_rows`` are the anchors' own rows
+    when they come from the table itself); memoised in ``cache`` under (key, τ) when one is given."""
     full_key = (key, float(temp))
-    if full_key not in cache:
-        cache[full_key] = table_logsumexp(*pair, temp, sample, blocks)
-    return cache[full_key]
+    if cache is not None and full_key in cache:
+        return cache[full_key]
+    rows = sample.rows(key[1])
+    if sample.control and rows is not None:
+        lse = control_variate_logsumexp(*pair, temp, rows, anchor_rows if key[0] == key[1] else None,
+                                        sample.weights(key[1]), blocks)
+    else:
+        lse = table_logsumexp(*pair, temp, rows, blocks)
+    if cache is not None:
+        cache[full_key] = lse
+    return lse
 
 
 def soft_target_cross_entropy(anchors: Pair, candidates: Pair, loosen: float, temp: float, *,
@@ -373,10 +390,10 @@ def _subspace_v3(out: Pair, masks: Pair, rows: SubspaceRows, cfg: "KDConfig", *,
                 "i": (items[rows.cand_items], item_mask[rows.cand_items])}
     anchor_of = {"u": (users, user_mask, rows.users), "i": (items, item_mask, rows.items)}
     total = users.new_zeros(())
-    for key, sampled in (("ui", sample.items), ("iu", sample.users), ("uu", sample.users), ("ii", sample.items)):
+    for key in ("ui", "iu", "uu", "ii"):
         emb, mask, share = anchor_of[key[0]]
         anchors = emb[share.rows]
-        lse = _cached_lse(lse_cache, key, (anchors, cand[key[1]][0]), cfg.tempsubsp, sampled, cfg.blocks)
+        lse = _cached_lse(lse_cache, key, (anchors, cand[key[1]][0]), cfg.tempsubsp, sample, cfg.blocks, share.rows)
         index = pair_index.get(key) if pair_index is not None else None
         pairs = None if index is None else tuple(p.to(anchors.device) for p in index.pairs_of(share.rows))
         total = total + soft_target_cross_entropy((anchors, mask[share.rows]), cand[key[1]], cfg.loosen,
@@ -397,7 +414,9 @@ class KDConfig:
     ``hyper_contr_start_prn_run`` ≤ run ≤ ``hyper_contr_end_prn_run`` window and the
     "student only" rule. ``loosen`` is δ for this run (``hyper_contr_loosen_factor[run]``).
     ``resample_ratio`` is ``hyper_contr_resample_ratio`` when ``--hyper_contr_resample``, else None.
-    ``contrast_candidates`` is K of ``--contrast_candidates`` (0 = the exact all-node sums).
+    ``contrast_candidates`` is K of ``--contrast_candidates`` (0 = the exact all-node sums), and
+    ``contrast_estimator`` how the sums use the K rows (``--contrast_estimator``: ``uniform``,
+    or ``adaptive``, :mod:`Utils.Estimators`).
     ``blocks``: the block shape of the all-node kernels (:func:`Utils.Kernels.device_blocks`).
     The values are checked once, where the flags are parsed (``Params.validate``).
     """
@@ -422,6 +441,7 @@ class KDConfig:
     use_ly0emb4subspcreg: bool = False
     resample_ratio: Optional[float] = None
     contrast_candidates: int = 0
+    contrast_estimator: str = "uniform"
     blocks: Blocks = CPU_BLOCKS
 
 

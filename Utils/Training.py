@@ -261,6 +261,8 @@ class Stage:
     # -- one epoch's parts
     def train_one_epoch(self) -> Dict[str, float]:
         self.model.train()
+        if hasattr(self.loss_fn, "start_epoch"):  # (a loss that keeps per-epoch state: Utils.Distill.DistillLoss)
+            self.loss_fn.start_epoch()
         batch = self.cfg.loop.batch
         return train_epoch(self.loss_fn, self.sampler.epoch_batches(self.rng, batch), self.sampler.n_batches(batch),
                            self.optimizer, self.device, self.log, self.group)

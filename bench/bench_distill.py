@@ -28,6 +28,12 @@ positive pairs listed once for the run (what Main.py does; the build is
 ``pair_index_build_s``) and listed again in every batch (as before 2026-12-02), from the same
 weights: the same loss, so only the time differs.
 
+``--contrast_estimator uniform,adaptive`` times each estimator for every K; the adaptive one's
+cost depends on the embeddings (how many clusters carry each group's weight), so give it
+``--supervisor MID.mod`` (stage 3: the trained intermediate model, the student starting from
+its layer-0 embeddings as ``--init_from_supervisor`` does) rather than random models.
+``contrast_rows`` in the breakdown is the drawing of the batch's rows (and the adaptive plans).
+
 ``--count_ops`` adds ``ops_per_step``: the number of aten operators one training step
 dispatches (torch profiler, CPU; nested calls included), after the timing, and
 ``op_self_ms``: the self CPU milliseconds of that step's five costliest operators and of
@@ -55,7 +61,7 @@ sys.path.insert(0, ROOT)
 import DataHandler as dh  # noqa: E402
 import Params  # noqa: E402
 from Utils import Runtime  # noqa: E402
-from Utils.Distill import DistillLoss, frozen_outputs  # noqa: E402
+from Utils.Distill import DistillLoss, frozen_outputs, load_model  # noqa: E402
 from Model import LightGCN, LightGCN_sp  # noqa: E402
 from Utils import Kernels, Losses, Pruning  # noqa: E402
 from Utils.Training import build_eval_suite, train_epoch  # noqa: E402
@@ -113,7 +119,9 @@ def part_breakdown(loss, batches, optimizer):
         out = (leaf[:n_users], leaf[n_users:])
         rand = tuple(torch.randint(0, n, (top_range,), generator=gen).to(ancs.device)
                      for n in (model.n_users, model.n_items, model.n_items))
-        batch = Losses.draw_batch(cfg, (ancs, poss, negs), rand, (model.n_users, model.n_items), gen)
+        batch, t = timed(lambda: Losses.draw_batch(cfg, (ancs, poss, negs), rand, (model.n_users, model.n_items), gen,
+                                                   profiles=loss.profiles()))
+        add("contrast_rows", t)
         anchors = (batch.users, batch.items)
         cache = {} if cfg.use_subspcreg else None
         terms = {
@@ -156,6 +164,12 @@ def parse_options():
     parser.add_argument("--parts_batches", type=int, default=3)
     parser.add_argument("--contrast_candidates", default="0",
                         help="comma-separated K values of --contrast_candidates to time in turn (0 = exact)")
+    parser.add_argument("--contrast_estimator", default="uniform",
+                        help="comma-separated --contrast_estimator values to time in turn (uniform, adaptive)")
+    parser.add_argument("--supervisor", default=None,
+                        help="stage 3: a trained intermediate-model checkpoint as the supervisor, the student starting "
+                             "from its layer-0 embeddings (--init_from_supervisor), instead of random models: the "
+                             "adaptive estimator's cost depends on the embeddings' structure")
     parser.add_argument("--blocks", default=None,
                         help="comma-separated block shapes to time in turn: cpu (256 x 4096) and/or device "
                              "(whole anchor sets, --block_mb per block); default: the device's own")
@@ -180,7 +194,13 @@ def parse_options():
         parser.error("--prn_run is stage 3's (1 or more)")
     modes = deterministic_modes(parser, opts.deterministic)
     ks = [int(k) for k in opts.contrast_candidates.split(",")]
-    return opts, [(k, shape, listing, mode) for mode in modes for k in ks for shape in shapes for listing in listings]
+    estimators = opts.contrast_estimator.split(",")
+    if set(estimators) - {"uniform", "adaptive"}:
+        parser.error(f"--contrast_estimator takes uniform and/or adaptive, not {opts.contrast_estimator}")
+    if opts.supervisor is not None and opts.stage != 3:
+        parser.error("--supervisor is stage 3's (an intermediate model)")
+    return opts, [(k, shape, listing, mode, est) for mode in modes for k in ks for est in estimators
+                  for shape in shapes for listing in listings]
 
 
 def build(opts):
@@ -202,6 +222,12 @@ def build(opts):
     else:
         supervisor, sup_graph = LightGCN_sp(U, I, 64, 6, closure.nnz).to(device), closure
         trainee, graph, run = LightGCN_sp(U, I, 64, 2, adj.nnz).to(device), adj, opts.prn_run
+        if opts.supervisor is not None:  # a trained intermediate model; the student starts from its E0
+            supervisor = load_model(opts.supervisor, "middle_teacher", data, device, graph=closure)
+            with torch.no_grad():
+                trainee.uEmbeds.copy_(supervisor.uEmbeds)
+                trainee.iEmbeds.copy_(supervisor.iEmbeds)
+            result["supervisor"] = opts.supervisor
     sup, t = timed(lambda: frozen_outputs(supervisor, sup_graph))
     result["supervisor_once_s"] = round(t, 3)
     if opts.stage == 3:  # the pruning steps that lead into the run, the last one timed
@@ -222,13 +248,15 @@ def build(opts):
 
 def time_config(b, config, batches, opts) -> dict:
     """One configuration (K, block shape, pair listing, deterministic mode) timed on ``batches``."""
-    k, shape, listing, mode = config
+    k, shape, listing, mode, estimator = config
     device, trainee = b.device, b.trainee
     Runtime.set_deterministic(mode == "1", device)
     block_shapes = {"cpu": Kernels.CPU_BLOCKS, "device": Kernels.device_blocks("cuda", opts.block_mb)}
-    cfg = Losses.KDConfig(**{**b.run_cfg.kd.__dict__, "contrast_candidates": k, "blocks": block_shapes[shape]})
+    cfg = Losses.KDConfig(**{**b.run_cfg.kd.__dict__, "contrast_candidates": k, "blocks": block_shapes[shape],
+                             "contrast_estimator": estimator if k > 0 else "uniform"})
     optimizer = Runtime.make_optimizer(trainee.parameters(), b.args.lr)
-    row = dict(b.result, deterministic=int(mode), contrast_candidates=k, blocks=shape,
+    row = dict(b.result, deterministic=int(mode), contrast_candidates=k, contrast_estimator=cfg.contrast_estimator,
+               blocks=shape,
                use_subspcreg=cfg.use_subspcreg, loosen=cfg.loosen, subspace_pairs=listing)
     if shape == "device":
         row["block_mb"] = opts.block_mb

@@ -23,6 +23,7 @@ and one line per denominator (``mass``): over the batch's anchors, how many rows
 carry 90 % of exp(a·b/τ) (median and 90th percentile) against the table's size and K.
 """
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -36,7 +37,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 import DataHandler as dh  # noqa: E402
 import Params  # noqa: E402
-from Utils import Checkpoint, Kernels, Losses  # noqa: E402
+from Utils import Checkpoint, Estimators, Kernels, Losses  # noqa: E402
 from Utils.Distill import frozen_outputs, load_model  # noqa: E402
 
 TERMS = ("emb_kd", "contr_deno", "subspace")
@@ -64,17 +65,21 @@ class Problem:
     student: torch.nn.Module
     sup: Losses.Supervisor
     pairs: Optional[dict]
+    profiles: Optional[tuple] = None  # the adaptive estimator's (users, items) TableProfile
 
 
-def term_values_and_grads(problem: Problem, batch, sample):
-    """{term: (value, gradient wrt [Ē_users; Ē_items])} of one batch with ``sample``."""
+def term_values_and_grads(problem: Problem, batch, sample, estimator: str = "uniform", generator=None, k: int = 0):
+    """{term: (value, gradient wrt [Ē_users; Ē_items])} of one batch with ``sample`` (the uniform
+    rows), used as ``estimator`` says (``adaptive``: its clusters are the problem's)."""
     p = problem
     ancs, poss, negs = batch
     trainee = Losses.Trainee(p.users, p.items, p.student.uEmbeds, p.student.iEmbeds, p.student.adj_mask1_train,
                              p.student.emb_mask2_fixed)
-    rows = Losses.draw_batch(p.cfg, (ancs, poss, negs), (ancs[:1], poss[:1], negs[:1]),
-                             (p.users.shape[0], p.items.shape[0]), sample=sample)
-    parts = Losses.kd_objective(p.cfg, trainee, p.sup, rows, subspace_pairs=p.pairs)
+    cfg = dataclasses.replace(p.cfg, contrast_estimator=estimator, contrast_candidates=k)
+    rows = Losses.draw_batch(cfg, (ancs, poss, negs), (ancs[:1], poss[:1], negs[:1]),
+                             (p.users.shape[0], p.items.shape[0]), generator=generator,
+                             sample=sample if estimator == "uniform" else None, profiles=p.profiles)
+    parts = Losses.kd_objective(cfg, trainee, p.sup, rows, subspace_pairs=p.pairs)
     users, items = p.users, p.items
     out = {}
     for term in TERMS:
@@ -110,13 +115,15 @@ def load_problem(opts):
     pairs = Kernels.subspace_pair_index(mask[:U], mask[U:], cfg.loosen, cfg.blocks) if cfg.use_subspcreg else None
     with torch.no_grad():
         out_u, out_i = student(adj)
-    problem = Problem(cfg, out_u.clone().requires_grad_(), out_i.clone().requires_grad_(), student, sup, pairs)
+    profiles = (Estimators.TableProfile.build(out_u, sup.high_users), Estimators.TableProfile.build(out_i, sup.high_items))
+    problem = Problem(cfg, out_u.clone().requires_grad_(), out_i.clone().requires_grad_(), student, sup, pairs,
+                      profiles)
     return problem, data, args
 
 
-def sample_stats(problem: Problem, batches, k: int, draws: int, generator) -> dict:
-    """Per term, over batches and draws of K rows: the value's relative error, the gradient's norm
-    ratio and cosine against exact, and the cosine of the draws' mean gradient."""
+def sample_stats(problem: Problem, batches, k: int, draws: int, generator, estimator: str = "uniform") -> dict:
+    """Per term, over batches and draws of K rows used as ``estimator`` says: the value's relative
+    error, the gradient's norm ratio and cosine against exact, and the cosine of the draws' mean gradient."""
     stats = {term: {"rel": [], "norm": [], "cos": [], "exact": [], "mean_grad_cos": []} for term in TERMS}
     cosine = torch.nn.functional.cosine_similarity
     n_users, n_items = problem.users.shape[0], problem.items.shape[0]
@@ -124,8 +131,8 @@ def sample_stats(problem: Problem, batches, k: int, draws: int, generator) -> di
         exact = term_values_and_grads(problem, batch, Kernels.EXACT)
         sums = {term: 0.0 for term in exact}
         for _ in range(draws):
-            sample = Kernels.draw_contrast_sample(n_users, n_items, k, generator)
-            for term, (value, grad) in term_values_and_grads(problem, batch, sample).items():
+            sample = Kernels.draw_contrast_sample(n_users, n_items, k, generator) if estimator == "uniform" else None
+            for term, (value, grad) in term_values_and_grads(problem, batch, sample, estimator, generator, k).items():
                 ex_value, ex_grad = exact[term]
                 stats[term]["rel"].append((value - ex_value) / abs(ex_value))
                 stats[term]["norm"].append(float(grad.norm() / ex_grad.norm()))
@@ -164,6 +171,8 @@ def main():
     parser.add_argument("--supervisor", required=True, help="the intermediate model it was distilled from")
     parser.add_argument("--run", type=int, required=True, help="the pruning run of --student")
     parser.add_argument("--ks", default="2048,8192")
+    parser.add_argument("--estimators", default="uniform",
+                        help="comma-separated --contrast_estimator values to measure (uniform, adaptive)")
     parser.add_argument("--draws", type=int, default=8)
     parser.add_argument("--batches", type=int, default=2)
     parser.add_argument("--data_dir", default=os.path.join(HERE, "..", "..", "shared", "datasets"))
@@ -179,11 +188,12 @@ def main():
             "batches": opts.batches, "edge_kept_pct": round(problem.student.edge_kept_pct(), 2),
             "emb_kept_pct": round(problem.student.emb_kept_pct(), 2)}
     generator = torch.Generator().manual_seed(0)
-    for k in [int(k) for k in opts.ks.split(",")]:
-        for term, s in sample_stats(problem, batches, k, opts.draws, generator).items():
+    for estimator, k in [(e, int(k)) for e in opts.estimators.split(",") for k in opts.ks.split(",")]:
+        for term, s in sample_stats(problem, batches, k, opts.draws, generator, estimator).items():
             if not s["rel"]:
                 continue
-            print(json.dumps({**base, "term": term, "k": k, "value_rel_err": round(float(np.mean(s["rel"])), 5),
+            print(json.dumps({**base, "term": term, "estimator": estimator, "k": k,
+                              "value_rel_err": round(float(np.mean(s["rel"])), 5),
                               "value_rel_sd": round(float(np.std(s["rel"])), 5),
                               "grad_norm_ratio": round(float(np.mean(s["norm"])), 4),
                               "grad_cos": round(float(np.mean(s["cos"])), 4),

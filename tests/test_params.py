@@ -380,12 +380,14 @@ def test_format_args_published_lines():
     assert break_point == "break_point" + Params._BREAK_POINT  # too long: no dots
     assert "esc_train_prn_run" + "." * 61 + "-1" in lines
     assert "adj_mask_aug2" + "." * 66 + "1" in lines
-    assert lines[-16:] == ["data_dir" + "." * 62 + "./Datasets", "select_on" + "." * 67 + "None",
+    assert lines[-18:] == ["data_dir" + "." * 62 + "./Datasets", "select_on" + "." * 67 + "None",
                            "device" + "." * 70 + "auto", "threads" + "." * 72 + "0",
                            "deterministic" + "." * 63 + "True", "plots" + "." * 71 + "True",
                            "resume" + "." * 69 + "False", "overwrite" + "." * 66 + "False",
-                           "block_mb" + "." * 66 + "1024.0", "reg_batch" + "." * 66 + "False",
+                           "block_mb" + "." * 66 + "1024.0", "learn_edge_weights" + "." * 58 + "True",
+                           "reg_batch" + "." * 66 + "False",
                            "patience" + "." * 71 + "0", "contrast_candidates" + "." * 60 + "0",
+                           "contrast_estimator" + "." * 55 + "uniform",
                            "init_from_supervisor" + "." * 55 + "False", "emb_prune_score" + "." * 56 + "magnitude",
                            "use_dynamic_lr" + "." * 61 + "False",
                            "lr_list" + "." * 69 + "None"]
@@ -404,8 +406,9 @@ def test_format_args_matches_published_log(no_cuda_env):
     assert [line.split(".")[0] for line in ours[len(published):]] == ["data_dir", "select_on", "device",
                                                                        "threads", "deterministic", "plots",
                                                                        "resume", "overwrite",
-                                                                       "block_mb", "reg_batch", "patience",
-                                                                       "contrast_candidates",
+                                                                       "block_mb", "learn_edge_weights",
+                                                                       "reg_batch", "patience",
+                                                                       "contrast_candidates", "contrast_estimator",
                                                                        "init_from_supervisor", "emb_prune_score",
                                                                        "use_dynamic_lr", "lr_list"]  # our additions
 
