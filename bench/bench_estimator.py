@@ -2,7 +2,8 @@
 gradient from the exact ones, on a saved student state.
 
     python bench/bench_estimator.py --student STU.mod --supervisor MID.mod [--run 6] [--ks 2048,8192]
-                                    [--draws 8] [--batches 2] [--data_dir ../shared/datasets]
+                                    [--estimators uniform,adaptive] [--draws 8] [--batches 2]
+                                    [--data_dir ../shared/datasets]
 
 The student checkpoint is a state of pruning run ``--run`` (its masks give the subspace term's
 positives); the flags it was trained with, recorded in it, give every weight and temperature,
@@ -18,6 +19,12 @@ respect to the student's propagated embeddings Ē. One JSON line per (term, K):
 * ``grad_norm_ratio``: mean over draws of ‖g_K‖ / ‖g_exact‖;
 * ``grad_cos``: mean over draws of cos(g_K, g_exact); ``mean_grad_cos``: cos of the mean of
   the draws' gradients with g_exact (what averaging over batches can reach: a bias);
+* ``param_grad_norm_ratio``, ``param_grad_cos``: the same for the gradient carried back through
+  the student's propagation to what the optimiser updates (its layer-0 tables, masked entries
+  excluded, and its edge weights). Once pruning has left rows whose output is exactly 0
+  (``dead_rows``), the gradient with respect to Ē is dominated by them (the InfoNCE term
+  normalises Ē + 1e-8, a 1e7-fold gain on such a row) although none of it reaches a parameter;
+  this is the figure that says what training sees;
 
 and one line per denominator (``mass``): over the batch's anchors, how many rows of the table
 carry 90 % of exp(a·b/τ) (median and 90th percentile) against the table's size and K.
@@ -66,6 +73,12 @@ class Problem:
     sup: Losses.Supervisor
     pairs: Optional[dict]
     profiles: Optional[tuple] = None  # the adaptive estimator's (users, items) TableProfile
+    adj: object = None  # the student's graph (to carry a gradient back to its parameters)
+
+    @property
+    def dead_rows(self) -> int:
+        """Rows whose output is exactly 0 (every entry and edge that feeds them pruned)."""
+        return int((torch.cat([self.users, self.items]).detach().abs().sum(dim=1) == 0).sum())
 
 
 def term_values_and_grads(problem: Problem, batch, sample, estimator: str = "uniform", generator=None, k: int = 0):
@@ -117,18 +130,32 @@ def load_problem(opts):
         out_u, out_i = student(adj)
     profiles = (Estimators.TableProfile.build(out_u, sup.high_users), Estimators.TableProfile.build(out_i, sup.high_items))
     problem = Problem(cfg, out_u.clone().requires_grad_(), out_i.clone().requires_grad_(), student, sup, pairs,
-                      profiles)
+                      profiles, adj)
     return problem, data, args
+
+
+def parameter_gradient(problem: Problem, grad: torch.Tensor) -> torch.Tensor:
+    """A gradient with respect to Ē (users then items, flattened) carried back through the
+    student's propagation to what the optimiser updates: its layer-0 tables (masked entries get
+    none) and its edge weights, flattened."""
+    student = problem.student
+    params = [student.uEmbeds, student.iEmbeds, student.adj_mask1_train]
+    out = torch.cat(student(problem.adj), dim=0)
+    grads = torch.autograd.grad(out, params, grad_outputs=grad.to(out.dtype).view_as(out))
+    return torch.cat([g.reshape(-1) for g in grads]).double()
 
 
 def sample_stats(problem: Problem, batches, k: int, draws: int, generator, estimator: str = "uniform") -> dict:
     """Per term, over batches and draws of K rows used as ``estimator`` says: the value's relative
-    error, the gradient's norm ratio and cosine against exact, and the cosine of the draws' mean gradient."""
-    stats = {term: {"rel": [], "norm": [], "cos": [], "exact": [], "mean_grad_cos": []} for term in TERMS}
+    error, the gradient's norm ratio and cosine against exact (with respect to Ē and to the
+    student's parameters), and the cosine of the draws' mean gradient."""
+    stats = {term: {"rel": [], "norm": [], "cos": [], "exact": [], "mean_grad_cos": [], "param_norm": [],
+                    "param_cos": []} for term in TERMS}
     cosine = torch.nn.functional.cosine_similarity
     n_users, n_items = problem.users.shape[0], problem.items.shape[0]
     for batch in batches:
         exact = term_values_and_grads(problem, batch, Kernels.EXACT)
+        exact_params = {term: parameter_gradient(problem, grad) for term, (_, grad) in exact.items()}
         sums = {term: 0.0 for term in exact}
         for _ in range(draws):
             sample = Kernels.draw_contrast_sample(n_users, n_items, k, generator) if estimator == "uniform" else None
@@ -137,6 +164,9 @@ def sample_stats(problem: Problem, batches, k: int, draws: int, generator, estim
                 stats[term]["rel"].append((value - ex_value) / abs(ex_value))
                 stats[term]["norm"].append(float(grad.norm() / ex_grad.norm()))
                 stats[term]["cos"].append(float(cosine(grad, ex_grad, dim=0)))
+                params = parameter_gradient(problem, grad)
+                stats[term]["param_norm"].append(float(params.norm() / exact_params[term].norm()))
+                stats[term]["param_cos"].append(float(cosine(params, exact_params[term], dim=0)))
                 sums[term] = sums[term] + grad
         for term in exact:
             stats[term]["mean_grad_cos"].append(float(cosine(sums[term], exact[term][1], dim=0)))
@@ -197,7 +227,10 @@ def main():
                               "value_rel_sd": round(float(np.std(s["rel"])), 5),
                               "grad_norm_ratio": round(float(np.mean(s["norm"])), 4),
                               "grad_cos": round(float(np.mean(s["cos"])), 4),
-                              "mean_grad_cos": round(float(np.mean(s["mean_grad_cos"])), 4)}), flush=True)
+                              "mean_grad_cos": round(float(np.mean(s["mean_grad_cos"])), 4),
+                              "param_grad_norm_ratio": round(float(np.mean(s["param_norm"])), 4),
+                              "param_grad_cos": round(float(np.mean(s["param_cos"])), 4),
+                              "dead_rows": problem.dead_rows}), flush=True)
     print_mass(problem, batches[0], base)
 
 
