@@ -6,6 +6,7 @@
     python modelTools.py recommend CHECKPOINT --users 0,5,9 --topk 20
     python modelTools.py evaluate CHECKPOINT --split test
     python modelTools.py compare RUN_A_FOLDER RUN_B_FOLDER
+    python modelTools.py summary HISTORY... [--checkpoints DIR --topk 20,40]
 
 CHECKPOINT is any model file: our checkpoints (teacher, intermediate, student), a
 published ``.mod`` file, or a compact export written by ``export``. The commands that
@@ -234,9 +235,50 @@ def cmd_plot(args) -> int:
 
 
 def cmd_summary(args) -> int:
-    for line in Plots.summary_table(Plots.load_histories(args.histories), args.select_on):
+    extra = None
+    if args.checkpoints:
+        extra = run_checkpoint_metrics(args)
+    elif args.topk:
+        raise ConfigError("--topk needs --checkpoints (the folder of the runs' checkpoints, evaluated at each K)")
+    for line in Plots.summary_table(Plots.load_histories(args.histories), args.select_on, extra):
         print(line)
     return 0
+
+
+def run_checkpoint_metrics(args):
+    """The extra columns of ``summary --checkpoints DIR --topk K,...``: Recall@K and NDCG@K on
+    ``--split`` of the checkpoint each run saved at its best epoch (a record whose pruning run,
+    kind and epoch are that row's), or "–" when none of the folder's checkpoints is that point."""
+    ks = [int(k) for k in (args.topk or "20,40").split(",") if k]
+    if not ks or min(ks) <= 0:
+        raise ConfigError(f"--topk must be positive integers, got {args.topk}")
+    points = {}
+    for name in sorted(os.listdir(args.checkpoints)):
+        if not name.endswith(".mod"):
+            continue
+        path = os.path.join(args.checkpoints, name)
+        record = Checkpoint.load_checkpoint(path).meta.get("record") or {}
+        if "prn_run" in record:
+            points.setdefault((record["prn_run"], record.get("kind"), record.get("epoch")), path)
+    titles = [f"{args.split} {m}@{k}" for k in ks for m in ("Recall", "NDCG")]
+    cache: Dict[str, List[str]] = {}
+
+    def cells(row):
+        path = points.get((row.get("prn_run"), row.get("kind"), row.get("epoch")))
+        if path is None:
+            return ["–"] * len(titles)
+        if path not in cache:
+            loaded = load_model_file(path)
+            dataset = load_data(loaded, args)
+            user_emb, item_emb = propagated(loaded, dataset, torch.device("cpu"))
+            values = []
+            for k in ks:
+                result = Evaluator(dataset.train, dataset.split(args.split), k, 256, "cpu").evaluate(user_emb, item_emb)
+                values += [f"{result['Recall']:.4f}", f"{result['NDCG']:.4f}"]
+            cache[path] = values
+        return cache[path]
+
+    return titles, cells
 
 
 def cmd_curve(args) -> int:
@@ -382,6 +424,13 @@ def _add_history_commands(sub):
     p.add_argument("histories", nargs="+", metavar="HISTORY", help=".his files, in pipeline order")
     p.add_argument("--select_on", choices=("val", "test"), default=None,
                    help="split that picks each run's best epoch (default: val when logged, else test)")
+    p.add_argument("--checkpoints", metavar="DIR", default=None,
+                   help="folder of the runs' checkpoints: adds Recall@K and NDCG@K (--topk) on --split of the "
+                        "checkpoint saved at each run's best epoch")
+    p.add_argument("--topk", default=None, metavar="K,...", help="cut-offs with --checkpoints (default: 20,40)")
+    p.add_argument("--split", choices=("test", "val"), default="test", help="split of those columns (default: test)")
+    p.add_argument("--dataset", default=None, help="dataset of the checkpoints (default: as recorded)")
+    p.add_argument("--data_dir", default=None, metavar="DIR", help="where sparse_<dataset>/ lives (default: as recorded)")
     p.set_defaults(func=cmd_summary)
 
     p = sub.add_parser("curve", help="Recall/NDCG of every evaluated epoch against the wall time spent so far "

@@ -17,7 +17,10 @@
 # Reads the teacher and intermediate model that yelp_reproduce.sh leaves (or TEACHER=/MIDDLE=;
 # ../shared/checkpoints/yelp/reproduce/ holds them). Writes ./outModels/yelp/ablation_VARIANT/
 # and logs/stu_yelp_ablation_VARIANT_log; RESUME=1 / OVERWRITE=1 as in the other scripts.
-# The per-run figures (validation-selected, @20 and @40): bash example_scripts/yelp_ablation_table.sh.
+# Each run's figures (validation-selected epoch, test Recall/NDCG at 20 and 40, and the best test
+# Recall of any epoch, the published tool's selection):
+#   python modelTools.py summary outModels/yelp/ablation_VARIANT/fnl_student_his/student_yelp.his \
+#       --checkpoints outModels/yelp/ablation_VARIANT/fnl_student_ckpts --topk 20,40
 set -euo pipefail
 export DATA_DIR=${DATA_DIR:-../shared/datasets}
 source "$(dirname "$0")/common.sh"  # (cd to the project root; run_stage's RESUME/OVERWRITE)

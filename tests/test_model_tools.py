@@ -289,6 +289,28 @@ def test_summary_has_one_line_per_stage_and_run_at_its_best_validation_epoch(tra
         assert cells[2] == f"{best['edge_kept_pct']:.2f} %"
 
 
+def test_summary_evaluates_each_run_s_best_checkpoint_at_more_cut_offs(trained, capsys):
+    """--checkpoints DIR --topk 20,40: the checkpoint each run saved at its best epoch, evaluated again;
+    at the training's K it gives the logged test figures, and the test-selected column is the
+    highest test Recall of any epoch of the run."""
+    out = trained["out"]
+    rc, text, _ = tool(capsys, "summary", out / "stu.his", "--checkpoints", out, "--topk", "20,5")
+    assert rc == 0
+    header = [c.strip() for c in text.splitlines()[0].strip("|").split("|")]
+    assert header[9:14] == ["best test Recall (any epoch)", "test Recall@20", "test NDCG@20", "test Recall@5",
+                            "test NDCG@5"]
+    rows = Plots.load_history(str(out / "stu.his"))
+    lines = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| history")]
+    for line, best in zip(lines, Plots.run_bests(rows)):
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert cells[10:12] == [cells[7], cells[8]]  # R@20 and N@20 of the checkpoint = the logged test figures
+        assert float(cells[12]) <= float(cells[10])  # Recall@5 <= Recall@20
+        run = [r for r in rows if r.get("prn_run") == best["prn_run"] and "metrics" in r]
+        assert cells[9] == f"{max(r['metrics']['test']['Recall'] for r in run):.4f}"
+    rc, _, err = tool(capsys, "summary", out / "stu.his", "--topk", "40")
+    assert rc == 2 and "--topk needs --checkpoints" in err
+
+
 def test_curve_lists_every_evaluated_epoch_against_the_summary_s_wall_time(trained, capsys, tmp_path):
     from PIL import Image
 
