@@ -28,7 +28,9 @@ def stage_flags(root, stage):
         return "pretrainTeacher.py", [*TINY_TEACHER[:-1], "--epoch_tea=6", *common]
     if stage == "intermediate":
         return "Main.py", [*TINY_MID, "--mask_epoch=4", f"--teacher_model={root}/tea.mod", *common]
-    return "Main.py", [*TINY_STU, f"--middle_teacher_model={root}/mid_best_global_100_100.mod", *common]
+    extra = {"student": [],  # and the adaptive estimator, which keeps per-epoch clusters
+             "student_adaptive": ["--contrast_candidates=16", "--contrast_estimator=adaptive"]}[stage]
+    return "Main.py", [*TINY_STU, f"--middle_teacher_model={root}/mid_best_global_100_100.mod", *common, *extra]
 
 
 def kill_after(script, flags, lines):
@@ -67,7 +69,8 @@ def assert_same_outputs(a, b):
 
 
 @pytest.mark.parametrize("stage,kill_at", [("teacher", "Epoch 2/6, Time"), ("intermediate", "Epoch 1/4, Time"),
-                                           ("student", "Pruning Run PRN:[2]")])
+                                           ("student", "Pruning Run PRN:[2]"),
+                                           ("student_adaptive", "Pruning Run PRN:[2]")])
 def test_sigkill_then_resume_ends_as_the_uninterrupted_run(tiny_root, tmp_path, stage, kill_at):
     script, flags = stage_flags(tiny_root, stage)
     run_script(script, *flags, f"--model_save_path={tmp_path}/full", f"--his_save_path={tmp_path}/full")
