@@ -43,6 +43,8 @@ COVER = 0.9
 #: Below this share of the plain uniform estimate, an anchor's control-variate sum is not trusted
 #: (the expansion can overshoot on a far-spread anchor) and the plain estimate is used instead.
 CONTROL_FLOOR = 0.25
+#: Columns of one block of a group's logits in :func:`stratified_logsumexp` (a few MiB, cache-resident).
+STRATIFIED_BLOCK = 4096
 
 
 # ----------------------------------------------------------------------------- spread sums
@@ -54,61 +56,74 @@ class _ControlRemainder(torch.autograd.Function):
     small factors of its products."""
 
     @staticmethod
-    def forward(ctx, anchors, candidates, centre, weights, rows, self_rows, scale, block_rows):
+    def forward(ctx, anchors, candidates, centre, weights, own, scale, block_rows):
         a, b, c = anchors.detach(), candidates.detach(), centre.detach()
         remainder, plain = a.new_empty(a.shape[0]), a.new_empty(a.shape[0])
         w_sum = weights.sum()
         for r0 in range(0, a.shape[0], block_rows):
-            d, e = _remainder_block(a, b, c, rows, self_rows, scale, r0, block_rows)
+            d, e = _remainder_block(a, b, c, own, scale, r0, block_rows)
             plain[r0:r0 + d.shape[0]] = e @ weights + w_sum  # Σ_k w_k e^d (an own-row entry counts w_k: removed below)
             phi = e.sub_(d).sub_(d.mul_(d).mul_(0.5))
             remainder[r0:r0 + phi.shape[0]] = phi @ weights
-        if self_rows is not None:  # the own-row entries were zeroed in e and d: take their weight back out
-            plain = plain - _own_row_weight(rows, self_rows, weights)
-        ctx.save_for_backward(anchors, candidates, centre, weights, rows,
-                              self_rows if self_rows is not None else rows.new_zeros(0))
-        ctx.has_self, ctx.scale, ctx.block_rows = self_rows is not None, scale, block_rows
+        if own is not None:  # the own-row entries were zeroed in e and d: take their weight back out
+            plain = plain - torch.zeros_like(plain).index_add_(0, own[0], weights[own[1]])
+        ctx.save_for_backward(anchors, candidates, centre, weights)
+        ctx.own, ctx.scale, ctx.block_rows = own, scale, block_rows
         ctx.mark_non_differentiable(plain)
         return remainder, plain
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_remainder, _grad_plain):
-        anchors, candidates, centre, weights, rows, self_rows = ctx.saved_tensors
-        self_rows = self_rows if ctx.has_self else None
+        anchors, candidates, centre, weights = ctx.saved_tensors
         a, b, c, scale = anchors.detach(), candidates.detach(), centre.detach(), ctx.scale
         grad_a, grad_b, grad_c = torch.empty_like(a), torch.zeros_like(b), torch.empty_like(c)
         bw = b * (weights[:, None] * scale)  # w_k s b_k
         for r0 in range(0, a.shape[0], ctx.block_rows):
-            d, e = _remainder_block(a, b, c, rows, self_rows, scale, r0, ctx.block_rows)
+            d, e = _remainder_block(a, b, c, ctx.own, scale, r0, ctx.block_rows)
             slope = e.sub_(d)  # e^d − 1 − d (0 on the own-row entries)
             g = grad_remainder[r0:r0 + slope.shape[0], None]
             grad_a[r0:r0 + slope.shape[0]] = (slope @ bw).mul_(g)
             grad_b.addmm_(slope.T, a[r0:r0 + slope.shape[0]] * (g * scale))
             grad_c[r0:r0 + slope.shape[0]] = -(slope @ weights) * g.squeeze(1)
         grad_b.mul_(weights[:, None])
-        return grad_a, grad_b, grad_c, None, None, None, None, None
+        return grad_a, grad_b, grad_c, None, None, None, None
 
 
-def _remainder_block(a, b, c, rows, self_rows, scale, r0, block_rows):
+def _remainder_block(a, b, c, own, scale, r0, block_rows):
     """(d, e^d − 1) of anchors r0.. against the sampled rows, both 0 where a row is the anchor's own."""
     d = torch.addmm(c[r0:r0 + block_rows, None], a[r0:r0 + block_rows], b.T, beta=-1.0, alpha=scale)
-    if self_rows is not None:
-        own = torch.nonzero(rows[None, :] == self_rows[r0:r0 + block_rows, None])
-        d[own[:, 0], own[:, 1]] = 0.0  # φ(0) = 0 and e^0 − 1 − 0 = 0: the entry drops out of R
+    if own is not None:
+        lo, hi = torch.searchsorted(own[0], torch.tensor([r0, r0 + d.shape[0]], device=own[0].device)).tolist()
+        d[own[0][lo:hi] - r0, own[1][lo:hi]] = 0.0  # φ(0) = 0 and e^0 − 1 − 0 = 0: the entry drops out of R
     return d, torch.expm1(d)
 
 
-def _own_row_weight(rows: torch.Tensor, self_rows: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """Per anchor, Σ_k w_k over the sampled rows that are its own row (zeroed in :class:`_ControlRemainder`)."""
-    own = rows[None, :] == self_rows[:, None]
-    return (own.to(weights.dtype) * weights[None, :]).sum(dim=1)
+def own_row_pairs(rows: torch.Tensor, self_rows: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(anchor, k) of every sampled row ``rows[k]`` that is anchor n's own row ``self_rows[n]``,
+    sorted by anchor: rows sorted once and each anchor's row looked up, never an anchors × K compare."""
+    sorted_rows, order = torch.sort(rows)
+    lo = torch.searchsorted(sorted_rows, self_rows)
+    counts = torch.searchsorted(sorted_rows, self_rows, right=True) - lo
+    anchor = torch.repeat_interleave(torch.arange(self_rows.numel(), device=rows.device), counts)
+    first = torch.repeat_interleave(lo, counts)
+    within = torch.arange(anchor.numel(), device=rows.device) - torch.repeat_interleave(counts.cumsum(0) - counts,
+                                                                                        counts)
+    return anchor, order[first + within]
+
+
+def table_moments(table: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(b̄, M = Σ_m (b_m − b̄)(b_m − b̄)ᵀ) of a table: what the control variate sums in closed form."""
+    mean = table.mean(dim=0)
+    centred = table - mean
+    return mean, centred.T @ centred
 
 
 def control_variate_logsumexp(anchors: torch.Tensor, table: torch.Tensor, temp: float, rows: torch.Tensor,
                               self_rows: Optional[torch.Tensor] = None,
                               row_weights: Optional[torch.Tensor] = None,
-                              blocks: Blocks = CPU_BLOCKS) -> torch.Tensor:
+                              blocks: Blocks = CPU_BLOCKS,
+                              moments: Optional[Tuple[torch.Tensor, torch.Tensor]] = None) -> torch.Tensor:
     """log Σ_{m ∈ T} exp(a_n·b_m/τ) for the ``anchors`` (n×d) over the whole ``table`` (T×d), with the
     second-order control variate and the remainder estimated from ``rows`` of T.
 
@@ -124,18 +139,18 @@ def control_variate_logsumexp(anchors: torch.Tensor, table: torch.Tensor, temp: 
     remainder, which stays unbiased for the other rows). An anchor whose estimate falls below
     :data:`CONTROL_FLOOR` times the plain weighted estimate Σ_k w_k e^{s_nk} (the expansion
     overshooting on a far-spread anchor; not seen on Yelp) takes that floor, without a gradient.
-    Differentiable w.r.t. both; every table row gets a gradient through b̄ and M."""
+    Differentiable w.r.t. both; every table row gets a gradient through b̄ and M. ``moments``:
+    :func:`table_moments` of ``table`` when the caller already has them (several sums over one table)."""
     n_rows = table.shape[0]
     if row_weights is None:
         row_weights = table.new_full((rows.numel(),), n_rows / rows.numel())
-    mean = table.mean(dim=0)
-    centred = table - mean
-    second = centred.T @ centred  # d×d
+    mean, second = moments if moments is not None else table_moments(table)
     centre = anchors @ mean / temp  # c_n
     quad = ((anchors @ second) * anchors).sum(dim=1) / (temp * temp)
     block_rows, _ = blocks.shape(anchors.shape[0], rows.numel())
-    remainder, plain = _ControlRemainder.apply(anchors, table[rows], centre, row_weights.to(table.dtype), rows,
-                                               self_rows, 1.0 / float(temp), int(block_rows))
+    own = own_row_pairs(rows, self_rows) if self_rows is not None else None
+    remainder, plain = _ControlRemainder.apply(anchors, table[rows], centre, row_weights.to(table.dtype), own,
+                                               1.0 / float(temp), int(block_rows))
     bracket = n_rows + 0.5 * quad + remainder
     if self_rows is not None:
         d_self = (anchors * table[self_rows]).sum(dim=1) / temp - centre
@@ -248,49 +263,81 @@ class Strata:
 
 class _StratifiedLogSumExp(torch.autograd.Function):
     """lse_n = log Σ_k exp(s·a_n·b_{r_k} + λ_k) over each group's candidate rows r (log weights λ),
-    for the anchors of that group; the table rows are gathered inside (no autograd copy of the
-    candidates) and the row softmax of every group is kept for the backward pass, which adds
-    each group's Σ_n g_n P_nk s·a_n into the rows it read."""
+    for the anchors of that group. The table rows are gathered inside (no autograd copy of the
+    candidates) and each group's logits are made :data:`STRATIFIED_BLOCK` columns at a time in one
+    reused buffer (max-shifted online, as :func:`Utils.Kernels.row_logsumexp_matmul`); the backward
+    pass makes each block again and adds Σ_n g_n P_nk s·a_n into the rows it read."""
 
     @staticmethod
     def forward(ctx, anchors, table, scale, members, candidates, log_weights):
         a, b = anchors.detach() * scale, table.detach()
         lse = a.new_empty(a.shape[0])
-        softmaxes = []
+        buffer = a.new_empty(max(w.numel() for w in members) * STRATIFIED_BLOCK)
         for where, rows, log_w in zip(members, candidates, log_weights):
-            logits = torch.addmm(log_w[None, :], a[where], b.index_select(0, rows).T)
-            top = logits.amax(dim=1, keepdim=True)
-            total = logits.sub_(top).exp_().sum(dim=1, keepdim=True)
-            lse[where] = (top + torch.log(total)).squeeze(1)
-            softmaxes.append(logits.div_(total))
-        ctx.save_for_backward(anchors, table)
-        ctx.scale, ctx.members, ctx.candidates, ctx.softmaxes = scale, members, candidates, softmaxes
+            cand, a_g = b.index_select(0, rows), a[where]
+            run_max = run_sum = None
+            for c0 in range(0, rows.numel(), STRATIFIED_BLOCK):
+                block = cand[c0:c0 + STRATIFIED_BLOCK]
+                logits = buffer[:a_g.shape[0] * block.shape[0]].view(a_g.shape[0], block.shape[0])
+                torch.addmm(log_w[None, c0:c0 + block.shape[0]], a_g, block.T, out=logits)
+                top = logits.amax(dim=1)
+                if run_max is None:
+                    run_max, run_sum = top, logits.sub_(top[:, None]).exp_().sum(dim=1)
+                else:
+                    new_max = torch.maximum(run_max, top)
+                    run_sum = run_sum * torch.exp(run_max - new_max) + logits.sub_(new_max[:, None]).exp_().sum(dim=1)
+                    run_max = new_max
+            lse[where] = run_max + torch.log(run_sum)
+        ctx.save_for_backward(anchors, table, lse)
+        ctx.scale, ctx.members, ctx.candidates, ctx.log_weights = scale, members, candidates, log_weights
         return lse
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_lse):
-        anchors, table = ctx.saved_tensors
+        anchors, table, lse = ctx.saved_tensors
         need_a, need_b = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        a, b, scale = anchors.detach(), table.detach(), ctx.scale
+        scale = ctx.scale
+        a, b = anchors.detach() * scale, table.detach()
         grad_a = torch.zeros_like(a) if need_a else None
         grad_b = torch.zeros_like(b) if need_b else None
-        for where, rows, soft in zip(ctx.members, ctx.candidates, ctx.softmaxes):
-            g = grad_lse[where][:, None] * scale  # (the row weights g_n s go into the small factors)
-            if need_a:
-                grad_a[where] = torch.mm(soft, b.index_select(0, rows)).mul_(g)
+        buffer = a.new_empty(max(w.numel() for w in ctx.members) * STRATIFIED_BLOCK)
+        for where, rows, log_w in zip(ctx.members, ctx.candidates, ctx.log_weights):
+            cand, a_g, lse_g = b.index_select(0, rows), a[where], lse[where][:, None]
+            g = grad_lse[where][:, None]
+            weighted = a_g * g  # g_n s a_n: the row weights go into the small factor
+            grad_cand = torch.empty_like(cand) if need_b else None
+            grad_a_g = torch.zeros_like(a_g) if need_a else None
+            for c0 in range(0, rows.numel(), STRATIFIED_BLOCK):
+                block = cand[c0:c0 + STRATIFIED_BLOCK]
+                soft = buffer[:a_g.shape[0] * block.shape[0]].view(a_g.shape[0], block.shape[0])
+                torch.addmm(log_w[None, c0:c0 + block.shape[0]], a_g, block.T, out=soft)
+                soft.sub_(lse_g).exp_()  # P_nk
+                if need_b:
+                    torch.mm(soft.T, weighted, out=grad_cand[c0:c0 + block.shape[0]])
+                if need_a:
+                    grad_a_g.addmm_(soft, block)
             if need_b:
-                grad_b.index_put_((rows,), torch.mm(soft.T, a[where] * g), accumulate=True)
+                _add_rows(grad_b, rows, grad_cand)
+            if need_a:
+                grad_a[where] = grad_a_g.mul_(g * scale)
         return grad_a, grad_b, None, None, None, None
+
+
+def _add_rows(target: torch.Tensor, rows: torch.Tensor, values: torch.Tensor) -> None:
+    """target[rows] += values, repeated rows summed, in an order that does not vary between runs
+    (on the CPU ``index_add_`` adds serially; elsewhere the sorted accumulating ``index_put_``)."""
+    if target.device.type == "cpu":
+        target.index_add_(0, rows, values)
+    else:
+        target.index_put_((rows,), values, accumulate=True)
 
 
 def stratified_logsumexp(anchors: torch.Tensor, anchor_ids: torch.Tensor, table: torch.Tensor, temp: float,
                          plan: StratifiedRows) -> torch.Tensor:
     """log Σ_{m ∈ T} exp(a_n·b_m/τ) for ``anchors`` (n×d, the rows ``anchor_ids`` of their table)
     estimated by ``plan``: per group, Σ over its candidate rows of w_m·exp(a_n·b_m/τ), w_m = 1 on
-    its exact clusters and |rest|/m on its sampled rows (:class:`_StratifiedLogSumExp`). Memory:
-    each group's anchors × candidates softmax is kept until the backward pass (about 1/6 of the
-    exact anchors × table on Yelp)."""
+    its exact clusters and |rest|/m on its sampled rows (:class:`_StratifiedLogSumExp`)."""
     groups = plan.group_of[anchor_ids]
     if bool((groups < 0).any()):
         raise ValueError("stratified_logsumexp: some anchors are not in the plan (Strata.plan of the whole anchor set)")

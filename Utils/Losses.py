@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from Utils import MaskPairs
-from Utils.Estimators import control_variate_logsumexp, draw_adaptive, stratified_logsumexp
+from Utils.Estimators import control_variate_logsumexp, draw_adaptive, stratified_logsumexp, table_moments
 from Utils.Kernels import (CPU_BLOCKS, EXACT, Blocks, ContrastSample, draw_contrast_sample, positive_pair_logit_sums,
                            row_logsumexp_matmul, table_logsumexp)
 from Utils.Parallel import SOLO, Group
@@ -275,6 +275,7 @@ def contrastive_denominator_loss(out: Pair, anchors: Tuple[Share, Share], temp: 
     users, items = out
     log_eps = math.log(CONTR_DENO_EPS)
     total = users.new_zeros(())
+    lse_cache = {} if lse_cache is None else lse_cache  # (each sum once; the control variate's moments shared)
     for key, a, b, share in (("ui", users, items, anchors[0]), ("iu", items, users, anchors[1]),
                              ("uu", users, users, anchors[0]), ("ii", items, items, anchors[1])):
         lse = _cached_lse(lse_cache, key, (a[share.rows], b), temp, sample, blocks, share.rows)
@@ -294,8 +295,13 @@ def _cached_lse(cache: Optional[MutableMapping], key: str, pair: Pair, temp: flo
         return cache[full_key]
     rows = sample.rows(key[1])
     if sample.control and rows is not None:
+        moments = None
+        if cache is not None:  # one table's moments serve every sum over it
+            if ("moments", key[1]) not in cache:
+                cache[("moments", key[1])] = table_moments(pair[1])
+            moments = cache[("moments", key[1])]
         lse = control_variate_logsumexp(*pair, temp, rows, anchor_rows if key[0] == key[1] else None,
-                                        sample.weights(key[1]), blocks)
+                                        sample.weights(key[1]), blocks, moments)
     else:
         lse = table_logsumexp(*pair, temp, rows, blocks)
     if cache is not None:
