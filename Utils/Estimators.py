@@ -1,5 +1,5 @@
 """``--contrast_estimator=adaptive``: the all-node sums estimated so that their gradients stay close
-to the exact ones, at about the cost of ``--contrast_candidates K`` (docs/method.md#adaptive-all-node-sums).
+to the exact ones, at 1.5–2× the cost of ``--contrast_candidates K`` (docs/method.md#adaptive-all-node-sums).
 
 Every all-node term of stages 2–3 needs, per anchor n, log Σ_{m ∈ T} exp(a_n·b_m/τ) over a whole
 table T. The uniform estimate (:func:`Utils.Kernels.table_logsumexp` with K rows) is unbiased for
@@ -12,7 +12,8 @@ occur, and each gets the estimator its shape calls for:
   the second-order expansion g_n(s) = e^{c_n}(1 + (s − c_n) + (s − c_n)²/2) carries almost all of
   every row's weight, and its sum over the *whole* table has a closed form in the table's mean
   and centred second moment (:func:`control_variate_logsumexp`): a dense gradient for every row.
-  Only the remainder e^s − g_n(s), about 0.1 % of the sum, is estimated from the K rows.
+  Only the remainder e^s − g_n(s), about 0.1 % of the sum, is estimated from K rows, drawn from
+  a proposal that favours rows far from the table's mean (:class:`TableProfile`).
 * **Concentrated** (the embedding-level KD: cosines at τ = 0.1). 90 % of an anchor's weight sits
   on 12–15 % of the table, a different part for each anchor. The table is clustered (spherical
   k-means on the trainee's outputs, once per epoch, :class:`Strata`); anchors are grouped by
@@ -40,8 +41,8 @@ N_CLUSTERS = 64
 KMEANS_ITERS = 8
 #: Share of a group's estimated weight carried by the clusters it sums exactly.
 COVER = 0.9
-#: Below this share of the plain uniform estimate, an anchor's control-variate sum is not trusted
-#: (the expansion can overshoot on a far-spread anchor) and the plain estimate is used instead.
+#: Below this share of the plain weighted estimate, an anchor's control-variate sum is not trusted
+#: (the expansion can overshoot on a far-spread anchor) and that share of the plain one is used instead.
 CONTROL_FLOOR = 0.25
 #: Columns of one block of a group's logits in :func:`stratified_logsumexp` (a few MiB, cache-resident).
 STRATIFIED_BLOCK = 4096
@@ -50,8 +51,8 @@ STRATIFIED_BLOCK = 4096
 # ----------------------------------------------------------------------------- spread sums
 class _ControlRemainder(torch.autograd.Function):
     """R_n = Σ_k w_k φ(d_nk) and the plain Σ_k w_k e^{d_nk} (no gradient), d_nk = s·a_n·b_k − c_n,
-    φ(d) = e^d − 1 − d − d²/2, computed row block by row block; the entries where a sampled row
-    is the anchor's own row (``self_rows``) count 0. Backward recomputes each block:
+    φ(d) = e^d − 1 − d − d²/2, computed row block by row block; the entries listed in ``own``
+    ((anchor, k) pairs where a sampled row is the anchor's own row) count 0. Backward recomputes each block:
     ∂R_n/∂d_nk = w_k (e^d − 1 − d), with the weights w and the upstream g_n folded into the
     small factors of its products."""
 

@@ -176,3 +176,13 @@ def test_a_stage_with_the_adaptive_estimator_rebuilds_its_profiles_each_epoch_an
     first = run("a")
     assert len(builds) == 2 * 2  # users and items, once in each of the 2 epochs
     assert run("b") == first  # the same numbers again
+
+
+def test_own_row_pairs_are_every_match_of_an_anchor_s_row_in_the_sample():
+    gen = torch.Generator().manual_seed(4)
+    rows = torch.randint(0, 30, (50,), generator=gen)  # with repeats
+    self_rows = torch.randperm(30, generator=gen)[:12]
+    anchor, k = E.own_row_pairs(rows, self_rows)
+    brute = torch.nonzero(rows[None, :] == self_rows[:, None])
+    assert sorted(zip(anchor.tolist(), k.tolist())) == sorted(map(tuple, brute.tolist()))
+    assert torch.equal(anchor, anchor.sort().values)  # sorted by anchor, as the blocks read them
