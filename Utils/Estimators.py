@@ -42,7 +42,7 @@ KMEANS_ITERS = 8
 #: Share of a group's estimated weight carried by the clusters it sums exactly.
 COVER = 0.9
 #: Below this share of the plain weighted estimate, an anchor's control-variate sum is not trusted
-#: (the expansion can overshoot on a far-spread anchor) and that share of the plain one is used instead.
+#: (the expansion can overshoot on a far-spread anchor) and the plain estimate is used instead.
 CONTROL_FLOOR = 0.25
 #: Columns of one block of a group's logits in :func:`stratified_logsumexp` (a few MiB, cache-resident).
 STRATIFIED_BLOCK = 4096
@@ -139,7 +139,7 @@ def control_variate_logsumexp(anchors: torch.Tensor, table: torch.Tensor, temp: 
     e^{|a_n|²/τ}, can carry much of its sum and is added exactly (left out of the sampled
     remainder, which stays unbiased for the other rows). An anchor whose estimate falls below
     :data:`CONTROL_FLOOR` times the plain weighted estimate Σ_k w_k e^{s_nk} (the expansion
-    overshooting on a far-spread anchor; not seen on Yelp) takes that floor, without a gradient.
+    overshooting on a far-spread anchor; not seen on Yelp) takes that plain estimate, without a gradient.
     Differentiable w.r.t. both; every table row gets a gradient through b̄ and M. ``moments``:
     :func:`table_moments` of ``table`` when the caller already has them (several sums over one table)."""
     n_rows = table.shape[0]
@@ -157,7 +157,7 @@ def control_variate_logsumexp(anchors: torch.Tensor, table: torch.Tensor, temp: 
         d_self = (anchors * table[self_rows]).sum(dim=1) / temp - centre
         bracket = bracket + (torch.expm1(d_self) - d_self - 0.5 * d_self * d_self)
         plain = plain + torch.exp(d_self.detach())
-    bracket = torch.maximum(bracket, CONTROL_FLOOR * plain)
+    bracket = torch.where(bracket > CONTROL_FLOOR * plain, bracket, plain)  # (plain: no gradient)
     return centre + torch.log(bracket)
 
 

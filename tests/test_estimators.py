@@ -186,3 +186,16 @@ def test_own_row_pairs_are_every_match_of_an_anchor_s_row_in_the_sample():
     brute = torch.nonzero(rows[None, :] == self_rows[:, None])
     assert sorted(zip(anchor.tolist(), k.tolist())) == sorted(map(tuple, brute.tolist()))
     assert torch.equal(anchor, anchor.sort().values)  # sorted by anchor, as the blocks read them
+
+
+def test_an_anchor_whose_expansion_overshoots_takes_the_plain_weighted_estimate():
+    """Far-spread logits (τ small against the rows' spread): where the control-variate sum falls
+    below a quarter of the plain weighted sample, the plain one is used, so the log stays finite."""
+    anchors, table = _table(6, scale=3.0, seed=20), _table(200, scale=3.0, seed=21)
+    rows = torch.arange(0, 200, 10)
+    weights = torch.full((rows.numel(),), 10.0, dtype=torch.float64)
+    lse = E.control_variate_logsumexp(anchors, table, 0.2, rows, None, weights)
+    plain = torch.logsumexp(anchors @ table[rows].T / 0.2, dim=1) + torch.log(torch.tensor(10.0, dtype=torch.float64))
+    assert bool(torch.isfinite(lse).all())
+    assert bool(torch.isclose(lse, plain).any())  # (here the expansion overshoots for these anchors)
+    assert bool((torch.isclose(lse, plain) | (lse > plain + torch.log(torch.tensor(0.25, dtype=torch.float64)))).all())
