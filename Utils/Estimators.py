@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from Utils.Kernels import CPU_BLOCKS, Blocks, ContrastSample
+from Utils.Kernels import CPU_BLOCKS, Blocks, ContrastSample, online_logsumexp_step
 
 #: Clusters of a table (:class:`Strata`) and the k-means iterations that find them.
 N_CLUSTERS = 64
@@ -164,8 +164,8 @@ def control_variate_logsumexp(anchors: torch.Tensor, table: torch.Tensor, temp: 
 # ----------------------------------------------------------------------------- concentrated sums
 @dataclass(frozen=True)
 class StratifiedRows:
-    """One batch's plan for the concentrated sums over one table: for each group of anchors
-    (``groups[g]`` = its anchor ids), the table rows its sum runs over (``candidates[g]``) and each
+    """One batch's plan for the concentrated sums over one table: for each group g of anchors,
+    the table rows its sum runs over (``candidates[g]``) and each
     row's log weight (``log_weights[g]``: 0 for the rows of its exact clusters, log(|rest|/m) for the
     m rows sampled from the rest). ``group_of[a]``: the group of anchor id a (−1: not an anchor)."""
 
@@ -173,20 +173,15 @@ class StratifiedRows:
     candidates: List[torch.Tensor]
     log_weights: List[torch.Tensor]
 
-    @property
-    def mean_candidates(self) -> float:
-        return sum(c.numel() for c in self.candidates) / max(1, len(self.candidates))
-
 
 @dataclass(frozen=True)
 class Strata:
     """One table clustered for the concentrated sums: ``centroids`` (C×d, unit rows) of the
-    trainee's normalised outputs, each row's cluster (``assign``), the rows of each cluster
-    (``members``, slices of ``sorted_rows`` starting at ``starts``), and the anchors' vectors (``anchor_vectors``: the supervisor's normalised rows,
-    frozen), all built by :meth:`build`."""
+    trainee's normalised outputs, the rows of each cluster (``members``, slices of ``sorted_rows``
+    starting at ``starts``), and the anchors' vectors (``anchor_vectors``: the supervisor's
+    normalised rows, frozen), all built by :meth:`build`."""
 
     centroids: torch.Tensor
-    assign: torch.Tensor
     members: List[torch.Tensor]
     anchor_vectors: torch.Tensor
     sorted_rows: torch.Tensor  # the rows in cluster order (``members`` are its slices)
@@ -213,7 +208,7 @@ class Strata:
         members = list(torch.split(order, counts))
         starts = torch.tensor([0] + counts[:-1], device=y.device).cumsum(dim=0)
         anchors = F.normalize(anchor_vectors.detach() + 1e-8, p=2, dim=1)
-        return cls(centroids, assign, members, anchors, order, starts)
+        return cls(centroids, members, anchors, order, starts)
 
     @torch.no_grad()
     def plan(self, anchor_ids: torch.Tensor, temp: float, rate: float,
@@ -248,13 +243,14 @@ class Strata:
             exact = torch.cat([self.members[c] for c in clusters[:n_exact[g]]])
             parts, weights = [exact], [x.new_zeros(exact.numel())]
             rest = torch.tensor(clusters[n_exact[g]:], dtype=torch.long, device=x.device)
-            ends = sizes[rest].cumsum(dim=0)
+            rest_sizes = sizes[rest]
+            ends = rest_sizes.cumsum(dim=0)
             n_rest = int(ends[-1]) if rest.numel() else 0
             if n_rest > 0:  # m rows uniform over the rest's clusters, without listing them
                 m = max(1, int(round(rate * n_rest)))
                 draw = torch.randint(0, n_rest, (m,), generator=generator).to(x.device)
                 which = torch.searchsorted(ends, draw, right=True)
-                offset = draw - (ends[which] - sizes[rest][which])
+                offset = draw - (ends[which] - rest_sizes[which])
                 parts.append(self.sorted_rows[self.starts[rest[which]] + offset])
                 weights.append(x.new_full((m,), math.log(n_rest / m)))
             candidates.append(torch.cat(parts))
@@ -281,13 +277,7 @@ class _StratifiedLogSumExp(torch.autograd.Function):
                 block = cand[c0:c0 + STRATIFIED_BLOCK]
                 logits = buffer[:a_g.shape[0] * block.shape[0]].view(a_g.shape[0], block.shape[0])
                 torch.addmm(log_w[None, c0:c0 + block.shape[0]], a_g, block.T, out=logits)
-                top = logits.amax(dim=1)
-                if run_max is None:
-                    run_max, run_sum = top, logits.sub_(top[:, None]).exp_().sum(dim=1)
-                else:
-                    new_max = torch.maximum(run_max, top)
-                    run_sum = run_sum * torch.exp(run_max - new_max) + logits.sub_(new_max[:, None]).exp_().sum(dim=1)
-                    run_max = new_max
+                run_max, run_sum = online_logsumexp_step(logits, run_max, run_sum)
             lse[where] = run_max + torch.log(run_sum)
         ctx.save_for_backward(anchors, table, lse)
         ctx.scale, ctx.members, ctx.candidates, ctx.log_weights = scale, members, candidates, log_weights
@@ -342,6 +332,8 @@ def stratified_logsumexp(anchors: torch.Tensor, anchor_ids: torch.Tensor, table:
     groups = plan.group_of[anchor_ids]
     if bool((groups < 0).any()):
         raise ValueError("stratified_logsumexp: some anchors are not in the plan (Strata.plan of the whole anchor set)")
+    if anchors.shape[0] == 0:
+        return anchors.new_zeros(0)
     members, candidates, log_weights = [], [], []
     for g, (rows, log_w) in enumerate(zip(plan.candidates, plan.log_weights)):
         where = torch.nonzero(groups == g).squeeze(1)
@@ -350,8 +342,6 @@ def stratified_logsumexp(anchors: torch.Tensor, anchor_ids: torch.Tensor, table:
         members.append(where)
         candidates.append(rows)
         log_weights.append(log_w.to(table.dtype))
-    if anchors.shape[0] == 0:
-        return anchors.new_zeros(0)
     return _StratifiedLogSumExp.apply(anchors, table, 1.0 / float(temp), members, candidates, log_weights)
 
 

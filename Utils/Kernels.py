@@ -74,6 +74,21 @@ def _block_view(storage: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
     return storage[: rows * cols].view(rows, cols)
 
 
+def online_logsumexp_step(block: torch.Tensor, run_max: Optional[torch.Tensor], run_sum: Optional[torch.Tensor]):
+    """One column block of a row-wise log-sum-exp taken online: ``block`` (rows × columns, left
+    holding exp(block − max)) folded into its rows' running max and Σ exp(· − max) (both None at
+    the first block); returns the new (max, sum). log-sum-exp = max + log(sum) after the last."""
+    blk_max = block.amax(dim=1)
+    if run_max is None:
+        block.sub_(blk_max[:, None]).exp_()
+        return blk_max, block.sum(dim=1)
+    new_max = torch.maximum(run_max, blk_max)
+    run_sum.mul_(torch.exp(run_max - new_max))
+    block.sub_(new_max[:, None]).exp_()
+    run_sum.add_(block.sum(dim=1))
+    return new_max, run_sum
+
+
 class _RowLogSumExpMatmul(torch.autograd.Function):
     """lse_n = log Σ_m exp(s · a_n·b_m), computed block by block; blocks recomputed in backward.
 
@@ -97,17 +112,7 @@ class _RowLogSumExpMatmul(torch.autograd.Function):
                 bc = b[c0:c0 + block_cols]
                 blk = _block_view(storage, nr, bc.shape[0])
                 torch.mm(ar, bc.T, out=blk)
-                blk_max = blk.amax(dim=1)
-                if run_max is None:
-                    run_max = blk_max
-                    blk.sub_(run_max[:, None]).exp_()
-                    run_sum = blk.sum(dim=1)
-                else:
-                    new_max = torch.maximum(run_max, blk_max)
-                    run_sum.mul_(torch.exp(run_max - new_max))
-                    blk.sub_(new_max[:, None]).exp_()
-                    run_sum.add_(blk.sum(dim=1))
-                    run_max = new_max
+                run_max, run_sum = online_logsumexp_step(blk, run_max, run_sum)
             lse[r0:r0 + nr] = run_max + torch.log(run_sum)
         ctx.save_for_backward(anchors, candidates, lse)
         ctx.scale, ctx.block_rows, ctx.block_cols = scale, block_rows, block_cols
