@@ -2,9 +2,9 @@
 
     python modelTools.py report CHECKPOINT [--json OUT]
     python modelTools.py plot HISTORY... --out DIR
-    python modelTools.py export CHECKPOINT OUT
-    python modelTools.py recommend CHECKPOINT --users 0,5,9 --topk 20
-    python modelTools.py evaluate CHECKPOINT --split test
+    python modelTools.py export CHECKPOINT OUT [--embeddings]
+    python modelTools.py recommend CHECKPOINT --users 0,5,9 --topk 20 [--all_users --out FILE]
+    python modelTools.py evaluate CHECKPOINT --split test [--ks 10,20,40 --metrics all --per_user FILE]
     python modelTools.py compare RUN_A_FOLDER RUN_B_FOLDER
     python modelTools.py summary HISTORY... [--checkpoints DIR --topk 20,40]
 
@@ -18,194 +18,19 @@ and propagation, and evaluated with its Evaluator, so numbers match its log.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional
 
 import torch
 
-import DataHandler as dh
-import Params
-from Model import LightGCN, model_from_tensors
 from Utils import Checkpoint, Compare, Plots, Report
-from Utils.Errors import (CheckpointError, ConfigError, DataError, OneLineErrorParser, UserError, quiet_library_warnings,
-                          report_user_error)
-from Utils.Metrics import Evaluator, popularity_embeddings, top_k_unseen
+from Utils.Errors import ConfigError, OneLineErrorParser, UserError, quiet_library_warnings, report_user_error
+from Utils import Serve
+from Utils.Metrics import ALL_METRICS, Evaluator, parse_ks, parse_metrics, popularity_embeddings
 from Utils.Runtime import device_named
-
-
-# ----------------------------------------------------------------------------- loading
-@dataclass
-class Loaded:
-    """A model file: its checkpoint, or its compact form when it is a compact export."""
-
-    ckpt: Checkpoint.Checkpoint
-    compact: Optional[Report.CompactModel]
-
-    @property
-    def meta(self) -> dict:
-        return self.ckpt.meta
-
-    @property
-    def flags(self) -> dict:
-        return self.ckpt.meta.get("flags") or {}
-
-
-def load_model_file(path: str, role: Optional[str] = None) -> Loaded:
-    ckpt = Checkpoint.load_checkpoint(path, role=role)
-    if Report.is_compact(ckpt.meta):
-        return Loaded(ckpt, Report.compact_from_checkpoint_data(ckpt.tensors, ckpt.meta, ckpt.path))
-    if "uEmbeds" not in ckpt.tensors or "iEmbeds" not in ckpt.tensors:
-        raise CheckpointError(f"checkpoint {path} holds no uEmbeds/iEmbeds: not a LightGCN model")
-    return Loaded(ckpt, None)
-
-
-def default_flags() -> argparse.Namespace:
-    """The training tool's defaults (for published files, which store no flags)."""
-    return Params.build_parser().parse_args([])
-
-
-def load_data(loaded: Loaded, args) -> dh.Dataset:
-    """The dataset of ``--dataset``/``--data_dir``, else the one recorded in the checkpoint,
-    checked against the checkpoint (its shapes, then :func:`check_train_split`)."""
-    name = args.dataset or loaded.flags.get("dataset") or loaded.meta.get("dataset")
-    if not name:
-        raise ConfigError(f"{loaded.ckpt.path} does not say which dataset it was trained on: pass --dataset")
-    data_dir = args.data_dir or loaded.flags.get("data_dir") or default_flags().data_dir
-    dataset = dh.load_dataset(data_dir, name)
-    n_users, n_items = int(loaded.meta.get("n_users", -1)), int(loaded.meta.get("n_items", -1))
-    if loaded.compact is None:
-        Checkpoint.check_compatible(loaded.ckpt, dataset.n_users, dataset.n_items, what="model")
-    elif (n_users, n_items) != (dataset.n_users, dataset.n_items):
-        raise CheckpointError(f"compact export {loaded.ckpt.path} is for {n_users} users x {n_items} items but "
-                              f"dataset {dataset.directory} has {dataset.n_users} x {dataset.n_items}")
-    check_train_split(loaded, dataset)
-    return dataset
-
-
-def check_train_split(loaded: Loaded, dataset: dh.Dataset) -> None:
-    """Refuse a model trained on another train split, as the stages refuse such a supervisor
-    (:func:`Utils.Checkpoint.check_identity` on the train-split fingerprint; there is no flag to
-    override it there either): its scores would be those of another dataset of the same shape,
-    with other train items excluded. Files that record no fingerprint (published ``.mod`` files,
-    older checkpoints and exports) cannot be checked and are used as they are."""
-    try:
-        Checkpoint.check_identity(loaded.ckpt, Checkpoint.checkpoint_role(loaded.meta), dataset.fingerprint,
-                                  warn=lambda line: None)
-    except CheckpointError as err:
-        raise CheckpointError(f"{err}; the dataset read here is {dataset.directory}: pass the --dataset/--data_dir "
-                              "the model was trained on") from None
-
-
-def _closure_graph(train, flags: dict) -> dh.Graph:
-    return dh.closure_graph(train, Params.closure_config({**vars(default_flags()), **flags}))
-
-
-def model_graph(loaded: Loaded, dataset: dh.Dataset, choice: str = "auto") -> Tuple[dh.Graph, str]:
-    """The graph a full checkpoint propagates on: Â, or Ĉ for an intermediate model.
-
-    ``choice`` 'adjacency'/'closure' forces it; 'auto' takes the checkpoint's meta
-    (``graph``), and for a published file, which does not say, the graph whose edge
-    count equals the length of its edge vectors.
-    """
-    tensors, meta = loaded.ckpt.tensors, loaded.meta
-    adj = dh.Graph.from_scipy(dh.propagation_matrix(dataset.train))
-    n_edges = int(tensors["adj_mask1_train"].numel()) if "adj_mask1_train" in tensors else None
-    kind = choice if choice != "auto" else meta.get("graph")
-    if kind is None:
-        if n_edges is None or n_edges == adj.nnz:
-            kind = "adjacency"
-        else:
-            closure = _closure_graph(dataset.train, loaded.flags)
-            if n_edges != closure.nnz:
-                raise CheckpointError(
-                    f"checkpoint {loaded.ckpt.path} has {n_edges} edge weights, but on dataset {dataset.directory} "
-                    f"the graph Â has {adj.nnz} edges and the closure Ĉ {closure.nnz}: another dataset?")
-            return closure, "closure"
-    graph = adj if kind == "adjacency" else _closure_graph(dataset.train, loaded.flags)
-    if n_edges is not None and n_edges != graph.nnz:
-        raise CheckpointError(f"checkpoint {loaded.ckpt.path} has {n_edges} edge weights but the {kind} graph of "
-                              f"{dataset.directory} has {graph.nnz} edges (another dataset, or the other graph?)")
-    return graph, kind
-
-
-def _layers(loaded: Loaded) -> int:
-    layers = loaded.meta.get("gnn_layer")
-    if layers is None:
-        raise CheckpointError(f"checkpoint {loaded.ckpt.path} does not say how many layers it propagates")
-    return int(layers)
-
-
-def build_model(loaded: Loaded, dataset: dh.Dataset, graph: dh.Graph) -> LightGCN:
-    """The training tool's model class holding the checkpoint's tensors."""
-    has_edges = "adj_mask1_train" in loaded.ckpt.tensors
-    Checkpoint.check_compatible(loaded.ckpt, dataset.n_users, dataset.n_items,
-                                n_edges=graph.nnz if has_edges else None, what="model")
-    return model_from_tensors(loaded.ckpt.tensors, dataset.n_users, dataset.n_items, _layers(loaded)).eval()
-
-
-@torch.no_grad()
-def propagated(loaded: Loaded, dataset: dh.Dataset, device, graph_choice: str = "auto"):
-    """(Ē_users, Ē_items) of a full checkpoint or a compact export, on ``device``."""
-    if loaded.compact is not None:
-        return loaded.compact.embeddings(device)
-    graph, _ = model_graph(loaded, dataset, graph_choice)
-    model = build_model(loaded, dataset, graph).to(device)
-    return model(graph.to(device))
-
-
-def read_idmap(dataset: dh.Dataset) -> Optional[Dict[str, list]]:
-    """``<dataset dir>/idmap.json`` ({"users": [...], "items": [...]}, index k -> original id), if present."""
-    path = os.path.join(dataset.directory, "idmap.json")
-    if not os.path.isfile(path):
-        return None
-    try:
-        with open(path, encoding="utf-8") as fh:
-            idmap = json.load(fh)
-    except (OSError, ValueError) as exc:
-        raise DataError(f"cannot read id map {path}: {exc}") from None
-    if not (isinstance(idmap, dict) and len(idmap.get("users", ())) == dataset.n_users
-            and len(idmap.get("items", ())) == dataset.n_items):
-        raise DataError(f"id map {path} does not list {dataset.n_users} users and {dataset.n_items} items")
-    return idmap
-
-
-def parse_users(text: str, dataset: dh.Dataset, idmap: Optional[dict], by_index: bool) -> List[int]:
-    """User indices of ``--users``: original ids when an id map exists (unless --by_index), else indices."""
-    tokens = [t for t in text.replace(",", " ").split() if t]
-    if not tokens:
-        raise ConfigError("--users is empty: give comma-separated user ids, e.g. --users 0,5,9")
-    if idmap is not None and not by_index:
-        index = {str(orig): k for k, orig in enumerate(idmap["users"])}
-        unknown = [t for t in tokens if t not in index]
-        if unknown:
-            raise ConfigError(f"unknown user id {unknown[0]!r} (not in the dataset's idmap.json; "
-                              "--by_index takes row indices instead)")
-        return [index[t] for t in tokens]
-    try:
-        users = [int(t) for t in tokens]
-    except ValueError:
-        raise ConfigError(f"--users must be integer user indices, got {text!r}") from None
-    bad = [u for u in users if not 0 <= u < dataset.n_users]
-    if bad:
-        raise ConfigError(f"user index {bad[0]} is out of range: the dataset has {dataset.n_users} users (0..{dataset.n_users - 1})")
-    return users
-
-
-def top_k(user_emb: torch.Tensor, item_emb: torch.Tensor, users: List[int], train, k: int):
-    """Top-``k`` (items, scores) per user by Ē_u·Ē_i, the user's train items excluded (the Evaluator's rule).
-
-    ``k`` is clipped to the item count, and a user's train items are dropped from the list,
-    so a user with fewer than ``k`` unseen items gets them all (fewer than ``k``), never an error."""
-    k = min(k, item_emb.shape[0])
-    values, indices = top_k_unseen(user_emb, item_emb.t(), torch.tensor(users, device=user_emb.device), train, k)
-    out = []
-    for row in range(len(users)):
-        keep = torch.isfinite(values[row])
-        out.append((indices[row][keep].tolist(), values[row][keep].tolist()))
-    return out
+from Utils.Serve import (Loaded, build_model, default_flags, load_data, load_model_file,  # noqa: F401 (re-exported)
+                         model_graph, parse_users, propagated, read_idmap, top_k)
 
 
 # ----------------------------------------------------------------------------- commands
@@ -213,7 +38,7 @@ def cmd_report(args) -> int:
     loaded = load_model_file(args.checkpoint, args.role)
     nnz = None
     if args.dataset and loaded.compact is None and "n_edges" not in loaded.meta:
-        dataset = load_data(loaded, args)
+        dataset = load_data(loaded, args.dataset, args.data_dir)
         nnz = 2 * dataset.train.nnz + dataset.n_nodes  # nnz(Â), docs/method.md#propagation-graph
     report = Report.compression_report(loaded.ckpt.tensors, loaded.meta, graph_nnz_full=nnz)
     report["checkpoint"] = loaded.ckpt.path
@@ -269,7 +94,7 @@ def run_checkpoint_metrics(args):
             return ["–"] * len(titles)
         if path not in cache:
             loaded = load_model_file(path)
-            dataset = load_data(loaded, args)
+            dataset = load_data(loaded, args.dataset, args.data_dir)
             user_emb, item_emb = propagated(loaded, dataset, torch.device("cpu"))
             values = []
             for k in ks:
@@ -290,15 +115,22 @@ def cmd_curve(args) -> int:
     return 0
 
 
+def _refuse_existing(path: str, overwrite: bool, what: str) -> None:
+    if os.path.exists(path) and not overwrite:
+        raise ConfigError(f"{path} exists: pass --overwrite to replace the {what}, or choose another path")
+
+
 def cmd_export(args) -> int:
     loaded = load_model_file(args.checkpoint, args.role)
-    if loaded.compact is not None:
-        raise ConfigError(f"{args.checkpoint} is already a compact export")
     if os.path.abspath(args.out) == os.path.abspath(args.checkpoint):
         raise ConfigError("OUT must differ from CHECKPOINT")
-    if os.path.exists(args.out) and not args.overwrite:
-        raise ConfigError(f"{args.out} exists: pass --overwrite to replace it, or choose another OUT")
-    dataset = load_data(loaded, args)
+    if args.embeddings:
+        return _export_embeddings(loaded, args)
+    if loaded.compact is not None:
+        raise ConfigError(f"{args.checkpoint} is already a compact export (--embeddings writes its propagated "
+                          "embeddings)")
+    _refuse_existing(args.out, args.overwrite, "file")
+    dataset = load_data(loaded, args.dataset, args.data_dir)
     graph, kind = model_graph(loaded, dataset, args.graph)
     meta = dict(loaded.meta, graph=kind)
     meta.setdefault("dataset", dataset.name)
@@ -313,18 +145,47 @@ def cmd_export(args) -> int:
     return 0
 
 
+def _export_embeddings(loaded, args) -> int:
+    """``export --embeddings``: OUT is a folder of NumPy tables and their ids (Utils.Serve.export_embeddings)."""
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise ConfigError(f"{args.out} is a file: with --embeddings OUT is a folder")
+    for name in Serve.EMBEDDING_FILES:
+        _refuse_existing(os.path.join(args.out, name), args.overwrite, "embeddings")
+    dataset = load_data(loaded, args.dataset, args.data_dir)
+    user_emb, item_emb = propagated(loaded, dataset, torch.device("cpu"), args.graph)
+    meta = {"checkpoint": os.path.abspath(loaded.ckpt.path), "dataset": dataset.name,
+            "data_dir": os.path.dirname(dataset.directory), "role": Checkpoint.checkpoint_role(loaded.meta),
+            "exclude": "a user's train items (trnMat.pkl) are excluded from their recommendations"}
+    paths = Serve.export_embeddings(args.out, user_emb, item_emb, read_idmap(dataset), meta)
+    print(f"Embeddings written: {', '.join(paths)} ({user_emb.shape[0]:,} users and {item_emb.shape[0]:,} items, "
+          f"{user_emb.shape[1]} dimensions; score = dot product)")
+    return 0
+
+
 def _format_items(items: List[int], idmap: Optional[dict]) -> str:
     return " ".join(str(idmap["items"][i]) if idmap else str(i) for i in items)
 
 
 def cmd_recommend(args) -> int:
     loaded = load_model_file(args.checkpoint, args.role)
-    dataset = load_data(loaded, args)
     if args.topk <= 0:
         raise ConfigError(f"--topk must be a positive integer, got {args.topk}")
+    if args.all_users == (args.users is not None):
+        raise ConfigError("give either --users or --all_users")
+    if args.all_users and not args.out:
+        raise ConfigError("--all_users needs --out FILE (one tab-separated line per user)")
+    if args.out:
+        _refuse_existing(args.out, args.overwrite, "file")
+    dataset = load_data(loaded, args.dataset, args.data_dir)
     idmap = read_idmap(dataset)
-    users = parse_users(args.users, dataset, idmap, args.by_index)
-    user_emb, item_emb = propagated(loaded, dataset, device_named(args.device), args.graph)
+    device = device_named(args.device)
+    users = (list(range(dataset.n_users)) if args.all_users else parse_users(args.users, dataset, idmap, args.by_index))
+    user_emb, item_emb = propagated(loaded, dataset, device, args.graph)
+    if args.out:
+        rows = Serve.top_k_batches(user_emb, item_emb, torch.tensor(users), dataset.train, args.topk, args.batch)
+        written = Serve.write_top_k(args.out, rows, idmap, args.scores)
+        print(f"Recommendations written: {args.out} (top-{args.topk} of {written:,} users)")
+        return 0
     for u, (items, scores) in zip(users, top_k(user_emb, item_emb, users, dataset.train, args.topk)):
         name = f"{idmap['users'][u]} (index {u})" if idmap else str(u)
         line = f"user {name}: {_format_items(items, idmap)}"
@@ -336,33 +197,86 @@ def cmd_recommend(args) -> int:
 
 def cmd_evaluate(args) -> int:
     loaded = load_model_file(args.checkpoint, args.role)
-    dataset = load_data(loaded, args)
+    if args.ks is not None and args.topk is not None:
+        raise ConfigError("give --topk (one cut-off) or --ks (several), not both")
+    if args.per_user:
+        _refuse_existing(args.per_user, args.overwrite, "file")
+    dataset = load_data(loaded, args.dataset, args.data_dir)
     split = dataset.split(args.split)
-    topk = args.topk or int(loaded.flags.get("topk", default_flags().topk))
+    logged_k = int(loaded.flags.get("topk", default_flags().topk))
     batch = args.tstBat or int(loaded.flags.get("tstBat", default_flags().tstBat))
-    if topk <= 0 or batch <= 0:
-        raise ConfigError(f"--topk and --tstBat must be positive integers, got {topk} and {batch}")
+    ks = parse_ks(args.ks, dataset.n_items) if args.ks is not None else (args.topk or logged_k,)
+    if min(ks) <= 0 or batch <= 0:
+        raise ConfigError(f"--topk and --tstBat must be positive integers, got {ks[0]} and {batch}")
+    metrics = parse_metrics(args.metrics)
     device = device_named(args.device)
-    evaluator = Evaluator(dataset.train, split, topk, batch, device)  # checks --topk against the item count
+    evaluator = Evaluator(dataset.train, split, ks[0], batch, device)  # checks K against the item count
     user_emb, item_emb = propagated(loaded, dataset, device, args.graph)
-    result = evaluator.evaluate(user_emb, item_emb)
     n_users = int(evaluator.users.numel())
-    print(f"{args.split}: Recall@{topk} = {result['Recall']:.5f}, NDCG@{topk} = {result['NDCG']:.5f} "
-          f"({n_users} users, {loaded.ckpt.path})")
+    summary, rows = evaluator.evaluate_many(user_emb, item_emb, ks, metrics, per_user=bool(args.per_user))
+    if args.ks is None and metrics == ("Recall", "NDCG"):  # the one-line form of a single cut-off
+        topk = ks[0]
+        print(f"{args.split}: Recall@{topk} = {summary[f'Recall@{topk}']:.5f}, NDCG@{topk} = "
+              f"{summary[f'NDCG@{topk}']:.5f} ({n_users} users, {loaded.ckpt.path})")
+    else:
+        print(f"{args.split}: {n_users} users, {loaded.ckpt.path}")
+        for line in metrics_table(summary, ks, metrics):
+            print(line)
     recorded = Report.recorded_metrics(loaded.meta).get(args.split)
-    if recorded and topk == int(loaded.flags.get("topk", topk)):
-        print(f"{args.split} as logged in training: Recall@{topk} = {recorded['Recall']:.5f}, "
-              f"NDCG@{topk} = {recorded['NDCG']:.5f}")
+    if recorded and logged_k in ks:
+        print(f"{args.split} as logged in training: Recall@{logged_k} = {recorded['Recall']:.5f}, "
+              f"NDCG@{logged_k} = {recorded['NDCG']:.5f}")
     popularity = None
     if args.baseline == "popularity":
-        popularity = evaluator.evaluate(*popularity_embeddings(dataset.train, device))
-        print(f"{args.split}, popularity ranking: Recall@{topk} = {popularity['Recall']:.5f}, "
-              f"NDCG@{topk} = {popularity['NDCG']:.5f}")
+        popularity, _ = evaluator.evaluate_many(*popularity_embeddings(dataset.train, device), ks, metrics)
+        if args.ks is None and metrics == ("Recall", "NDCG"):
+            topk = ks[0]
+            print(f"{args.split}, popularity ranking: Recall@{topk} = {popularity[f'Recall@{topk}']:.5f}, "
+                  f"NDCG@{topk} = {popularity[f'NDCG@{topk}']:.5f}")
+        else:
+            print(f"{args.split}, popularity ranking:")
+            for line in metrics_table(popularity, ks, metrics):
+                print(line)
+    if args.per_user:
+        _write_per_user(args.per_user, rows, read_idmap(dataset))
+        print(f"Per-user metrics written: {args.per_user} ({n_users} users)")
     if args.json:
-        Report.save_report(args.json, {"checkpoint": loaded.ckpt.path, "split": args.split, "topk": topk,
-                                       "users": n_users, "Recall": result["Recall"], "NDCG": result["NDCG"],
-                                       "recorded": recorded, "popularity": popularity})
+        result = {"checkpoint": loaded.ckpt.path, "split": args.split, "topk": ks[0] if len(ks) == 1 else list(ks),
+                  "users": n_users, "metrics": summary, "recorded": recorded}
+        if len(ks) == 1:  # the single-cut-off keys earlier versions wrote
+            result.update(Recall=summary.get(f"Recall@{ks[0]}"), NDCG=summary.get(f"NDCG@{ks[0]}"))
+            if popularity is not None:
+                popularity = dict(popularity, Recall=popularity.get(f"Recall@{ks[0]}"),
+                                  NDCG=popularity.get(f"NDCG@{ks[0]}"))
+        result["popularity"] = popularity
+        Report.save_report(args.json, result)
     return 0
+
+
+def metrics_table(summary: Dict[str, float], ks, metrics) -> List[str]:
+    """One row per metric, one column per cut-off (5 decimals; AvgPop, a count, with 2)."""
+    lines = ["metric    " + "".join(f"{'@' + str(k):>11}" for k in ks)]
+    for m in metrics:
+        digits = 2 if m == "AvgPop" else 5
+        lines.append(f"{m:<10}" + "".join(f"{summary[f'{m}@{k}']:>11.{digits}f}" for k in ks))
+    return lines
+
+
+def _write_per_user(path: str, rows: Dict[str, torch.Tensor], idmap: Optional[dict]) -> None:
+    """CSV of the per-user metrics: user index, original id, |split items|, then metric@K columns."""
+    columns = [name for name in rows if name not in ("user", "n_truth")]
+    users, n_truth = rows["user"].tolist(), rows["n_truth"].tolist()
+    values = [rows[name].tolist() for name in columns]
+
+    def write(handle) -> None:
+        handle.write(",".join(["user", "user_id", "n_truth"] + columns) + "\n")
+        for r, user in enumerate(users):
+            uid = str(idmap["users"][user]) if idmap else str(user)
+            if any(ch in uid for ch in ',"\n'):
+                uid = '"' + uid.replace('"', '""') + '"'
+            handle.write(",".join([str(user), uid, str(n_truth[r])] + [repr(col[r]) for col in values]) + "\n")
+
+    Checkpoint.atomic_write(path, "w", write, "per-user metrics")
 
 
 def cmd_compare(args) -> int:
@@ -451,23 +365,37 @@ def _add_history_commands(sub):
 
 def _add_model_commands(sub):
     """The commands that load a model: export, recommend, evaluate."""
-    p = sub.add_parser("export", help="write the compact export (surviving edges + non-zero entries)")
+    p = sub.add_parser("export", help="write the compact export (surviving edges + non-zero entries), or with "
+                                      "--embeddings the propagated embeddings for a nearest-neighbour index")
     p.add_argument("checkpoint", metavar="CHECKPOINT")
-    p.add_argument("out", metavar="OUT")
-    p.add_argument("--overwrite", action="store_true", help="replace OUT when it exists")
+    p.add_argument("out", metavar="OUT", help="the compact export's file; with --embeddings a folder")
+    p.add_argument("--embeddings", action="store_true",
+                   help="write OUT/user_embeddings.npy and item_embeddings.npy (float32, one row per user/item, "
+                        "score = dot product), OUT/ids.json (original id of each row) and OUT/meta.json; any "
+                        "model file, compact exports included")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT (or its files) when it exists")
     _data_options(p)
     p.set_defaults(func=cmd_export)
 
-    for name, text in (("recommend", "top-K items for some users, their train items excluded"),
-                       ("evaluate", "Recall@K and NDCG@K on a split, as the training tool computes them")):
+    for name, text in (("recommend", "top-K items for some users or all, their train items excluded"),
+                       ("evaluate", "ranking metrics on a split (Recall and NDCG as the training tool computes "
+                                    "them, and more) at one or several K")):
         p = sub.add_parser(name, help=text)
         p.add_argument("checkpoint", metavar="CHECKPOINT", help="full checkpoint, published .mod or compact export")
         _data_options(p)
         p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu",
                        help="where to propagate and score (default: %(default)s)")
+        p.add_argument("--overwrite", action="store_true", help="replace the output file when it exists")
         if name == "recommend":
-            p.add_argument("--users", required=True, help="comma-separated user ids (original ids when the dataset "
-                                                          "has idmap.json, else row indices)")
+            p.add_argument("--users", default=None, help="comma-separated user ids (original ids when the dataset "
+                                                         "has idmap.json, else row indices)")
+            p.add_argument("--all_users", action="store_true",
+                           help="every user of the dataset, written to --out in batches (never all scores at once)")
+            p.add_argument("--out", metavar="FILE", default=None,
+                           help="write tab-separated lines 'user<TAB>item,item,...' (with --scores a third column) "
+                                "instead of printing")
+            p.add_argument("--batch", type=int, default=1024, help="users scored at once with --out "
+                                                                   "(default: %(default)s)")
             p.add_argument("--by_index", action="store_true", help="--users are row indices even with an id map")
             p.add_argument("--topk", type=int, default=20,
                            help="items per user (default: %(default)s); a user gets fewer when fewer items are "
@@ -477,6 +405,13 @@ def _add_model_commands(sub):
         else:
             p.add_argument("--split", choices=("test", "val"), default="test", help="(default: %(default)s)")
             p.add_argument("--topk", type=int, default=None, help="K (default: the checkpoint's --topk, else 20)")
+            p.add_argument("--ks", default=None, metavar="K,...",
+                           help="several cut-offs, e.g. 10,20,40: a table with a column per K")
+            p.add_argument("--metrics", default="Recall,NDCG", metavar="NAME,...",
+                           help=f"any of {', '.join(ALL_METRICS)}, or all (default: %(default)s); formulas in "
+                                "docs/method.md#evaluation")
+            p.add_argument("--per_user", metavar="FILE", default=None,
+                           help="also write each evaluated user's per-user metrics as CSV (for significance tests)")
             p.add_argument("--tstBat", type=int, default=None,
                            help="users per evaluation batch (default: the checkpoint's --tstBat, else 64)")
             p.add_argument("--json", metavar="OUT", default=None, help="also write the metrics as JSON")

@@ -10,7 +10,8 @@
 * :class:`EvalSuite` — propagates ONCE per evaluation and scores every split it holds.
 * :class:`Record` — a "best so far" record: its metrics, epoch, run, sparsity, and the
   checkpoint it writes when it improves.
-* :class:`RunLog` — console lines in the published format plus a JSON-lines history.
+* :class:`RunLog` — console lines in the published format plus a JSON-lines history;
+  :class:`Progress` — how far a long epoch or evaluation has gone, while it runs.
 * :func:`open_run` / :func:`run_stage` — what an entry point does before and around a stage.
 """
 from __future__ import annotations
@@ -48,9 +49,16 @@ class RunLog:
     leaves the previous complete file, never a partial line.
     """
 
-    def __init__(self, history_path: Optional[str] = None, stream=None):
+    PROGRESS_SECONDS = 30.0  # at most one plain progress line per this many seconds in a log,
+    FIRST_PROGRESS_SECONDS = 15.0  # the first one this long after the run's log opened
+
+    def __init__(self, history_path: Optional[str] = None, stream=None, clock: Callable[[], float] = time.monotonic):
         self.stream = stream or sys.stdout
-        self.interactive = sys.stderr.isatty()  # progress lines only on a terminal, never in a tee'd log
+        self.interactive = sys.stderr.isatty()  # a live progress counter on the terminal's stderr
+        self.plain_progress = not _isatty(self.stream)  # the console read by | tee or a file: plain lines
+        self.clock = clock
+        self.last_plain = clock() - (self.PROGRESS_SECONDS - self.FIRST_PROGRESS_SECONDS)
+        self._live = False
         self.history_path = history_path
         self.rows: list = []  # this invocation's history rows, also kept in memory
         if history_path:
@@ -65,6 +73,8 @@ class RunLog:
         """Print one console line. When the console's reader is gone (``| tee`` ended by the
         same Ctrl-C), the lines go to stderr from then on instead of raising BrokenPipeError."""
         prefix = f"{datetime.datetime.now()}: " if stamp else ""
+        if self._live:  # the live counter sits on the terminal's current line: clear it first
+            self.end_progress()
         try:
             print(prefix + message, file=self.stream, flush=True)
         except BrokenPipeError:
@@ -79,10 +89,16 @@ class RunLog:
         """A transient progress line, only on an interactive terminal (never in a tee'd log)."""
         if self.interactive:
             print("\r" + message + "\033[K", end="", file=sys.stderr, flush=True)
+            self._live = True
 
     def end_progress(self) -> None:
-        if self.interactive:
+        if self.interactive and self._live:
             print("\r\033[K", end="", file=sys.stderr, flush=True)
+        self._live = False
+
+    def start(self, label: str, total: int) -> "Progress":
+        """A :class:`Progress` of ``total`` steps named ``label`` (e.g. 'train step')."""
+        return Progress(self, label, total)
 
     def reset_history(self, rows=()) -> None:
         """Start the history file afresh, holding ``rows`` (those of a resumed run)."""
@@ -100,6 +116,50 @@ class RunLog:
     def record(self, row: Dict) -> None:
         self.rows.append(row)
         self._write()
+
+
+def _isatty(stream) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False
+
+
+class Progress:
+    """How far one long phase (an epoch's batches, an evaluation's users) has gone, while it runs.
+
+    On a terminal, a live counter on stderr after every step (steps done, rate, time left); in a
+    console that is not a terminal (``| tee``, a file) a plain line at most every
+    :attr:`RunLog.PROGRESS_SECONDS`, the first :attr:`RunLog.FIRST_PROGRESS_SECONDS` after the run's
+    log opened (a sign of life in a log someone is watching):
+    ``Progress: <label> i/n, E s elapsed, about L s left``. The published lines are unchanged."""
+
+    def __init__(self, log: RunLog, label: str, total: int):
+        self.log, self.label, self.total = log, label, int(total)
+        self.started = log.clock()
+
+    def update(self, done: int, detail: str = "") -> None:
+        log = self.log
+        now = log.clock()
+        elapsed = max(now - self.started, 1e-9)
+        left = (self.total - done) * elapsed / max(done, 1)
+        if log.interactive:
+            rate = done / elapsed
+            speed = f"{rate:.1f}/s" if rate >= 1 else f"{1 / max(rate, 1e-9):.1f} s each"
+            log.progress(f"{self.label} {done}/{self.total}, {speed}, {left:.0f} s left{detail}")
+        if log.plain_progress and now - log.last_plain >= log.PROGRESS_SECONDS:
+            log.last_plain = now
+            if log.interactive:  # the same console also holds the live counter
+                log.end_progress()
+            log.line(f"Progress: {self.label} {done}/{self.total}, {elapsed:.0f} s elapsed, about {left:.0f} s left")
+
+    def of_total(self, done: int, total: int) -> None:
+        """:meth:`update` for a caller that reports the total with each step (``Evaluator.evaluate``)."""
+        self.total = int(total)
+        self.update(done)
+
+    def close(self) -> None:
+        self.log.end_progress()
 
 
 def read_history(path: str, missing_ok: bool = True) -> list:
@@ -151,6 +211,7 @@ def train_epoch(loss_fn: Callable, batches: Iterable, n_batches: int, optimizer:
     params = [p for pg in optimizer.param_groups for p in pg["params"]]
     sums: Dict[str, float] = {}
     count = 0
+    progress = log.start("train step", n_batches) if log is not None else None
     for step, (ancs, poss, negs) in enumerate(batches):
         ancs, poss, negs = (torch.from_numpy(a).to(device) for a in (ancs, poss, negs))
         parts = loss_fn(ancs, poss, negs)
@@ -168,10 +229,10 @@ def train_epoch(loss_fn: Callable, batches: Iterable, n_batches: int, optimizer:
         for name, value in values.items():
             sums[name] = sums.get(name, 0.0) + value
         count += 1
-        if log is not None and log.interactive:
-            log.progress(f"Step {step + 1}/{n_batches}: loss = {values['total']:.4f}")
-    if log is not None:
-        log.end_progress()
+        if progress is not None:
+            progress.update(step + 1, f", loss {values['total']:.4f}")
+    if progress is not None:
+        progress.close()
     return {name: total / max(1, count) for name, total in sums.items()}
 
 
@@ -216,11 +277,8 @@ class EvalSuite:
             raise NonFiniteError("the model's outputs hold NaN or infinite values (its weights diverged)")
         results = {}
         for name, ev in self.evaluators.items():
-            progress = None
-            if self.log is not None and self.log.interactive:
-                progress = lambda done, total, name=name: self.log.progress(  # noqa: E731
-                    f"Evaluating {name}: {done}/{total} users")
-            results[name] = ev.evaluate(users, items, progress, self.group)
+            shown = self.log.start(f"evaluate {name}: users", 0) if self.log is not None else None
+            results[name] = ev.evaluate(users, items, shown.of_total if shown else None, self.group)
         if self.log is not None:
             self.log.end_progress()
         return results
@@ -336,7 +394,7 @@ class Stage:
         """The metadata of a checkpoint of this stage; ``extra``: the stage's own fields."""
         dataset, data = self.dataset, self.cfg.data
         return {"stage": self.stage_name, "role": self.role, "model_class": self.model_class, "dataset": data.dataset,
-                "data_dir": data.data_dir, "train_fingerprint": dataset.fingerprint, "n_users": dataset.n_users,
+                "data_dir": data.data_dir, "dataset_path": os.path.abspath(dataset.directory), "train_fingerprint": dataset.fingerprint, "n_users": dataset.n_users,
                 "n_items": dataset.n_items, "latdim": data.latdim, "gnn_layer": data.gnn_layer,
                 "n_edges": self.graph.nnz, **extra, "select_on": self.select_on, "flags": self.flags}
 
@@ -444,7 +502,7 @@ def open_run(runtime, args_dump: str, history_path: str):
         log = RunLog(history_path)
     else:
         log = RunLog(None, stream=open(os.devnull, "w"))
-        log.interactive = False
+        log.interactive = log.plain_progress = False
     log.line(args_dump, stamp=False)
     if group.world > 1:
         log.line(f"Data-parallel run: {group.world} processes ({torch.distributed.get_backend()})", stamp=False)

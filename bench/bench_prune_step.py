@@ -145,9 +145,8 @@ def main():
     wanted = set(filter(None, opts.parts.split(",")))
     if wanted - set(PARTS):
         parser.error(f"--parts: unknown {sorted(wanted - set(PARTS))}; known: {', '.join(PARTS)}")
-    where = argparse.Namespace(dataset=opts.dataset, data_dir=opts.data_dir)
     student, middle = modelTools.load_model_file(opts.student), modelTools.load_model_file(opts.middle)
-    dataset = modelTools.load_data(student, where)
+    dataset = modelTools.load_data(student, opts.dataset, opts.data_dir)
     adj, _ = modelTools.model_graph(student, dataset)
     closure, _ = modelTools.model_graph(middle, dataset)
     mid_model = modelTools.build_model(middle, dataset, closure)

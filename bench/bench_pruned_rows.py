@@ -43,7 +43,7 @@ def main():
     opts = parser.parse_args()
     for path in opts.checkpoints:
         loaded = modelTools.load_model_file(path)
-        dataset = modelTools.load_data(loaded, argparse.Namespace(dataset=opts.dataset, data_dir=opts.data_dir))
+        dataset = modelTools.load_data(loaded, opts.dataset, opts.data_dir)
         recall = per_user_recall(*modelTools.propagated(loaded, dataset, torch.device("cpu")), dataset)
         kept = (loaded.ckpt.tensors["emb_mask2_fixed"][:dataset.n_users] != 0).sum(1).numpy()
         users = np.flatnonzero(np.diff(sp.csr_matrix(dataset.test).indptr) > 0)

@@ -2,7 +2,8 @@
 # Quick start: the three LightGNN stages end to end on a generated demo dataset
 # (3,000 users x 2,000 items with latent groups), about a minute on an idle 2-core CPU.
 #   bash example_scripts/quickstart.sh
-# Logs go to logs/quickstart_{tea,mid,stu,eval}.log, checkpoints to outModels/demo/; a rerun
+# Logs go to logs/quickstart_{tea,mid,stu,eval}.log, checkpoints to outModels/demo/ (the sparsest
+# student also as the compact export outModels/demo/student_compact.mod); a rerun
 # replaces them (--overwrite=True).
 # Data-parallel: LAUNCH="torchrun --standalone --nproc_per_node=2" bash example_scripts/quickstart.sh
 # runs each training stage as 2 processes (Utils/Parallel.py); the outputs are the same files.
@@ -43,3 +44,7 @@ STU=$(ls -t $OUT/stu_best_global_*.mod | head -1)
 SPARSEST=$(ls -t $OUT/stu_2nd_best_w_edge_wei_*.mod | head -1)
 python modelTools.py evaluate "$STU" --split test --baseline popularity | tee logs/quickstart_eval.log
 python modelTools.py evaluate "$SPARSEST" --split test | tee -a logs/quickstart_eval.log
+
+# The sparsest student as a compact export (surviving edges + non-zero entries), the file the
+# README's Python snippet loads: lightgnn.load(lightgnn.ROOT / "outModels/demo/student_compact.mod")
+python modelTools.py export "$SPARSEST" $OUT/student_compact.mod --overwrite | tail -n 1

@@ -1,6 +1,7 @@
 """Shared fixtures: the golden vectors in tests/data/reference, and ../shared/datasets (the Yelp
 split) for the few tests that need it; those skip cleanly when it is absent."""
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -120,3 +121,37 @@ def kd_parts(cfg, inputs, *, sample=None, generator=None, subspace_pairs=None, g
                          (inputs["rand_users"], inputs["rand_items1"], inputs["rand_items2"]), n_nodes, generator,
                          group, sample)
     return L.kd_objective(cfg, trainee, sup, batch, group.lead, subspace_pairs)
+
+
+# ----------------------------------------------------------------------------- trained once for the model tools
+TOOLS_TEACHER = [*TINY_TEACHER, "--epoch_tea=2"]
+TOOLS_MID = [*TINY_MID, "--mask_epoch=1"]
+TOOLS_STUDENT = [*TINY_STU, "--mask_epoch=2"]
+
+
+def _run(script, *flags):
+    return run_script(script, *flags).stdout
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory):
+    """The three stages on tiny, trained once per test session for the model tools' and the
+    Python API's tests: paths of the data, checkpoints, histories and logs."""
+    tiny = REF / "tiny"
+    if not tiny.is_dir():
+        pytest.skip("tests/data/reference/tiny is not available")
+    root = tmp_path_factory.mktemp("tools")
+    data = root / "Datasets"
+    data.mkdir()
+    os.symlink(tiny, data / "sparse_tiny")
+    out = root / "out"
+    common = [f"--data_dir={data}"]
+    logs = {"tea": _run("pretrainTeacher.py", *TOOLS_TEACHER, *common, f"--model_save_path={out}/tea",
+                        f"--his_save_path={out}/tea")}
+    logs["mid"] = _run("Main.py", *TOOLS_MID, *common, f"--teacher_model={out}/tea.mod",
+                       f"--model_save_path={out}/mid", f"--his_save_path={out}/mid")
+    mid = out / "mid_best_global_100_100.mod"
+    logs["stu"] = _run("Main.py", *TOOLS_STUDENT, *common, f"--middle_teacher_model={mid}",
+                       f"--model_save_path={out}/stu", f"--his_save_path={out}/stu")
+    best = re.findall(r"checkpoint: (\S+)", logs["stu"].split("Best results for now")[-1])[0]  # the global record
+    return {"data": data, "out": out, "logs": logs, "tea": out / "tea.mod", "mid": mid, "stu": Path(best)}

@@ -5,14 +5,13 @@ import pickle
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import scipy.sparse as sp
 import torch
 
-from conftest import REF, ROOT, TINY_MID, TINY_STU, TINY_TEACHER, run_script
+from conftest import REF, ROOT
 
 import DataHandler as dh
 import modelTools
@@ -20,38 +19,6 @@ from Utils import Plots, Report
 from Utils.Checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.slow  # end-to-end runs in subprocesses
-
-
-TEACHER = [*TINY_TEACHER, "--epoch_tea=2"]
-MID = [*TINY_MID, "--mask_epoch=1"]
-STUDENT = [*TINY_STU, "--mask_epoch=2"]
-
-
-def _run(script, *flags):
-    return run_script(script, *flags).stdout
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """The three stages on tiny, once: paths of the data, checkpoints, histories and logs."""
-    tiny = REF / "tiny"
-    if not tiny.is_dir():
-        pytest.skip("tests/data/reference/tiny is not available")
-    root = tmp_path_factory.mktemp("tools")
-    data = root / "Datasets"
-    data.mkdir()
-    os.symlink(tiny, data / "sparse_tiny")
-    out = root / "out"
-    common = [f"--data_dir={data}"]
-    logs = {"tea": _run("pretrainTeacher.py", *TEACHER, *common, f"--model_save_path={out}/tea",
-                        f"--his_save_path={out}/tea")}
-    logs["mid"] = _run("Main.py", *MID, *common, f"--teacher_model={out}/tea.mod", f"--model_save_path={out}/mid",
-                       f"--his_save_path={out}/mid")
-    mid = out / "mid_best_global_100_100.mod"
-    logs["stu"] = _run("Main.py", *STUDENT, *common, f"--middle_teacher_model={mid}", f"--model_save_path={out}/stu",
-                       f"--his_save_path={out}/stu")
-    best = re.findall(r"checkpoint: (\S+)", logs["stu"].split("Best results for now")[-1])[0]  # the global record
-    return {"data": data, "out": out, "logs": logs, "tea": out / "tea.mod", "mid": mid, "stu": Path(best)}
 
 
 def tool(capsys, *argv):
@@ -249,10 +216,11 @@ def test_errors_are_one_line(trained, capsys, tmp_path):
     _one_line_error(err, "--overwrite")
     assert existing.read_bytes() == b"someone else's file"
     assert tool(capsys, "export", trained["stu"], existing, "--overwrite")[0] == 0
-    with pytest.raises(SystemExit) as exit_info:
-        modelTools.main(["recommend", str(trained["stu"])])  # --users missing: argparse, one line too
-    assert exit_info.value.code == 2
-    _one_line_error(capsys.readouterr().err, "--users")
+    rc, _, err = tool(capsys, "recommend", trained["stu"])  # neither --users nor --all_users
+    assert rc == 2
+    _one_line_error(err, "--users", "--all_users")
+    rc, _, err = tool(capsys, "recommend", trained["stu"], "--all_users")
+    _one_line_error(err, "--out")
 
 
 def test_popularity_baseline_is_evaluated_on_the_same_users(trained, capsys, tmp_path):
