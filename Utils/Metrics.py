@@ -21,7 +21,7 @@ lists of all evaluated users together, c_i being how many lists hold item i:
 """
 from __future__ import annotations
 
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import scipy.sparse as sp
@@ -36,7 +36,7 @@ def csr_tensors(mat: sp.csr_matrix, device):
             torch.from_numpy(mat.indices.astype(np.int64)).to(device))
 
 
-def _rows_to_coords(indptr: torch.Tensor, indices: torch.Tensor, users: torch.Tensor):
+def rows_to_coords(indptr: torch.Tensor, indices: torch.Tensor, users: torch.Tensor):
     """(batch row, column) pairs of the CSR rows ``users``, vectorised."""
     starts, ends = indptr[users], indptr[users + 1]
     counts = ends - starts
@@ -52,7 +52,7 @@ def unseen_scores(user_emb: torch.Tensor, item_t: torch.Tensor, users: torch.Ten
     if sp.issparse(train_csr):
         train_csr = csr_tensors(sp.csr_matrix(train_csr), users.device)
     scores = user_emb[users] @ item_t
-    rows, cols = _rows_to_coords(*train_csr, users)
+    rows, cols = rows_to_coords(*train_csr, users)
     scores[rows, cols] = float("-inf")
     return scores
 
@@ -177,7 +177,7 @@ class Evaluator:
             chunk = users[start:start + self.batch_users]
             toplocs = top_k_unseen(user_emb, item_t, chunk, self.train_csr, self.topk).indices
             truth = torch.zeros(chunk.numel(), self.n_items, dtype=torch.bool, device=self.device)
-            rows, cols = _rows_to_coords(*self.split_csr, chunk)
+            rows, cols = rows_to_coords(*self.split_csr, chunk)
             truth[rows, cols] = True
             yield (chunk, *recall_ndcg_from_ranking(toplocs, truth, self.n_truth[chunk], self.topk))
 
@@ -233,7 +233,7 @@ class Evaluator:
             chunk = self.users[start:start + self.batch_users]
             scores = unseen_scores(user_emb, item_t, chunk, self.train_csr)
             truth = torch.zeros(chunk.numel(), self.n_items, dtype=torch.bool, device=self.device)
-            truth[_rows_to_coords(*self.split_csr, chunk)] = True
+            truth[rows_to_coords(*self.split_csr, chunk)] = True
             n_truth = self.n_truth[chunk]
             if per_user:
                 rows.setdefault("user", []).append(chunk.cpu())

@@ -303,22 +303,30 @@ class CompactModel:
         e0[self.embedding_pattern()] = self.emb_values  # boolean indexing walks row-major
         return e0.to(device) if device is not None else e0
 
-    @torch.no_grad()
-    def embeddings(self, device=None) -> Tuple[torch.Tensor, torch.Tensor]:
-        """(Ē_users, Ē_items): Σ_{l=0..L} M^l·E₀, propagated by the training tool's LightGCN."""
+    def graph(self):
+        """M, the surviving edges only, as the training tool's propagation graph."""
         import scipy.sparse as sp
 
         from DataHandler import Graph
+
+        n = self.n_nodes
+        return Graph.from_scipy(sp.csr_matrix(
+            (self.edge_values.numpy(), self.edge_col.numpy(), self.edge_indptr.numpy()), shape=(n, n)))
+
+    def model(self):
+        """The training tool's LightGCN holding E₀ (propagate it over :meth:`graph`)."""
         from Model import LightGCN
 
-        device = torch.device(device or "cpu")
-        n = self.n_nodes
-        graph = Graph.from_scipy(sp.csr_matrix(
-            (self.edge_values.numpy(), self.edge_col.numpy(), self.edge_indptr.numpy()), shape=(n, n)))
-        model = LightGCN(self.n_users, n - self.n_users, self.latdim, self.n_layers)
+        model = LightGCN(self.n_users, self.n_items, self.latdim, self.n_layers)
         e0 = self.layer0()
         model.load_state_dict({"uEmbeds": e0[: self.n_users], "iEmbeds": e0[self.n_users:]})
-        return model.to(device)(graph.to(device))
+        return model.eval()
+
+    @torch.no_grad()
+    def embeddings(self, device=None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(Ē_users, Ē_items): Σ_{l=0..L} M^l·E₀, propagated by the training tool's LightGCN."""
+        device = torch.device(device or "cpu")
+        return self.model().to(device)(self.graph().to(device))
 
 
 def compact_from_checkpoint(ckpt: "ckpt_io.Checkpoint", graph) -> CompactModel:
