@@ -366,7 +366,7 @@ def compact_from_checkpoint(ckpt: "ckpt_io.Checkpoint", graph) -> CompactModel:
         "source": ckpt.path, "source_stage": meta.get("stage", meta.get("role")),
         "source_model_class": meta.get("model_class"), "prunable": prunable,
         "dataset": meta.get("dataset", flags.get("dataset")), "data_dir": meta.get("data_dir", flags.get("data_dir")),
-        "train_fingerprint": meta.get("train_fingerprint"),
+        "dataset_path": meta.get("dataset_path"), "train_fingerprint": meta.get("train_fingerprint"),
         "n_users": counts.n_users, "n_items": counts.n_items, "latdim": latdim, "gnn_layer": int(meta["gnn_layer"]),
         "graph": meta.get("graph", "adjacency"), "n_edges": graph.nnz, "edges_kept": n_kept,
         "emb_entries_kept": counts.entries_kept,
