@@ -21,8 +21,8 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from Utils.Errors import DataError
-from Utils.Runtime import require_memory
+from Utils.runtime.Errors import DataError
+from Utils.runtime.Runtime import require_memory
 
 
 # ----------------------------------------------------------------------------- splits
@@ -278,7 +278,7 @@ class Graph:
     t_col: torch.Tensor
     transpose_perm: torch.Tensor
     t_values: torch.Tensor  # values[transpose_perm]: Mᵀ's values in its CSR order
-    # reusable work arrays of the CPU propagation (Utils.Spmm._scratch); a copy starts without them
+    # reusable work arrays of the CPU propagation (Utils.kernels.Spmm._scratch); a copy starts without them
     scratch: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -375,7 +375,7 @@ def closure_matrix(train: sp.csr_matrix, layers: int = 1, sample: bool = False, 
 
 
 def closure_graph(train: sp.csr_matrix, closure) -> Graph:
-    """Ĉ as a :class:`Graph`, built as ``closure`` (:class:`Utils.Config.Closure`) says."""
+    """Ĉ as a :class:`Graph`, built as ``closure`` (:class:`Utils.config.Config.Closure`) says."""
     return Graph.from_scipy(closure_matrix(train, closure.layers, closure.sample, closure.sample_ratio,
                                            closure.sample_random, closure.seed))
 

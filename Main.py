@@ -10,17 +10,17 @@ Stage 3 — distil the intermediate model into the student on Â while pruning:
     python Main.py --distill_from_middle_model=True \
         --middle_teacher_model=outModels/yelp/mid_best_global_100_100.mod ...
 
-The stage itself lives in :mod:`Utils.Distill`; this file parses, builds, runs and
+The stage itself lives in :mod:`Utils.training.Distill`; this file parses, builds, runs and
 summarises. ``torchrun --nproc_per_node=N Main.py <flags>`` runs it data-parallel
-(:mod:`Utils.Parallel`).
+(:mod:`Utils.runtime.Parallel`).
 """
 from __future__ import annotations
 
 import sys
 
 import Params
-from Utils.Distill import DistillStage
-from Utils.Training import open_run, run_stage
+from Utils.training.Distill import DistillStage
+from Utils.training.Training import open_run, run_stage
 
 
 def main(args) -> int:
@@ -30,7 +30,7 @@ def main(args) -> int:
     stage = DistillStage.from_files(cfg, device, log, group)  # reads and checks every input first
     status = run_stage(stage, log, group)
     if status == 0 and cfg.trainee_is_student and args.plots and group.lead:
-        from Utils import Plots  # matplotlib is loaded only when plots are drawn
+        from Utils.tools import Plots  # matplotlib is loaded only when plots are drawn
 
         Plots.plot_after_training(args.his_save_path, cfg.middle_path, args.topk,
                                   lambda line: log.line(line, stamp=False))

@@ -15,7 +15,7 @@ from typing import List, Tuple
 import torch
 from torch import nn
 
-from Utils.Spmm import propagate_layers, propagate_sum
+from Utils.kernels.Spmm import propagate_layers, propagate_sum
 
 
 class LightGCN(nn.Module):
@@ -88,7 +88,7 @@ def model_from_tensors(tensors, n_users: int, n_items: int, n_layers: int) -> Li
     Tensors with edge weights (``adj_mask1_train``) make a :class:`LightGCN_sp`; a file
     without ``adj_mask2_fixed``/``emb_mask2_fixed`` gets all-ones masks (nothing pruned),
     as the published tool's early checkpoints imply. Otherwise a :class:`LightGCN`.
-    Shapes are the caller's to check (``Utils.Checkpoint.check_compatible``).
+    Shapes are the caller's to check (``Utils.files.Checkpoint.check_compatible``).
     """
     latdim = int(tensors["uEmbeds"].shape[1])
     if "adj_mask1_train" not in tensors:

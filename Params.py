@@ -5,7 +5,7 @@ default, plus our additions (``--data_dir``, ``--select_on``, ``--device``, ``--
 ``--plots`` and the time-to-quality levers). This module owns the parsing of booleans and
 comma-separated lists, the validation of flag combinations (one place, before anything
 runs), the published args dump, :func:`run_cli`, and the frozen configs
-(:mod:`Utils.Config`) the flags become: ``runtime_config``, ``teacher_config`` and
+(:mod:`Utils.config.Config`) the flags become: ``runtime_config``, ``teacher_config`` and
 ``distill_config``. Nothing below the entry points reads the parsed flags.
 
 An entry point (``Main.py``)::
@@ -28,11 +28,12 @@ from pathlib import Path
 
 import torch
 
-from Utils.Errors import (ConfigError, OneLineErrorParser, Terminated, UserError, flush_stdout, interrupt_exit_code,
+from Utils.runtime.Errors import (ConfigError, OneLineErrorParser, Terminated, UserError, flush_stdout, interrupt_exit_code,
                           quiet_library_warnings, report_user_error, speaks)
-from Utils import Config, Runtime
-from Utils.Pruning import ENTRY_SCORES
-from Utils.Runtime import MAX_SEED
+from Utils.config import Config
+from Utils.runtime import Runtime
+from Utils.objective.Pruning import ENTRY_SCORES
+from Utils.runtime.Runtime import MAX_SEED
 
 STAGES = ('main', 'teacher')
 ARGS_DUMP_WIDTH = 80  # the published dump pads "name....value" to 80 characters
@@ -598,7 +599,7 @@ def _pick(args, switch, values, default, run):
 
 def kd_config(args, run, student, blocks):
     """The loss of pruning ``run``; ``blocks`` is the kernels' block shape on this device."""
-    from Utils.Losses import KDConfig
+    from Utils.objective.Losses import KDConfig
 
     return KDConfig(
         use_pre_level_kd=args.use_pre_level_kd, softreg=args.softreg, tempsoft=args.tempsoft,
@@ -618,7 +619,7 @@ def kd_config(args, run, student, blocks):
 
 def prune_config(args, run):
     """The pruning step after the student's ``run``."""
-    from Utils.Pruning import PruneConfig
+    from Utils.objective.Pruning import PruneConfig
 
     return PruneConfig(
         edge_cut=args.pruning_percent_adj, emb_cut=args.pruning_percent_emb,
@@ -640,7 +641,7 @@ def run_config(args, run, student, blocks):
 
 def distill_config(args, device='cpu'):
     """Stages 2-3's settings; ``device`` fixes the block shape of the loss kernels (``--block_mb``)."""
-    from Utils.Kernels import device_blocks
+    from Utils.kernels.Kernels import device_blocks
 
     student = not args.train_middle_model
     blocks = device_blocks(device, args.block_mb)
@@ -669,10 +670,10 @@ def run_cli(main_fn, stage, argv=None):
 
     A UserError (ConfigError, DataError, CheckpointError) is printed as one line
     ``error: <message>`` on stderr and exits with status 2, without a traceback; under
-    torchrun by rank 0 only (:func:`Utils.Errors.speaks`), the other ranks exit 2 silently.
+    torchrun by rank 0 only (:func:`Utils.runtime.Errors.speaks`), the other ranks exit 2 silently.
     The library warnings a wrong input provokes first are silenced
-    (:func:`Utils.Errors.quiet_library_warnings`). SIGTERM is raised as
-    :class:`Utils.Errors.Terminated` (a KeyboardInterrupt), so a stage ends it as it ends
+    (:func:`Utils.runtime.Errors.quiet_library_warnings`). SIGTERM is raised as
+    :class:`Utils.runtime.Errors.Terminated` (a KeyboardInterrupt), so a stage ends it as it ends
     Ctrl-C; one that arrives before the stage's handler exits 130 / 143 with one line.
     Other exceptions propagate unchanged.
     """

@@ -11,7 +11,7 @@
 Users and items are named by their original ids when the dataset has an ``idmap.json`` (as
 ``prepareData.py`` writes it), else by row index; ``by_index=True`` takes row indices always.
 The numbers are those of ``modelTools.py`` (same loading, propagation, ranking and metrics,
-:mod:`Utils.Serve` and :mod:`Utils.Metrics`). Install with ``pip install -e .`` to import it
+:mod:`Utils.tools.Serve` and :mod:`Utils.training.Metrics`). Install with ``pip install -e .`` to import it
 from anywhere.
 """
 from __future__ import annotations
@@ -22,10 +22,11 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
-from Utils import Checkpoint, Serve
-from Utils.Errors import ConfigError
-from Utils.Metrics import Evaluator, parse_ks, parse_metrics
-from Utils.Runtime import device_named
+from Utils.files import Checkpoint
+from Utils.tools import Serve
+from Utils.runtime.Errors import ConfigError
+from Utils.training.Metrics import Evaluator, parse_ks, parse_metrics
+from Utils.runtime.Runtime import device_named
 
 __all__ = ["load", "Recommender", "ROOT"]
 

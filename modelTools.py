@@ -24,12 +24,13 @@ from typing import Dict, List, Optional
 
 import torch
 
-from Utils import Checkpoint, Compare, Plots, Report
-from Utils.Errors import ConfigError, OneLineErrorParser, UserError, quiet_library_warnings, report_user_error
-from Utils import Serve
-from Utils.Metrics import ALL_METRICS, Evaluator, parse_ks, parse_metrics, popularity_embeddings
-from Utils.Runtime import device_named
-from Utils.Serve import (Loaded, build_model, default_flags, load_data, load_model_file,  # noqa: F401 (re-exported)
+from Utils.files import Checkpoint
+from Utils.tools import Compare, Plots, Report
+from Utils.runtime.Errors import ConfigError, OneLineErrorParser, UserError, quiet_library_warnings, report_user_error
+from Utils.tools import Serve
+from Utils.training.Metrics import ALL_METRICS, Evaluator, parse_ks, parse_metrics, popularity_embeddings
+from Utils.runtime.Runtime import device_named
+from Utils.tools.Serve import (Loaded, build_model, default_flags, load_data, load_model_file,  # noqa: F401 (re-exported)
                          model_graph, parse_users, propagated, read_idmap, top_k)
 
 
@@ -146,7 +147,7 @@ def cmd_export(args) -> int:
 
 
 def _export_embeddings(loaded, args) -> int:
-    """``export --embeddings``: OUT is a folder of NumPy tables and their ids (Utils.Serve.export_embeddings)."""
+    """``export --embeddings``: OUT is a folder of NumPy tables and their ids (Utils.tools.Serve.export_embeddings)."""
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise ConfigError(f"{args.out} is a file: with --embeddings OUT is a folder")
     for name in Serve.EMBEDDING_FILES:

@@ -16,7 +16,7 @@ Examples::
 
 Pipeline: rating threshold -> dedupe (user, item) -> k-core (iterated) -> reindex ->
 split 70/5/25 -> ``trnMat.pkl``/``valMat.pkl``/``tstMat.pkl`` + ``idmap.json`` + ``stats.json``,
-written atomically (see :mod:`Utils.Convert`). Errors in the input are reported as
+written atomically (see :mod:`Utils.data.Convert`). Errors in the input are reported as
 ``error: FILE:LINE: ...`` on stderr with exit status 2.
 """
 from __future__ import annotations
@@ -26,8 +26,8 @@ import os
 import sys
 from typing import List, Optional
 
-from Utils.Convert import FORMATS, Options, prepare
-from Utils.Errors import OneLineErrorParser, UserError, report_user_error
+from Utils.data.Convert import FORMATS, Options, prepare
+from Utils.runtime.Errors import OneLineErrorParser, UserError, report_user_error
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -4,16 +4,16 @@
         --latdim=64 --gnn_layer=8 --model_save_path=outModels/yelp/teacher --his_save_path=outModels/yelp/teacher
 
 Writes ``<model_save_path>.mod`` (the best checkpoint, selected on ``--select_on``) and
-``<his_save_path>.his`` (one JSON line per epoch). The stage lives in :mod:`Utils.Teacher`.
-``torchrun --nproc_per_node=N pretrainTeacher.py <flags>`` runs it data-parallel (:mod:`Utils.Parallel`).
+``<his_save_path>.his`` (one JSON line per epoch). The stage lives in :mod:`Utils.training.Teacher`.
+``torchrun --nproc_per_node=N pretrainTeacher.py <flags>`` runs it data-parallel (:mod:`Utils.runtime.Parallel`).
 """
 from __future__ import annotations
 
 import sys
 
 import Params
-from Utils.Teacher import TeacherStage
-from Utils.Training import open_run, run_stage
+from Utils.training.Teacher import TeacherStage
+from Utils.training.Training import open_run, run_stage
 
 
 def main(args) -> int:

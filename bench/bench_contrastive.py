@@ -33,7 +33,7 @@ if str(ROOT) not in sys.path:
 
 import torch  # noqa: E402
 
-from Utils.Kernels import row_logsumexp_matmul  # noqa: E402
+from Utils.kernels.Kernels import row_logsumexp_matmul  # noqa: E402
 
 TEMP = 1.0
 

@@ -60,11 +60,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import DataHandler as dh  # noqa: E402
 import Params  # noqa: E402
-from Utils import Runtime  # noqa: E402
-from Utils.Distill import DistillLoss, frozen_outputs, load_model  # noqa: E402
+from Utils.runtime import Runtime  # noqa: E402
+from Utils.training.Distill import DistillLoss, frozen_outputs, load_model  # noqa: E402
 from Model import LightGCN, LightGCN_sp  # noqa: E402
-from Utils import Kernels, Losses, Pruning  # noqa: E402
-from Utils.Training import build_eval_suite, train_epoch  # noqa: E402
+from Utils.kernels import Kernels  # noqa: E402
+from Utils.objective import Losses, Pruning
+from Utils.training.Training import build_eval_suite, train_epoch  # noqa: E402
 from bench_teacher import deterministic_modes, sync  # noqa: E402  (bench/ is on the path as the script's folder)
 
 STAGE_FLAGS = {
@@ -101,7 +102,7 @@ def count_ops(loss_fn, batch, optimizer, device):
 
 
 def part_breakdown(loss, batches, optimizer):
-    """Time each piece of a training step of ``loss`` (a :class:`Utils.Distill.DistillLoss`)
+    """Time each piece of a training step of ``loss`` (a :class:`Utils.training.Distill.DistillLoss`)
     separately: the same work as kd_objective, term by term."""
     parts = {}
 

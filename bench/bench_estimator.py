@@ -44,8 +44,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 import DataHandler as dh  # noqa: E402
 import Params  # noqa: E402
-from Utils import Checkpoint, Estimators, Kernels, Losses  # noqa: E402
-from Utils.Distill import frozen_outputs, load_model  # noqa: E402
+from Utils.files import Checkpoint  # noqa: E402
+from Utils.kernels import Kernels
+from Utils.objective import Estimators, Losses
+from Utils.training.Distill import frozen_outputs, load_model  # noqa: E402
 
 TERMS = ("emb_kd", "contr_deno", "subspace")
 

@@ -25,7 +25,7 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
-from Utils.Convert import Options, prepare  # noqa: E402
+from Utils.data.Convert import Options, prepare  # noqa: E402
 
 YELP_USERS, YELP_ITEMS, YELP_PER_USER = 42712, 26822, 6.1
 

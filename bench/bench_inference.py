@@ -17,7 +17,7 @@ peak memory is its own), after its dataset is loaded:
 * ``one_user_ms``: one user's top-K once Ē is there (median over 200 users);
 * ``peak_rss_mb`` (and ``data_rss_mb``, the process after loading the dataset, before the
   model), or on CUDA ``peak_cuda_mb``;
-* from ``Utils/Report.py``: ``bytes_model`` (compact-export bytes: surviving edges + non-zero
+* from ``Utils/tools/Report.py``: ``bytes_model`` (compact-export bytes: surviving edges + non-zero
   entries), ``bytes_dense`` (the same layout dense), ``macs_propagation`` (L · edges propagated
   · d: a full checkpoint propagates over all its edges, masked ones as zeros; a compact export
   over the surviving ones), ``macs_score_one_user`` (I · d) and ``bytes_serving`` (Ē, the
@@ -41,8 +41,14 @@ import subprocess
 import sys
 import time
 
+import numpy as np
+import torch
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+from Utils.runtime.Runtime import device_named  # noqa: E402
+from Utils.tools import Report, Serve  # noqa: E402
+from Utils.training.Metrics import Evaluator, csr_tensors, rows_to_coords, unseen_scores  # noqa: E402
 
 FIGURES = ("bytes_model", "bytes_serving", "macs_propagation", "load_s", "propagation_s", "all_users_s",
            "one_user_ms", "peak_rss_mb")
@@ -53,107 +59,114 @@ def rss_mb() -> float:
         return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
 
 
-def measure(path: str, opts) -> dict:
-    """All figures of one model (run in its own process)."""
-    import numpy as np
-    import torch
+class Clock:
+    """Wall time of a call, the device synchronised before and after (CUDA runs asynchronously)."""
 
-    from Utils import Report, Serve
-    from Utils.Metrics import Evaluator, csr_tensors, unseen_scores
-    from Utils.Runtime import device_named
+    def __init__(self, device):
+        self.cuda = device.type == "cuda"
 
-    torch.set_num_threads(opts.threads)
-    device = device_named(opts.device)
-    cuda = device.type == "cuda"
-
-    def sync():
-        if cuda:
+    def __call__(self, fn):
+        if self.cuda:
             torch.cuda.synchronize()
-
-    def timed(fn):
-        sync()
         start = time.perf_counter()
         out = fn()
-        sync()
+        if self.cuda:
+            torch.cuda.synchronize()
         return out, time.perf_counter() - start
 
+
+def build(path, dataset, device):
+    """(loaded file, model, the graph it propagates over, that graph's name) on ``device``."""
+    loaded = Serve.load_model_file(path)
+    if loaded.compact is not None:
+        return loaded, loaded.compact.model().to(device), loaded.compact.graph().to(device), "surviving edges"
+    graph, kind = Serve.model_graph(loaded, dataset)
+    return loaded, Serve.build_model(loaded, dataset, graph).to(device), graph.to(device), kind
+
+
+@torch.no_grad()
+def time_all_users(users, item_t, train, opts, clock) -> dict:
+    """Seconds of scoring, exclusion and top-k over every user, ``opts.batch`` at a time: the
+    quickest of ``opts.repeats`` passes (the least disturbed)."""
+    all_ids = torch.arange(users.shape[0], device=users.device)
+    passes = []
+    for _ in range(opts.repeats):
+        parts = {"score_s": 0.0, "exclude_s": 0.0, "topk_s": 0.0}
+        for start in range(0, users.shape[0], opts.batch):
+            chunk = all_ids[start:start + opts.batch]
+            scores, parts_score = clock(lambda: users[chunk] @ item_t)
+            _, parts_excl = clock(lambda: _exclude(scores, train, chunk))
+            _, parts_topk = clock(lambda: torch.topk(scores, opts.topk, dim=1))
+            parts["score_s"] += parts_score
+            parts["exclude_s"] += parts_excl
+            parts["topk_s"] += parts_topk
+        passes.append(parts)
+    return min(passes, key=lambda p: sum(p.values()))
+
+
+@torch.no_grad()
+def time_one_user(users, item_t, train, opts, clock) -> float:
+    """Median seconds of one user's top-K once Ē is there, over 200 users drawn with seed 0."""
+    seconds = []
+    for u in np.random.default_rng(0).integers(0, users.shape[0], size=200).tolist():
+        one = torch.tensor([u], device=users.device)
+        seconds.append(clock(lambda: torch.topk(unseen_scores(users, item_t, one, train), opts.topk, dim=1))[1])
+    return statistics.median(seconds)
+
+
+@torch.no_grad()
+def measure(path: str, opts) -> dict:
+    """All figures of one model (run in its own process)."""
+    torch.set_num_threads(opts.threads)
+    device = device_named(opts.device)
+    clock = Clock(device)
     probe = Serve.load_model_file(path)
     dataset = Serve.load_data(probe, opts.dataset, opts.data_dir)
     train = csr_tensors(dataset.train.tocsr(), device)
     del probe
     data_rss = rss_mb()
-    if cuda:
+    if clock.cuda:
         torch.cuda.reset_peak_memory_stats()
-
-    def build():
-        loaded = Serve.load_model_file(path)
-        if loaded.compact is not None:
-            return loaded, loaded.compact.model().to(device), loaded.compact.graph().to(device), "surviving edges"
-        graph, kind = Serve.model_graph(loaded, dataset)
-        return loaded, Serve.build_model(loaded, dataset, graph).to(device), graph.to(device), kind
-
-    (loaded, model, graph, graph_kind), load_s = timed(build)
-    with torch.no_grad():
-        propagations = []
-        for _ in range(opts.repeats):
-            (users, items), seconds = timed(lambda: model(graph))
-            propagations.append(seconds)
-        item_t = items.t().contiguous()
-        all_ids = torch.arange(dataset.n_users, device=device)
-        passes = []
-        for _ in range(opts.repeats):
-            parts = {"score_s": 0.0, "exclude_s": 0.0, "topk_s": 0.0}
-            for start in range(0, dataset.n_users, opts.batch):
-                chunk = all_ids[start:start + opts.batch]
-                scores, t_score = timed(lambda: users[chunk] @ item_t)
-                _, t_excl = timed(lambda: _exclude(scores, train, chunk))
-                _, t_topk = timed(lambda: torch.topk(scores, opts.topk, dim=1))
-                parts["score_s"] += t_score
-                parts["exclude_s"] += t_excl
-                parts["topk_s"] += t_topk
-            passes.append(parts)
-        pass_parts = min(passes, key=lambda p: sum(p.values()))  # the quickest pass (least disturbed)
-        rng = np.random.default_rng(0)
-        singles = []
-        for u in rng.integers(0, dataset.n_users, size=200).tolist():
-            one = torch.tensor([u], device=device)
-            _, seconds = timed(lambda: torch.topk(unseen_scores(users, item_t, one, train), opts.topk, dim=1))
-            singles.append(seconds)
-        recall = None
-        if opts.recall:
-            recall = Evaluator(dataset.train, dataset.test, opts.topk, opts.batch, device).evaluate(users, items)["Recall"]
-    report = Report.compression_report(loaded.ckpt.tensors, loaded.meta,
-                                       graph_nnz_full=graph.nnz if loaded.compact is None else None)
-    propagated_edges = int(graph.nnz)
-    layers = report["gnn_layer"] or 0
-    line = {
-        "bench": "inference", "model": path, "role": loaded.meta.get("role") or report["stage"],
-        "compact": loaded.compact is not None, "graph": graph_kind, "dataset": dataset.name,
-        "n_users": dataset.n_users, "n_items": dataset.n_items, "latdim": report["latdim"], "gnn_layer": layers,
-        "edges_kept_pct": report["edges"]["kept_pct"], "entries_kept_pct": report["embedding_entries"]["kept_pct"],
-        "bytes_model": report["bytes"]["compact_export"], "bytes_dense": report["bytes"]["dense_export"],
-        "bytes_serving": (dataset.n_users + dataset.n_items) * report["latdim"] * 4,
-        "macs_propagation": layers * propagated_edges * report["latdim"],
-        "macs_score_one_user": report["macs"]["score_one_user"],
-        "load_s": round(load_s, 4), "propagation_s": round(statistics.median(propagations), 4),
-        **{k: round(v, 4) for k, v in pass_parts.items()},
-        "one_user_ms": round(1000 * statistics.median(singles), 4),
-        "data_rss_mb": round(data_rss, 1),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "threads": opts.threads, "device": str(device), "topk": opts.topk, "batch": opts.batch,
-        "machine": f"{os.uname().machine} {os.cpu_count()} cpus, torch {torch.__version__}",
-    }
-    line["all_users_s"] = round(line["propagation_s"] + sum(pass_parts.values()), 4)
-    if cuda:
+    (loaded, model, graph, graph_kind), load_s = clock(lambda: build(path, dataset, device))
+    propagations = []
+    for _ in range(opts.repeats):
+        (users, items), seconds = clock(lambda: model(graph))
+        propagations.append(seconds)
+    item_t = items.t().contiguous()
+    parts = time_all_users(users, item_t, train, opts, clock)
+    one_user_s = time_one_user(users, item_t, train, opts, clock)
+    line = {"bench": "inference", "model": path, "compact": loaded.compact is not None, "graph": graph_kind,
+            **counts(loaded, graph, dataset),
+            "load_s": round(load_s, 4), "propagation_s": round(statistics.median(propagations), 4),
+            **{k: round(v, 4) for k, v in parts.items()}, "one_user_ms": round(1000 * one_user_s, 4),
+            "data_rss_mb": round(data_rss, 1),
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "threads": opts.threads, "device": str(device), "topk": opts.topk, "batch": opts.batch,
+            "machine": f"{os.uname().machine} {os.cpu_count()} cpus, torch {torch.__version__}"}
+    line["all_users_s"] = round(line["propagation_s"] + sum(parts.values()), 4)
+    if clock.cuda:
         line["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated() / 2 ** 20, 1)
-    if recall is not None:
-        line["test_recall"] = recall
+    if opts.recall:
+        evaluator = Evaluator(dataset.train, dataset.test, opts.topk, opts.batch, device)
+        line["test_recall"] = evaluator.evaluate(users, items)["Recall"]
     return line
 
 
-def _exclude(scores, train, chunk):
-    from Utils.Metrics import rows_to_coords
+def counts(loaded, graph, dataset) -> dict:
+    """Sizes and multiply-adds (Utils/tools/Report.py), with propagation over the graph it uses."""
+    report = Report.compression_report(loaded.ckpt.tensors, loaded.meta,
+                                       graph_nnz_full=graph.nnz if loaded.compact is None else None)
+    d, layers = report["latdim"], report["gnn_layer"] or 0
+    return {"role": loaded.meta.get("role") or report["stage"], "dataset": dataset.name,
+            "n_users": dataset.n_users, "n_items": dataset.n_items, "latdim": d, "gnn_layer": layers,
+            "edges_kept_pct": report["edges"]["kept_pct"],
+            "entries_kept_pct": report["embedding_entries"]["kept_pct"],
+            "bytes_model": report["bytes"]["compact_export"], "bytes_dense": report["bytes"]["dense_export"],
+            "bytes_serving": (dataset.n_users + dataset.n_items) * d * 4,
+            "macs_propagation": layers * int(graph.nnz) * d, "macs_score_one_user": report["macs"]["score_one_user"]}
 
+
+def _exclude(scores, train, chunk):
     rows, cols = rows_to_coords(*train, chunk)
     scores[rows, cols] = float("-inf")
 
@@ -177,7 +190,7 @@ def relative_table(lines: list, bases: list) -> list:
 
 
 def plot_relative(lines: list, base: str, path: str) -> None:
-    import matplotlib
+    import matplotlib  # loaded only when a plot is asked for
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -201,7 +214,7 @@ def plot_relative(lines: list, base: str, path: str) -> None:
 
 
 def plot_fig4(lines: list, path: str) -> None:
-    import matplotlib
+    import matplotlib  # loaded only when a plot is asked for
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

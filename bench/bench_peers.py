@@ -10,7 +10,7 @@ prints one JSON line: ``impl``, ``train_epoch_s`` and the per-part split of the 
 so a ratio is only meaningful between epochs timed close together), and ends with a line of
 each one's median and ``times_ours``: the median over the rounds of its epoch / ours.
 
-* ``ours``: ``Model.LightGCN`` and ``Utils.Teacher.teacher_loss``, as ``pretrainTeacher.py`` runs them.
+* ``ours``: ``Model.LightGCN`` and ``Utils.training.Teacher.teacher_loss``, as ``pretrainTeacher.py`` runs them.
 * ``pyg_example``: ``torch_geometric.nn.models.LightGCN`` called as PyG's ``examples/lightgcn.py``
   calls it: ``model(edge_index, edge_label_index)`` with the bidirected train edges, so every
   layer of every step recomputes the symmetric normalisation (``LGConv(normalize=True)``);
@@ -34,8 +34,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import DataHandler as dh  # noqa: E402
 from Model import LightGCN  # noqa: E402
-from Utils import Runtime  # noqa: E402
-from Utils.Teacher import teacher_loss  # noqa: E402
+from Utils.runtime import Runtime  # noqa: E402
+from Utils.training.Teacher import teacher_loss  # noqa: E402
 from bench_teacher import teacher_parser, timed_steps  # noqa: E402  (bench/ is on the path as the script's folder)
 
 IMPLS = ("ours", "pyg_prenorm", "pyg_example")

@@ -39,11 +39,11 @@ import DataHandler as dh  # noqa: E402
 import Params  # noqa: E402
 import modelTools  # noqa: E402
 from Model import model_from_tensors  # noqa: E402
-from Utils import Pruning  # noqa: E402
-from Utils.Distill import frozen_outputs  # noqa: E402
-from Utils.Losses import bpr_loss  # noqa: E402
-from Utils.Metrics import Evaluator  # noqa: E402
-from Utils.Training import mean_bpr_gradient  # noqa: E402
+from Utils.objective import Pruning  # noqa: E402
+from Utils.training.Distill import frozen_outputs  # noqa: E402
+from Utils.objective.Losses import bpr_loss  # noqa: E402
+from Utils.training.Metrics import Evaluator  # noqa: E402
+from Utils.training.Training import mean_bpr_gradient  # noqa: E402
 
 
 STEP_PARTS = ("both", "edges_only", "entries_only", "edges_by_own_weight", "edges_by_middle_outputs",

@@ -21,7 +21,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import modelTools  # noqa: E402
-from Utils.Metrics import Evaluator  # noqa: E402
+from Utils.training.Metrics import Evaluator  # noqa: E402
 
 GROUPS = ((0, 0), (1, 2), (3, 5), (6, 64))
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from Utils.Pruning import PruneConfig, PrunedState, closure_weights_on_adj, compute_pruned_state  # noqa: E402
+from Utils.objective.Pruning import PruneConfig, PrunedState, closure_weights_on_adj, compute_pruned_state  # noqa: E402
 
 N_USERS, N_ITEMS, N_INTERACTIONS, DIM, N_CLOSURE = 42_712, 26_822, 182_357, 64, 5_600_000
 

@@ -28,7 +28,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
-from Utils.Compare import compare_runs, run_outputs  # noqa: E402
+from Utils.tools.Compare import compare_runs, run_outputs  # noqa: E402
 
 CONFIGS = {
     "t2": ([sys.executable], ["--threads=2"]),

@@ -1,5 +1,5 @@
 """Sparse-product benchmark on Yelp's Â (434,248 edges, 64-d): one product with
-torch.sparse.mm (CSR), SciPy and the Numba kernel of Utils/Spmm.py (into a new and
+torch.sparse.mm (CSR), SciPy and the Numba kernel of Utils/kernels/Spmm.py (into a new and
 into a reused output), the 8-layer propagation of an evaluation, and the propagation
 of one stage-1 teacher step (forward + backward restricted to a batch's rows).
 ``chain_ms``: at 1 thread and at --threads, --layers products in a chain (each
@@ -23,8 +23,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import DataHandler as dh  # noqa: E402
-from Utils import Runtime  # noqa: E402
-from Utils import Spmm  # noqa: E402
+from Utils.runtime import Runtime  # noqa: E402
+from Utils.kernels import Spmm  # noqa: E402
 from bench_teacher import teacher_parser  # noqa: E402  (bench/ is on the path as the script's folder)
 
 

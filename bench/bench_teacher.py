@@ -19,10 +19,10 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import DataHandler as dh  # noqa: E402
-from Utils import Runtime  # noqa: E402
+from Utils.runtime import Runtime  # noqa: E402
 from Model import LightGCN  # noqa: E402
-from Utils.Teacher import teacher_loss  # noqa: E402
-from Utils.Metrics import Evaluator  # noqa: E402
+from Utils.training.Teacher import teacher_loss  # noqa: E402
+from Utils.training.Metrics import Evaluator  # noqa: E402
 
 
 def sync(value=None):

@@ -6,7 +6,7 @@
 # student also as the compact export outModels/demo/student_compact.mod); a rerun
 # replaces them (--overwrite=True).
 # Data-parallel: LAUNCH="torchrun --standalone --nproc_per_node=2" bash example_scripts/quickstart.sh
-# runs each training stage as 2 processes (Utils/Parallel.py); the outputs are the same files.
+# runs each training stage as 2 processes (Utils/runtime/Parallel.py); the outputs are the same files.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA_DIR=${DATA_DIR:-./Datasets}

@@ -106,11 +106,11 @@ def tiny_root_with_supervisors(tmp_path_factory, name):
 
 
 def kd_parts(cfg, inputs, *, sample=None, generator=None, subspace_pairs=None, group=None):
-    """``Utils.Losses.kd_objective`` on a dict of named tensors, as the stage calls it: the
+    """``Utils.objective.Losses.kd_objective`` on a dict of named tensors, as the stage calls it: the
     trainee's outputs and tables (``stu_*``, ``emb_mask``), the supervisor's (``sup_*``), the
     batch (``ancs``/``poss``/``negs``) and the prediction-level KD's triples (``rand_*``)."""
-    from Utils import Losses as L
-    from Utils.Parallel import SOLO
+    from Utils.objective import Losses as L
+    from Utils.runtime.Parallel import SOLO
 
     group = group or SOLO
     trainee = L.Trainee(inputs["stu_users"], inputs["stu_items"], inputs["stu_u_embeds"], inputs["stu_i_embeds"],

@@ -10,14 +10,14 @@ import pytest
 import torch
 
 from conftest import REF
-from Utils.Checkpoint import (
+from Utils.files.Checkpoint import (
     Checkpoint,
     check_compatible,
     import_published_mod,
     load_checkpoint,
     save_checkpoint,
 )
-from Utils.Errors import CheckpointError
+from Utils.runtime.Errors import CheckpointError
 
 PUBLISHED = REF / "published_checkpoints"
 # file stem -> (role taken by default, number of edges or None for the teacher)

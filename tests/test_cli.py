@@ -158,7 +158,7 @@ def test_teacher_resumes_from_checkpoint_and_history(tmp_path, data_dir):
 
 def test_checkpoint_for_another_dataset_shape_is_refused(tmp_path, data_dir):
     bad = tmp_path / "other.mod"
-    from Utils.Checkpoint import save_checkpoint
+    from Utils.files.Checkpoint import save_checkpoint
     save_checkpoint(bad, {"uEmbeds": torch.zeros(7, 8), "iEmbeds": torch.zeros(40, 8)}, {"gnn_layer": 3})
     proc = run("Main.py", *TINY_MID, f"--data_dir={data_dir}", f"--teacher_model={bad}",
                f"--model_save_path={tmp_path}/m", f"--his_save_path={tmp_path}/m", check=False)
@@ -174,7 +174,7 @@ def _early_stop(stdout):
 def test_teacher_patience_stops_and_keeps_the_best_epoch(tmp_path, data_dir):
     """--patience=2 on the tiny teacher: it stops two evaluations after its best epoch B, and
     its checkpoint is bit-identical to the one of a run told to train B + 1 epochs."""
-    from Utils.Checkpoint import load_checkpoint
+    from Utils.files.Checkpoint import load_checkpoint
 
     common = [*TINY_TEACHER, f"--data_dir={data_dir}", "--plots=False"]
     early = run("pretrainTeacher.py", *common, "--epoch_tea=40", "--patience=2",

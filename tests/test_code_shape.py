@@ -5,7 +5,7 @@
   project's own Python files: entry points, ``Utils/``, ``bench/`` and ``tests/``.
 * Nothing below the entry points (``Main.py``, ``pretrainTeacher.py``, ``modelTools.py``,
   ``prepareData.py``) and ``Params.py`` reads the parsed flags: no ``args.`` in ``Utils/``,
-  ``DataHandler.py`` or ``Model.py`` (they receive the frozen configs of ``Utils/Config.py``).
+  ``DataHandler.py`` or ``Model.py`` (they receive the frozen configs of ``Utils/config/Config.py``).
 """
 import ast
 import re
@@ -17,8 +17,8 @@ SKIPPED = {"self", "cls", "ctx"}
 
 
 def _python_files():
-    folders = [ROOT, ROOT / "Utils", ROOT / "bench", ROOT / "tests"]
-    return sorted(path for folder in folders for path in folder.glob("*.py"))
+    folders = [ROOT, ROOT / "bench", ROOT / "tests"]
+    return sorted([path for folder in folders for path in folder.glob("*.py")] + list((ROOT / "Utils").rglob("*.py")))
 
 
 def _code_lines(lines, node):
@@ -61,7 +61,7 @@ def test_the_shape_check_sees_a_long_function(tmp_path):
 
 
 def test_no_module_below_the_entry_points_reads_the_parsed_flags():
-    below = [ROOT / "DataHandler.py", ROOT / "Model.py", *sorted((ROOT / "Utils").glob("*.py"))]
+    below = [ROOT / "DataHandler.py", ROOT / "Model.py", *sorted((ROOT / "Utils").rglob("*.py"))]
     found = [f"{path.relative_to(ROOT)}:{number}: {line.strip()}" for path in below
              for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
              if re.search(r"\bargs\.|vars\(args\)", line)]

@@ -1,4 +1,4 @@
-"""--contrast_estimator=adaptive (Utils/Estimators.py): each estimate is exact when it reads every
+"""--contrast_estimator=adaptive (Utils/objective/Estimators.py): each estimate is exact when it reads every
 row, unbiased for the sum when it samples, differentiable as written, and reaches the objective."""
 import dataclasses
 import io
@@ -8,11 +8,12 @@ import torch
 import torch.nn.functional as F
 
 import Params
-from Utils import Estimators as E
-from Utils import Kernels, Losses
-from Utils.Errors import ConfigError
-from Utils.Distill import DistillStage, FrozenModels, frozen_outputs
-from Utils.Training import RunLog, read_history
+from Utils.objective import Estimators as E
+from Utils.kernels import Kernels
+from Utils.objective import Losses
+from Utils.runtime.Errors import ConfigError
+from Utils.training.Distill import DistillStage, FrozenModels, frozen_outputs
+from Utils.training.Training import RunLog, read_history
 from Model import LightGCN
 
 

@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from conftest import kd_parts
-from Utils import Kernels as K
-from Utils import Losses as L
-from Utils import MaskPairs
-from Utils.Config import Loop
-from Utils.Training import EarlyStopper, RunLog, Stage
+from Utils.kernels import Kernels as K
+from Utils.objective import Losses as L
+from Utils.kernels import MaskPairs
+from Utils.config.Config import Loop
+from Utils.training.Training import EarlyStopper, RunLog, Stage
 
 
 def _batch_inputs(seed=0, n_users=37, n_items=29, d=8):

@@ -7,7 +7,7 @@ import pytest
 import scipy.sparse as sp
 
 import DataHandler as dh
-from Utils.Errors import DataError
+from Utils.runtime.Errors import DataError
 from conftest import run_script
 from conftest import tiny_data_dir as _tiny_data
 
@@ -127,7 +127,7 @@ def test_a_history_folder_that_cannot_be_made_is_one_line_error(tmp_path, tiny_d
                                   "--subspcreg_list=0.1,nan"])
 def test_non_finite_or_negative_rates_are_refused_when_parsed(flag):
     import Params
-    from Utils.Errors import ConfigError
+    from Utils.runtime.Errors import ConfigError
 
     with pytest.raises(ConfigError, match=flag.split("=")[0]):
         Params.parse_args([flag])
@@ -280,8 +280,8 @@ def test_a_published_checkpoint_is_accepted_with_one_warning(tmp_path, tiny_dir)
 
 def test_topk_above_the_item_count_is_one_line_error_before_anything_is_written(tmp_path, tiny_dir):
     from conftest import REF, TINY_MID, TINY_TEACHER
-    from Utils.Errors import ConfigError
-    from Utils.Metrics import Evaluator
+    from Utils.runtime.Errors import ConfigError
+    from Utils.training.Metrics import Evaluator
 
     data = _tiny_data(tmp_path, tiny_dir)
     train = dh.load_split(str(tiny_dir / "trnMat.pkl"))
@@ -344,7 +344,7 @@ def test_plot_refuses_a_file_as_out_and_a_binary_history_in_one_line(tmp_path):
 ])
 def test_a_trained_pruning_run_of_no_epoch_is_refused(flags, ok):
     import Params
-    from Utils.Errors import ConfigError
+    from Utils.runtime.Errors import ConfigError
 
     if ok:
         Params.parse_args(flags)
@@ -356,7 +356,7 @@ def test_a_trained_pruning_run_of_no_epoch_is_refused(flags, ok):
 @pytest.mark.parametrize("flags", [["--mask_epoch=0"], ["--run_no_adj_weights=True", "--fix_epoch=0"]])
 def test_mask_and_fix_epoch_of_zero_are_refused(flags):
     import Params
-    from Utils.Errors import ConfigError
+    from Utils.runtime.Errors import ConfigError
 
     with pytest.raises(ConfigError, match=flags[-1].split("=")[0]):
         Params.parse_args(flags)
@@ -374,7 +374,7 @@ def test_epoch_list_of_zeros_is_one_line_error_on_the_command_line(tmp_path, tin
 
 
 def _convert(tmp_path, fmt, name, text):
-    from Utils.Convert import Options, prepare
+    from Utils.data.Convert import Options, prepare
 
     path = tmp_path / name
     path.write_text(text)

@@ -12,7 +12,7 @@ import pytest
 import scipy.sparse as sp
 
 import DataHandler as dh
-from Utils import Errors
+from Utils.runtime import Errors
 from conftest import ROOT, TINY_TEACHER, run_script
 from conftest import tiny_data_dir as _tiny_data
 from test_faults import _history, _one_error_line, _write_split

@@ -11,8 +11,8 @@ import scipy.sparse as sp
 
 import DataHandler as dh
 import Params
-from Utils import Runtime
-from Utils.Errors import ConfigError, DataError
+from Utils.runtime import Runtime
+from Utils.runtime.Errors import ConfigError, DataError
 from conftest import TINY_TEACHER, run_script
 from test_faults import _one_error_line, _write_split
 

@@ -14,8 +14,8 @@ import torch
 
 from conftest import TINY_MID, TINY_STU, TINY_TEACHER, run_script, tiny_root_with_supervisors
 from test_faults import _one_error_line
-from Utils import Checkpoint, Resume
-from Utils.Errors import CheckpointError
+from Utils.files import Checkpoint, Resume
+from Utils.runtime.Errors import CheckpointError
 
 pytestmark = pytest.mark.slow  # end-to-end runs in subprocesses
 

@@ -5,8 +5,8 @@ import torch
 
 import DataHandler as dh
 from Model import LightGCN
-from Utils.Losses import bpr_loss, embedding_reg
-from Utils.Metrics import Evaluator, recall_ndcg_from_ranking
+from Utils.objective.Losses import bpr_loss, embedding_reg
+from Utils.training.Metrics import Evaluator, recall_ndcg_from_ranking
 
 RTOL, ATOL = 1e-4, 1e-6
 

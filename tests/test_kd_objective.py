@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import kd_parts
-from Utils import Losses as L
+from Utils.objective import Losses as L
 
 RTOL, ATOL = 1e-4, 1e-6
 CASES = ["prn1", "prn4_v1", "prn4_v2", "prn4_v3"]

@@ -1,4 +1,4 @@
-"""Tests of Utils/Losses.py: golden values of the published tool, the blocked kernels, simple values."""
+"""Tests of Utils/objective/Losses.py: golden values of the published tool, the blocked kernels, simple values."""
 import math
 
 import numpy as np
@@ -9,8 +9,8 @@ import torch.nn.functional as F
 
 import DataHandler as dh
 from conftest import kd_parts
-from Utils import Kernels as K
-from Utils import Losses as L
+from Utils.kernels import Kernels as K
+from Utils.objective import Losses as L
 
 S = L.Share.of  # the anchors of a one-process run
 
@@ -384,7 +384,7 @@ def test_contrastive_denominator_known_and_published():
                                   "--contrast_candidates=-1"])
 def test_the_loss_settings_are_checked_where_the_flags_are_parsed(flag):
     import Params
-    from Utils.Errors import ConfigError
+    from Utils.runtime.Errors import ConfigError
 
     with pytest.raises(ConfigError, match=flag.split("=")[0]):
         Params.parse_args([flag])
@@ -419,9 +419,9 @@ def test_batch_weight_decay_is_lightgcn_s_and_reaches_only_the_batch_rows():
     """--reg_batch: LightGCN's reg_loss = ½(‖e⁰_u‖² + ‖e⁰_i‖² + ‖e⁰_j‖²)/B · decay (its PyTorch code)."""
     import Params
     from Model import LightGCN
-    from Utils.Errors import ConfigError
-    from Utils.Parallel import Group
-    from Utils.Teacher import teacher_loss
+    from Utils.runtime.Errors import ConfigError
+    from Utils.runtime.Parallel import Group
+    from Utils.training.Teacher import teacher_loss
 
     gen = torch.Generator().manual_seed(21)
     users, pos, neg = (torch.randn(7, 4, generator=gen) for _ in range(3))

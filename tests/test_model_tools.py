@@ -15,8 +15,8 @@ from conftest import REF, ROOT
 
 import DataHandler as dh
 import modelTools
-from Utils import Plots, Report
-from Utils.Checkpoint import load_checkpoint
+from Utils.tools import Plots, Report
+from Utils.files.Checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.slow  # end-to-end runs in subprocesses
 

@@ -1,4 +1,4 @@
-"""Data-parallel runs (Utils/Parallel.py): each process's share of the loss, and torchrun end to end.
+"""Data-parallel runs (Utils/runtime/Parallel.py): each process's share of the loss, and torchrun end to end.
 
 The share tests need no processes: the shares of ranks 0..N-1 of one batch, summed, must be
 the one-process loss and gradients. The end-to-end tests start 2 gloo processes with
@@ -13,9 +13,9 @@ import torch
 
 from conftest import ROOT, TINY_STU, TINY_TEACHER, kd_parts, run_script, train_tiny_supervisors
 from test_fast_levers import _batch_inputs
-from Utils import Losses as L
-from Utils.Parallel import SOLO, Group
-from Utils.Training import read_history
+from Utils.objective import Losses as L
+from Utils.runtime.Parallel import SOLO, Group
+from Utils.training.Training import read_history
 
 LEAVES = ("stu_users", "stu_items", "stu_u_embeds", "stu_i_embeds", "stu_edge_weight")
 
@@ -69,7 +69,7 @@ def test_shares_of_the_stage_2_3_loss_sum_to_the_one_process_loss(config, world)
 def test_shares_of_the_teacher_loss_sum_to_the_one_process_loss():
     from DataHandler import Graph, propagation_matrix
     from Model import LightGCN
-    from Utils.Teacher import teacher_loss
+    from Utils.training.Teacher import teacher_loss
     import scipy.sparse as sp
 
     torch.manual_seed(0)

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 import Params
-from Utils import Runtime
-from Utils.Errors import CheckpointError, ConfigError, DataError, UserError
+from Utils.runtime import Runtime
+from Utils.runtime.Errors import CheckpointError, ConfigError, DataError, UserError
 from conftest import REF, ROOT
 
 FLAGS_JSON = REF / "published_flags.json"
@@ -355,7 +355,7 @@ def test_run_cli_returns_and_passes_args():
 
 
 def test_run_cli_ends_an_early_interrupt_in_one_line_and_does_not_catch_bugs(capsys):
-    from Utils.Errors import Terminated
+    from Utils.runtime.Errors import Terminated
 
     for exc, code in ((KeyboardInterrupt, 130), (Terminated, 143)):
         def interrupted(args, exc=exc):

@@ -10,9 +10,9 @@ import pytest
 import scipy.sparse as sp
 
 import DataHandler as dh
-from Utils import Convert
-from Utils.Convert import Options, kcore, prepare, synthetic
-from Utils.Errors import ConfigError, DataError
+from Utils.data import Convert
+from Utils.data.Convert import Options, kcore, prepare, synthetic
+from Utils.runtime.Errors import ConfigError, DataError
 from conftest import ROOT
 
 

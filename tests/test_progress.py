@@ -5,7 +5,7 @@ import io
 import numpy as np
 import torch
 
-from Utils.Training import RunLog, train_epoch
+from Utils.training.Training import RunLog, train_epoch
 
 
 class Clock:

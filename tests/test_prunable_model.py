@@ -4,12 +4,12 @@ import pytest
 import torch
 
 import DataHandler as dh
-from Utils.Distill import DistillLoss, frozen_outputs
-from Utils.Losses import Supervisor
+from Utils.training.Distill import DistillLoss, frozen_outputs
+from Utils.objective.Losses import Supervisor
 from Model import LightGCN_sp
 from Params import parse_args, run_config
-from Utils.Kernels import CPU_BLOCKS
-from Utils.Spmm import propagate_layers, propagate_sum
+from Utils.kernels.Kernels import CPU_BLOCKS
+from Utils.kernels.Spmm import propagate_layers, propagate_sum
 
 RTOL, ATOL = 1e-4, 1e-6
 

@@ -1,11 +1,11 @@
-"""Utils/Pruning.py against the published tool's golden pruning steps (prune_*.npz) and unit checks."""
+"""Utils/objective/Pruning.py against the published tool's golden pruning steps (prune_*.npz) and unit checks."""
 import math
 
 import numpy as np
 import pytest
 import torch
 
-from Utils.Pruning import (
+from Utils.objective.Pruning import (
     PruneConfig,
     PrunedState,
     closure_weights_on_adj,
@@ -311,8 +311,8 @@ def test_mean_bpr_gradient_is_the_gradient_of_the_epoch_s_mean_loss():
     """Taken in chunks on the detached outputs, then once through propagation: the same numbers as
     one autograd pass of the mean BPR loss over every triple."""
     from Model import LightGCN_sp
-    from Utils.Losses import bpr_loss
-    from Utils.Training import mean_bpr_gradient
+    from Utils.objective.Losses import bpr_loss
+    from Utils.training.Training import mean_bpr_gradient
     import DataHandler as dh
     import scipy.sparse as sp
 

@@ -1,7 +1,7 @@
 """The records of stages 2-3 (global best, best, "2nd best" with its gap) as the stage updates them."""
 import pytest
 
-from Utils.Distill import PruningRun, make_records
+from Utils.training.Distill import PruningRun, make_records
 
 
 def _evaluate(run, records, value, epoch):

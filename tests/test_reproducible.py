@@ -2,14 +2,14 @@
 and resume file equal (``torch.equal``), and every history row equal but for its timings.
 
 Thread timing could change a result only through a kernel that sums in the order threads
-arrive (``Utils.Runtime.set_deterministic`` says which one and how it is fixed). The demo data
+arrive (``Utils.runtime.Runtime.set_deterministic`` says which one and how it is fixed). The demo data
 (3,000 users x 2,000 items) is large enough for torch's CPU kernels to split work across
 threads; the tiny split checks the stage 2 -> 3 chain quickly.
 """
 import pytest
 
 from conftest import TINY_MID, TINY_STU, TINY_TEACHER, run_script
-from Utils.Compare import compare_runs, run_outputs
+from Utils.tools.Compare import compare_runs, run_outputs
 
 pytestmark = pytest.mark.slow  # end-to-end runs in subprocesses
 

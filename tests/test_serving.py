@@ -19,8 +19,8 @@ from conftest import ROOT
 import DataHandler as dh
 import lightgnn
 import modelTools
-from Utils.Errors import ConfigError
-from Utils.Metrics import ALL_METRICS, Evaluator, parse_ks, parse_metrics
+from Utils.runtime.Errors import ConfigError
+from Utils.training.Metrics import ALL_METRICS, Evaluator, parse_ks, parse_metrics
 
 
 # ----------------------------------------------------------------------------- metrics by hand

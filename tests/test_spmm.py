@@ -1,4 +1,4 @@
-"""Utils/Spmm.py: the CPU kernels and the torch.sparse path (the one CUDA takes) agree.
+"""Utils/kernels/Spmm.py: the CPU kernels and the torch.sparse path (the one CUDA takes) agree.
 
 These need no ../shared data: the graph is a random bipartite one built here.
 """
@@ -10,7 +10,7 @@ import scipy.sparse as sp
 import torch
 
 import DataHandler as dh
-from Utils import Spmm
+from Utils.kernels import Spmm
 
 
 @pytest.fixture(scope="module")

@@ -12,14 +12,14 @@ import torch
 import DataHandler as dh
 import Params
 from Model import LightGCN, model_from_tensors
-from Utils import Checkpoint
-from Utils.Config import Data, DistillConfig, Evaluation, Loop, Outputs, RunConfig, TeacherConfig
-from Utils.Distill import DistillStage, FrozenModels, frozen_outputs
-from Utils import Losses as L
-from Utils.Losses import KDConfig
-from Utils.Pruning import PruneConfig
-from Utils.Teacher import TeacherStage
-from Utils.Training import RunLog, read_history
+from Utils.files import Checkpoint
+from Utils.config.Config import Data, DistillConfig, Evaluation, Loop, Outputs, RunConfig, TeacherConfig
+from Utils.training.Distill import DistillStage, FrozenModels, frozen_outputs
+from Utils.objective import Losses as L
+from Utils.objective.Losses import KDConfig
+from Utils.objective.Pruning import PruneConfig
+from Utils.training.Teacher import TeacherStage
+from Utils.training.Training import RunLog, read_history
 
 
 @pytest.fixture
@@ -191,7 +191,8 @@ def test_binary_edge_weights_stay_one_on_kept_edges_and_fill_the_fixed_weight_re
 def test_the_taylor_entry_score_reaches_the_pruning_step(tiny_dir, tiny_split, tmp_path, monkeypatch):
     """--emb_prune_score=taylor: the step ranks the entries of the state it prunes by |e * ḡ|, ḡ the mean
     BPR gradient the stage computed for it; the same number of entries goes as with magnitude."""
-    from Utils import Distill, Pruning
+    from Utils.objective import Pruning
+    from Utils.training import Distill
 
     seen, grads = [], []
     prune_state, gradient = Pruning.prune_state, Distill.mean_bpr_gradient

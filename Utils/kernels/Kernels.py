@@ -1,4 +1,4 @@
-"""The blocked kernels behind the all-node terms of the objective (:mod:`Utils.Losses`).
+"""The blocked kernels behind the all-node terms of the objective (:mod:`Utils.objective.Losses`).
 
 The all-node denominators (e.g. 3.6 k anchors × 42.7 k users on Yelp) never form an
 anchors×N matrix: :func:`row_logsumexp_matmul` and :func:`positive_pair_logit_sums` are
@@ -18,7 +18,7 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 from torch.autograd.function import once_differentiable
 
-from Utils import MaskPairs
+from Utils.kernels import MaskPairs
 
 #: Default block shape (anchors × candidates) of the blocked reductions: a 256×4096
 #: float32 buffer is 4 MiB, small enough to stay in cache between the product and the exp.
@@ -274,13 +274,13 @@ def positive_pair_logit_sums(anc_emb: torch.Tensor, cand_emb: torch.Tensor, anc_
     δ = ``loosen``. Returns ``(counts, sums)``: counts_n = Σ_m t_nm (no gradient) and
     sums_n = Σ_m t_nm · a_n·b_m (differentiable w.r.t. both embedding tables).
     Pairs whose popcounts differ by more than δ are skipped without being evaluated.
-    On CPU, when the positives are few (:data:`Utils.MaskPairs.MAX_PAIRS`), they are listed
+    On CPU, when the positives are few (:data:`Utils.kernels.MaskPairs.MAX_PAIRS`), they are listed
     from bit-packed masks and summed directly (``blocks.list_pairs=False`` forces the dense,
     blocked route, in ``blocks.shape`` blocks); the pairs are the same, the sums differ only
     by float rounding.
     The masks must be 0/1; this is checked on the CPU only (on a GPU the check would make the
     host wait for the step's work; the stages' masks are 0/1 by construction).
-    ``pairs``: that list when the caller already has it (:meth:`Utils.MaskPairs.PairIndex.pairs_of`).
+    ``pairs``: that list when the caller already has it (:meth:`Utils.kernels.MaskPairs.PairIndex.pairs_of`).
     """
     if pairs is None:
         for name, mask in (("anc_mask", anc_mask), ("cand_mask", cand_mask)):
@@ -303,11 +303,11 @@ class ContrastSample:
 
     ``users``/``items`` are row indices (drawn uniformly without replacement) or ``None``
     for "every row" (the exact sum). One sample is shared by every all-node term of a batch.
-    With ``--contrast_estimator=adaptive`` (:func:`Utils.Estimators.draw_adaptive`): the rows are
+    With ``--contrast_estimator=adaptive`` (:func:`Utils.objective.Estimators.draw_adaptive`): the rows are
     drawn with replacement from a proposal and weighted (``weights_users``/``weights_items``),
     ``control`` makes the spread sums (auxiliary denominator, subspace term) use them for the
     remainder of the second-order control variate, and ``strata_users``/``strata_items``
-    (:class:`Utils.Estimators.StratifiedRows`) are the plans of the concentrated sums
+    (:class:`Utils.objective.Estimators.StratifiedRows`) are the plans of the concentrated sums
     (embedding-level KD).
     """
 
@@ -378,7 +378,7 @@ def subspace_pair_index(user_mask: torch.Tensor, item_mask: torch.Tensor, loosen
     positives t_nm; :func:`subspace_loss` then takes each batch's anchor rows from this
     index instead of listing them again (the same pairs in the same order: the same loss).
     A table whose pairs cannot be listed (on a device, or more than
-    :data:`Utils.MaskPairs.MAX_PAIRS`) maps to None and is listed per batch as before.
+    :data:`Utils.kernels.MaskPairs.MAX_PAIRS`) maps to None and is listed per batch as before.
     """
     if not blocks.list_pairs:
         return {key: None for key in SUBSPACE_TABLES}

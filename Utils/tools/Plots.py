@@ -1,6 +1,6 @@
 """PNG plots of training histories (matplotlib, headless Agg backend).
 
-Histories are the rows the training tools write (``Utils.Training.RunLog``): one JSON
+Histories are the rows the training tools write (``Utils.training.Training.RunLog``): one JSON
 object per epoch with ``stage``, ``epoch``, ``metrics`` ({'test': {'Recall', 'NDCG'},
 'val': …} on evaluated epochs) and, in stages 2–3, ``prn_run``, ``kind``,
 ``edge_kept_pct``, ``emb_kept_pct``. :func:`load_history` reads both the JSON-lines
@@ -25,9 +25,9 @@ import matplotlib
 matplotlib.use("Agg")  # headless: never needs a display
 import matplotlib.pyplot as plt  # noqa: E402  (after the backend choice)
 
-from Utils.Checkpoint import os_error_reason  # noqa: E402
-from Utils.Errors import ConfigError, DataError  # noqa: E402
-from Utils.Training import read_history  # noqa: E402
+from Utils.files.Checkpoint import os_error_reason  # noqa: E402
+from Utils.runtime.Errors import ConfigError, DataError  # noqa: E402
+from Utils.training.Training import read_history  # noqa: E402
 
 Rows = List[dict]
 Histories = Union[Mapping[str, Rows], Sequence[str]]
@@ -382,8 +382,8 @@ def plot_all(histories: Histories, out_dir: str, topk: int = 20, prefix: str = "
 def supervisor_histories(middle_checkpoint: str) -> List[str]:
     """History files of the stages before a student: [teacher .his, intermediate .his] as far as
     the checkpoints' meta flags lead (``his_save_path``, ``teacher_model``) and the files exist."""
-    from Utils.Checkpoint import load_checkpoint
-    from Utils.Errors import UserError
+    from Utils.files.Checkpoint import load_checkpoint
+    from Utils.runtime.Errors import UserError
 
     found: List[str] = []
     path: Optional[str] = middle_checkpoint

@@ -41,7 +41,7 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 import numpy as np
 import torch
 
-from Utils.Errors import CheckpointError
+from Utils.runtime.Errors import CheckpointError
 
 FORMAT = "lightgnn-ckpt"
 VERSION = 1

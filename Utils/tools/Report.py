@@ -46,8 +46,8 @@ from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 import numpy as np
 import torch
 
-from Utils import Checkpoint as ckpt_io
-from Utils.Errors import CheckpointError
+from Utils.files import Checkpoint as ckpt_io
+from Utils.runtime.Errors import CheckpointError
 
 COMPACT_CLASS = "CompactLightGCN"
 COMPACT_KEYS = ("edge_indptr", "edge_col", "edge_values", "emb_bitmap", "emb_values")

@@ -26,10 +26,10 @@ Conventions checked against the published tool's golden vectors
   v2 = one CE over the concatenated [user anchors; item anchors] against itself;
   v3 = four CEs, anchors against *all* users / items.
 
-Memory: the all-node sums run in the blocked kernels of :mod:`Utils.Kernels`, which never
+Memory: the all-node sums run in the blocked kernels of :mod:`Utils.kernels.Kernels`, which never
 form an anchors×N matrix.
 
-Data-parallel runs (:mod:`Utils.Parallel`): the stage splits each batch between the
+Data-parallel runs (:mod:`Utils.runtime.Parallel`): the stage splits each batch between the
 processes once (:meth:`Batch.split`); a term averages over its :class:`Share` of the rows
 and divides by the whole count, so the parts summed over the processes are the loss.
 """
@@ -42,11 +42,11 @@ from typing import Dict, Mapping, MutableMapping, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from Utils import MaskPairs
-from Utils.Estimators import control_variate_logsumexp, draw_adaptive, stratified_logsumexp, table_moments
-from Utils.Kernels import (CPU_BLOCKS, EXACT, Blocks, ContrastSample, draw_contrast_sample, positive_pair_logit_sums,
+from Utils.kernels import MaskPairs
+from Utils.objective.Estimators import control_variate_logsumexp, draw_adaptive, stratified_logsumexp, table_moments
+from Utils.kernels.Kernels import (CPU_BLOCKS, EXACT, Blocks, ContrastSample, draw_contrast_sample, positive_pair_logit_sums,
                            row_logsumexp_matmul, table_logsumexp)
-from Utils.Parallel import SOLO, Group
+from Utils.runtime.Parallel import SOLO, Group
 
 #: The constants the published tool adds inside its logarithms.
 INFONCE_EPS = 1e-8
@@ -60,7 +60,7 @@ Pair = Tuple[torch.Tensor, torch.Tensor]  # (users, items): the two tables a ter
 
 def _mean(values: torch.Tensor, total: Optional[int] = None) -> torch.Tensor:
     """``values.mean()``; with ``total``, this process's share Σ values / total of a mean over
-    ``total`` rows split between processes (``Utils.Parallel.Group.split``)."""
+    ``total`` rows split between processes (``Utils.runtime.Parallel.Group.split``)."""
     return values.mean() if total is None else values.sum() / total
 
 
@@ -149,8 +149,8 @@ def draw_batch(cfg: "KDConfig", triples, random, n_nodes: Tuple[int, int], gener
     drawn from ``generator``; K = 0: exact), then the subspace term's rows (when it is on), drawn
     in this order as the published objective draws them, then split between the processes.
     ``profiles`` (``--contrast_estimator=adaptive``: the (users, items)
-    :class:`Utils.Estimators.TableProfile` of this epoch): the rows are those of
-    :func:`Utils.Estimators.draw_adaptive` instead of uniform ones."""
+    :class:`Utils.objective.Estimators.TableProfile` of this epoch): the rows are those of
+    :func:`Utils.objective.Estimators.draw_adaptive` instead of uniform ones."""
     device = triples[0].device
     anchors = (torch.unique(triples[0]), torch.unique(triples[1]))
     if sample is None and profiles is not None:
@@ -230,11 +230,11 @@ def infonce(x_all: torch.Tensor, y_all: torch.Tensor, anchors: Share, temp: floa
 
     x = (X + 1e-8)/‖X + 1e-8‖, y likewise (row-wise, ``F.normalize``);
     mean over n ∈ anchors of −log( exp(x_n·y_n/τ) / (Σ_{m over all rows of Y} exp(x_n·y_m/τ) + 1e-8) )
-    = mean_n [ log(exp(lse_n) + 1e-8) − x_n·y_n/τ ],  lse_n from :func:`Utils.Kernels.row_logsumexp_matmul`,
+    = mean_n [ log(exp(lse_n) + 1e-8) − x_n·y_n/τ ],  lse_n from :func:`Utils.kernels.Kernels.row_logsumexp_matmul`,
     the outer 1e-8 added stably with ``logaddexp``.
-    ``sample``: rows of Y the denominator is estimated from (:func:`Utils.Kernels.table_logsumexp`);
+    ``sample``: rows of Y the denominator is estimated from (:func:`Utils.kernels.Kernels.table_logsumexp`);
     the positive pair x_n·y_n stays exact. ``plan`` (``--contrast_estimator=adaptive``): the
-    denominator is :func:`Utils.Estimators.stratified_logsumexp` instead.
+    denominator is :func:`Utils.objective.Estimators.stratified_logsumexp` instead.
     """
     index = anchors.rows
     x = F.normalize(x_all[index] + 1e-8, p=2, dim=1)  # row-wise, so normalising only the picked rows is the same
@@ -253,7 +253,7 @@ def embedding_kd_loss(high: Pair, out: Pair, anchors: Tuple[Share, Share], temp:
     """Embedding-level KD (docs/method.md#embedding-level-kd), unweighted: InfoNCE(H_users, Ē^S_users, uniq(u)) + InfoNCE(H_items, Ē^S_items, uniq(i)).
 
     ``high`` = H = Σ_{l≥2} E^T_l of the supervisor (users, items), detached here; ``out`` = Ē^S.
-    ``sample``: see :class:`Utils.Kernels.ContrastSample`.
+    ``sample``: see :class:`Utils.kernels.Kernels.ContrastSample`.
     """
     return (infonce(high[0].detach(), out[0], anchors[0], temp, sample.users, blocks, sample.strata_users)
             + infonce(high[1].detach(), out[1], anchors[1], temp, sample.items, blocks, sample.strata_items))
@@ -270,7 +270,7 @@ def contrastive_denominator_loss(out: Pair, anchors: Tuple[Share, Share], temp: 
 
     ``lse_cache``: an optional dict shared with :func:`subspace_loss` (v3) *for the same
     embeddings and anchors*; the four row log-sum-exps are then computed once per τ.
-    ``sample``: each Σ_m over a table is estimated from its sampled rows (:func:`Utils.Kernels.table_logsumexp`).
+    ``sample``: each Σ_m over a table is estimated from its sampled rows (:func:`Utils.kernels.Kernels.table_logsumexp`).
     """
     users, items = out
     log_eps = math.log(CONTR_DENO_EPS)
@@ -287,8 +287,8 @@ def _cached_lse(cache: Optional[MutableMapping], key: str, pair: Pair, temp: flo
                 blocks: Blocks, anchor_rows: torch.Tensor) -> torch.Tensor:
     """The row log-sum-exps of ``pair`` = (anchors, table) for the sums ``key`` (anchor kind, then
     table kind: 'ui', 'iu', 'uu', 'ii'), over the rows ``sample`` gives the table
-    (:func:`Utils.Kernels.table_logsumexp`), with the control variate when ``sample.control``
-    (:func:`Utils.Estimators.control_variate_logsumexp`; ``anchor_rows`` are the anchors' own rows
+    (:func:`Utils.kernels.Kernels.table_logsumexp`), with the control variate when ``sample.control``
+    (:func:`Utils.objective.Estimators.control_variate_logsumexp`; ``anchor_rows`` are the anchors' own rows
     when they come from the table itself); memoised in ``cache`` under (key, τ) when one is given."""
     full_key = (key, float(temp))
     if cache is not None and full_key in cache:
@@ -316,11 +316,11 @@ def soft_target_cross_entropy(anchors: Pair, candidates: Pair, loosen: float, te
 
     ``anchors`` = (a, their mask rows), ``candidates`` = (b, their mask rows).
     = mean_n [ (Σ_m t_nm)·lse_n − (Σ_m t_nm a_n·b_m)/τ ], t the mask positives of
-    :func:`Utils.Kernels.positive_pair_logit_sums`; the same value as ``nn.CrossEntropyLoss()(logits, t)``
+    :func:`Utils.kernels.Kernels.positive_pair_logit_sums`; the same value as ``nn.CrossEntropyLoss()(logits, t)``
     with probability targets (sum over candidates, mean over anchors, t not normalised).
     ``lse`` may be passed when the row log-sum-exps of (a, b, τ) are already known.
     ``total``: the anchors are this process's share of ``total`` (:func:`_mean`).
-    ``pairs``: the positives already listed (see :func:`Utils.Kernels.positive_pair_logit_sums`).
+    ``pairs``: the positives already listed (see :func:`Utils.kernels.Kernels.positive_pair_logit_sums`).
     """
     (anc_emb, anc_mask), (cand_emb, cand_mask) = anchors, candidates
     counts, sums = positive_pair_logit_sums(anc_emb, cand_emb, anc_mask, cand_mask, loosen, blocks=blocks,
@@ -359,9 +359,9 @@ def subspace_loss(out: Pair, emb_mask: torch.Tensor, rows: SubspaceRows, cfg: "K
     indices stay consistent); ``lse_cache`` and ``sample`` are then ignored.
     ``lse_cache``: see :func:`contrastive_denominator_loss`.
     ``sample`` (v3 without resampling): each softmax denominator over a whole table is
-    estimated from the sampled rows (:func:`Utils.Kernels.table_logsumexp`); the positives t_nm and
+    estimated from the sampled rows (:func:`Utils.kernels.Kernels.table_logsumexp`); the positives t_nm and
     Σ_m t_nm a_n·b_m still run over the whole table, exactly.
-    ``pair_index`` (v3 without resampling): :func:`Utils.Kernels.subspace_pair_index` of these
+    ``pair_index`` (v3 without resampling): :func:`Utils.kernels.Kernels.subspace_pair_index` of these
     masks and δ; the positives of each anchor are then read from it, not listed again.
     """
     users, items = out
@@ -422,8 +422,8 @@ class KDConfig:
     ``resample_ratio`` is ``hyper_contr_resample_ratio`` when ``--hyper_contr_resample``, else None.
     ``contrast_candidates`` is K of ``--contrast_candidates`` (0 = the exact all-node sums), and
     ``contrast_estimator`` how the sums use the K rows (``--contrast_estimator``: ``uniform``,
-    or ``adaptive``, :mod:`Utils.Estimators`).
-    ``blocks``: the block shape of the all-node kernels (:func:`Utils.Kernels.device_blocks`).
+    or ``adaptive``, :mod:`Utils.objective.Estimators`).
+    ``blocks``: the block shape of the all-node kernels (:func:`Utils.kernels.Kernels.device_blocks`).
     The values are checked once, where the flags are parsed (``Params.validate``).
     """
 
@@ -504,10 +504,10 @@ def kd_objective(cfg: KDConfig, trainee: Trainee, sup: Supervisor, batch: Batch,
     detached here. When the subspace term and the auxiliary denominator see the same
     embeddings (outputs, no resampling), their row log-sum-exps with equal temperatures
     (default τ = 1 for both) are computed once. ``batch.sample``: the rows every all-node sum
-    of this batch runs over (:data:`Utils.Kernels.EXACT`: exact sums).
+    of this batch runs over (:data:`Utils.kernels.Kernels.EXACT`: exact sums).
     ``lead``: this process counts the whole-table weight decay (rank 0 of a data-parallel run;
     every term's batch mean is this process's share of it, :class:`Batch`).
-    ``subspace_pairs``: :func:`Utils.Kernels.subspace_pair_index` of the mask and ``cfg.loosen``
+    ``subspace_pairs``: :func:`Utils.kernels.Kernels.subspace_pair_index` of the mask and ``cfg.loosen``
     when the caller keeps the mask fixed over many batches (a pruning run); the same loss, faster.
     Returns a dict of scalar tensors: total, main, pred_kd, emb_kd, reg, contr_deno, subspace.
     """

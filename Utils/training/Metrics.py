@@ -27,8 +27,8 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from Utils.Errors import ConfigError
-from Utils.Parallel import SOLO, Group
+from Utils.runtime.Errors import ConfigError
+from Utils.runtime.Parallel import SOLO, Group
 
 
 def csr_tensors(mat: sp.csr_matrix, device):

@@ -10,9 +10,9 @@ import os
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Tuple
 
-from Utils.Errors import ConfigError
-from Utils.Losses import KDConfig
-from Utils.Pruning import PruneConfig
+from Utils.runtime.Errors import ConfigError
+from Utils.objective.Losses import KDConfig
+from Utils.objective.Pruning import PruneConfig
 
 
 def history_file(path: str) -> str:

@@ -2,7 +2,7 @@
 
 * :class:`Stage` — the epoch loop every stage runs (:meth:`Stage.fit`: train, evaluate,
   keep the records, log, stop early, write the resume file) and what its files hold;
-  :class:`Utils.Teacher.TeacherStage` and :class:`Utils.Distill.DistillStage` fill it in.
+  :class:`Utils.training.Teacher.TeacherStage` and :class:`Utils.training.Distill.DistillStage` fill it in.
 * :func:`train_epoch` — one pass over freshly sampled, shuffled BPR triples, calling a
   stage's loss function per batch and stepping the optimiser; returns mean loss parts.
 * :func:`mean_bpr_gradient` — the BPR gradient of the layer-0 tables over an epoch's triples
@@ -29,13 +29,13 @@ from typing import Callable, Dict, Iterable, List, Optional
 import numpy as np
 import torch
 
-from Utils import Parallel, Runtime
-from Utils.Config import recorded_flags
-from Utils.Checkpoint import atomic_write, os_error_reason
-from Utils.Errors import (CheckpointError, DataError, NonFiniteError, discard_closed_stdout, interrupt_exit_code,
+from Utils.runtime import Parallel, Runtime
+from Utils.config.Config import recorded_flags
+from Utils.files.Checkpoint import atomic_write, os_error_reason
+from Utils.runtime.Errors import (CheckpointError, DataError, NonFiniteError, discard_closed_stdout, interrupt_exit_code,
                           stdout_may_drop)
-from Utils.Losses import bpr_loss
-from Utils.Parallel import SOLO, Group
+from Utils.objective.Losses import bpr_loss
+from Utils.runtime.Parallel import SOLO, Group
 
 
 # ----------------------------------------------------------------------------- logging
@@ -205,7 +205,7 @@ def train_epoch(loss_fn: Callable, batches: Iterable, n_batches: int, optimizer:
     A part that is NaN or infinite raises :class:`NonFiniteError` before the step, so the
     weights stay those of the last finite step.
 
-    ``group`` (a data-parallel run, :mod:`Utils.Parallel`): ``loss_fn`` returns this process's
+    ``group`` (a data-parallel run, :mod:`Utils.runtime.Parallel`): ``loss_fn`` returns this process's
     share of the batch's loss; the parts and the gradients are summed over the processes
     before the check and the step, so every process takes the same step."""
     params = [p for pg in optimizer.param_groups for p in pg["params"]]
@@ -296,7 +296,7 @@ class Stage:
     resume file of a stage holds.
     """
 
-    role = stage_name = "teacher"  # the role (``Utils.Checkpoint``) and the stage a checkpoint records
+    role = stage_name = "teacher"  # the role (``Utils.files.Checkpoint``) and the stage a checkpoint records
     model_class = "LightGCN"
     interrupted_line = "Interrupted: the records so far are kept"
 
@@ -319,7 +319,7 @@ class Stage:
     # -- one epoch's parts
     def train_one_epoch(self) -> Dict[str, float]:
         self.model.train()
-        if hasattr(self.loss_fn, "start_epoch"):  # (a loss that keeps per-epoch state: Utils.Distill.DistillLoss)
+        if hasattr(self.loss_fn, "start_epoch"):  # (a loss that keeps per-epoch state: Utils.training.Distill.DistillLoss)
             self.loss_fn.start_epoch()
         batch = self.cfg.loop.batch
         return train_epoch(self.loss_fn, self.sampler.epoch_batches(self.rng, batch), self.sampler.n_batches(batch),
@@ -487,13 +487,13 @@ def format_metrics(metrics: Dict[str, float]) -> str:
 
 
 def open_run(runtime, args_dump: str, history_path: str):
-    """The opening every stage shares: the device (``runtime``, a :class:`Utils.Config.Runtime`),
-    the process group (:mod:`Utils.Parallel`: one process unless started by torchrun), seeds, the
+    """The opening every stage shares: the device (``runtime``, a :class:`Utils.config.Config.Runtime`),
+    the process group (:mod:`Utils.runtime.Parallel`: one process unless started by torchrun), seeds, the
     log (its history at ``history_path``) with the args dump and "Start".
 
     Returns ``(device, log, group)``. Only rank 0 writes the console log and the history;
     the other processes' log lines go nowhere."""
-    from Utils import Runtime
+    from Utils.runtime import Runtime
 
     device = Runtime.select_device(runtime)
     group = Parallel.join(device)
@@ -513,7 +513,7 @@ def open_run(runtime, args_dump: str, history_path: str):
 def run_stage(stage, log: RunLog, group: Group = SOLO) -> int:
     """Run a built stage (``stage.run()``), then print its ``summary()`` lines; return the exit status.
 
-    Ctrl-C or SIGTERM (:class:`Utils.Errors.Terminated`) ends the stage as its last epoch
+    Ctrl-C or SIGTERM (:class:`Utils.runtime.Errors.Terminated`) ends the stage as its last epoch
     would: what was saved stays, the summary is printed after ``stage.interrupted_line``,
     and the status is 130 / 143. The same Ctrl-C may kill the reader of a piped stdout
     (``| tee log``) before it reads them, so these lines then go to stderr as well
@@ -536,7 +536,7 @@ def run_stage(stage, log: RunLog, group: Group = SOLO) -> int:
 def print_summary(stage, log: RunLog, interrupted: bool = False) -> None:
     """The stage's ``summary()`` lines (after ``stage.interrupted_line`` when ``interrupted``) on
     the console log. After an interrupt they are also printed on stderr when the log writes to a
-    pipe that may drop them (:func:`Utils.Errors.stdout_may_drop`): the best record always
+    pipe that may drop them (:func:`Utils.runtime.Errors.stdout_may_drop`): the best record always
     reaches the user, at worst twice (when tee survived, on a terminal that shows both)."""
     lines = ([(stage.interrupted_line, True)] if interrupted else []) + [(text, False) for text in stage.summary()]
     echo = interrupted and stdout_may_drop()
@@ -550,7 +550,7 @@ def print_summary(stage, log: RunLog, interrupted: bool = False) -> None:
 def build_eval_suite(dataset, topk: int, batch_users: int, select_on: str, device,
                      log: Optional[RunLog] = None, group: Group = SOLO) -> EvalSuite:
     """Evaluators for test (always) and validation (when the dataset has it)."""
-    from Utils.Metrics import Evaluator
+    from Utils.training.Metrics import Evaluator
 
     evaluators = {"test": Evaluator(dataset.train, dataset.test, topk, batch_users, device)}
     if dataset.val is not None:

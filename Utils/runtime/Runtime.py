@@ -1,6 +1,6 @@
 """Where and how a run executes: the one device, CPU threads, seeding, memory, the optimiser.
 
-Entry points call :func:`select_device` (with a :class:`Utils.Config.Runtime`) and
+Entry points call :func:`select_device` (with a :class:`Utils.config.Config.Runtime`) and
 :func:`seed_everything` once and pass the results down; nothing below them picks a device.
 """
 from __future__ import annotations
@@ -18,8 +18,9 @@ try:
 except ImportError:  # not on Windows
     resource = None
 
-from Utils import Parallel, Spmm
-from Utils.Errors import ConfigError
+from Utils.kernels import Spmm
+from Utils.runtime import Parallel
+from Utils.runtime.Errors import ConfigError
 
 
 def expose_gpu(gpu: Optional[str]) -> None:
@@ -40,7 +41,7 @@ def device_named(name: str) -> torch.device:
 def select_device(runtime) -> torch.device:
     """The one device of a training run, after --gpu (CUDA_VISIBLE_DEVICES) and --threads.
 
-    Under torchrun (:mod:`Utils.Parallel`) each process takes the GPU of its local rank, and
+    Under torchrun (:mod:`Utils.runtime.Parallel`) each process takes the GPU of its local rank, and
     on CPU, without --threads, an equal share of the machine's cores."""
     expose_gpu(runtime.gpu)
     threads = runtime.threads

@@ -35,7 +35,7 @@ from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 import scipy.sparse as sp
 
-from Utils.Errors import ConfigError, DataError
+from Utils.runtime.Errors import ConfigError, DataError
 
 TRAIN, VAL, TEST = 0, 1, 2
 PART_NAMES = ("train", "val", "test")

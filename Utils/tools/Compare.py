@@ -14,9 +14,9 @@ from typing import Any, Dict, List
 
 import torch
 
-from Utils.Checkpoint import tensors_in, weights_only_error
-from Utils.Errors import ConfigError
-from Utils.Training import read_history
+from Utils.files.Checkpoint import tensors_in, weights_only_error
+from Utils.runtime.Errors import ConfigError
+from Utils.training.Training import read_history
 
 #: History fields that measure wall-clock time, different in every run.
 TIMINGS = frozenset({"seconds", "train_seconds", "time", "wall_seconds"})

@@ -2,7 +2,7 @@
 to the exact ones, at 1.5–2× the cost of ``--contrast_candidates K`` (docs/method.md#adaptive-all-node-sums).
 
 Every all-node term of stages 2–3 needs, per anchor n, log Σ_{m ∈ T} exp(a_n·b_m/τ) over a whole
-table T. The uniform estimate (:func:`Utils.Kernels.table_logsumexp` with K rows) is unbiased for
+table T. The uniform estimate (:func:`Utils.kernels.Kernels.table_logsumexp` with K rows) is unbiased for
 the sum, but its gradient reaches only the K sampled rows, each |T|/K times too strongly, so it
 points elsewhere than the exact gradient (``bench/bench_estimator.py``). Two kinds of denominator
 occur, and each gets the estimator its shape calls for:
@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from Utils.Kernels import CPU_BLOCKS, Blocks, ContrastSample, online_logsumexp_step
+from Utils.kernels.Kernels import CPU_BLOCKS, Blocks, ContrastSample, online_logsumexp_step
 
 #: Clusters of a table (:class:`Strata`) and the k-means iterations that find them.
 N_CLUSTERS = 64
@@ -262,7 +262,7 @@ class _StratifiedLogSumExp(torch.autograd.Function):
     """lse_n = log Σ_k exp(s·a_n·b_{r_k} + λ_k) over each group's candidate rows r (log weights λ),
     for the anchors of that group. The table rows are gathered inside (no autograd copy of the
     candidates) and each group's logits are made :data:`STRATIFIED_BLOCK` columns at a time in one
-    reused buffer (max-shifted online, as :func:`Utils.Kernels.row_logsumexp_matmul`); the backward
+    reused buffer (max-shifted online, as :func:`Utils.kernels.Kernels.row_logsumexp_matmul`); the backward
     pass makes each block again and adds Σ_n g_n P_nk s·a_n into the rows it read."""
 
     @staticmethod

@@ -32,10 +32,10 @@ from typing import Any, Callable, Dict, List, Mapping, Optional
 import numpy as np
 import torch
 
-from Utils import Checkpoint
-from Utils.Config import Outputs
-from Utils.Errors import CheckpointError, ConfigError
-from Utils.Training import read_history
+from Utils.files import Checkpoint
+from Utils.config.Config import Outputs
+from Utils.runtime.Errors import CheckpointError, ConfigError
+from Utils.training.Training import read_history
 
 FORMAT = "lightgnn-resume"
 VERSION = 1

@@ -3,11 +3,11 @@
 Stage 2 trains the intermediate model on the closure graph Ĉ under the teacher; stage 3
 trains the student on Â under the intermediate model (or the teacher) and prunes it after
 every pruning run (``docs/method.md#stages-2-and-3-distillation``). :class:`DistillStage`
-runs the pruning runs with the loop every stage shares (:meth:`Utils.Training.Stage.fit`);
+runs the pruning runs with the loop every stage shares (:meth:`Utils.training.Training.Stage.fit`);
 :meth:`DistillStage.from_files` reads its inputs, :class:`FrozenModels` holds what the
 frozen models give it (computed once), :class:`DistillLoss` is the per-batch objective.
 Each run's settings (epochs, learning rate, loss, pruning step) arrive ready in a
-:class:`Utils.Config.RunConfig`.
+:class:`Utils.config.Config.RunConfig`.
 """
 from __future__ import annotations
 
@@ -18,13 +18,16 @@ import torch
 
 import DataHandler as dh
 from Model import LightGCN, LightGCN_sp, model_from_tensors
-from Utils import Checkpoint, Pruning, Report, Resume, Runtime
-from Utils.Config import DistillConfig, RunConfig, recorded_flags
-from Utils.Estimators import TableProfile
-from Utils.Kernels import subspace_pair_index
-from Utils.Losses import KDConfig, Supervisor, Trainee, draw_batch, kd_objective
-from Utils.Parallel import SOLO, Group
-from Utils.Training import EarlyStopper, Record, RunLog, Stage, mean_bpr_gradient, timer
+from Utils.files import Checkpoint, Resume
+from Utils.objective import Pruning
+from Utils.runtime import Runtime
+from Utils.tools import Report
+from Utils.config.Config import DistillConfig, RunConfig, recorded_flags
+from Utils.objective.Estimators import TableProfile
+from Utils.kernels.Kernels import subspace_pair_index
+from Utils.objective.Losses import KDConfig, Supervisor, Trainee, draw_batch, kd_objective
+from Utils.runtime.Parallel import SOLO, Group
+from Utils.training.Training import EarlyStopper, Record, RunLog, Stage, mean_bpr_gradient, timer
 
 
 # ----------------------------------------------------------------------------- frozen models
@@ -60,13 +63,13 @@ def random_triples(generator: torch.Generator, top_range: int, n_users: int, n_i
 
 
 class DistillLoss:
-    """The per-batch objective of stages 2–3 (:func:`Utils.Losses.kd_objective`) on the trainee's
+    """The per-batch objective of stages 2–3 (:func:`Utils.objective.Losses.kd_objective`) on the trainee's
     current outputs, for one pruning run; called as ``loss(ancs, poss, negs)``.
 
     Each call draws the batch's random (users, items, items) of the prediction-level KD
     (:meth:`draw`; tests replace it with fixed ones), the rows of the all-node sums
     (``--contrast_candidates``) and the subspace term's rows, then splits the batch between
-    the processes of a data-parallel run once (:class:`Utils.Losses.Batch`, ``group``).
+    the processes of a data-parallel run once (:class:`Utils.objective.Losses.Batch`, ``group``).
     The trainee's embedding mask is fixed for a pruning run, so the subspace term's positive
     pairs are listed once here (:attr:`pair_index`; None lists them in every batch: the same
     loss, slower, as ``bench/bench_distill.py`` measures).
@@ -88,7 +91,7 @@ class DistillLoss:
         self.table_profiles = None
 
     def profiles(self) -> Optional[Tuple[TableProfile, TableProfile]]:
-        """The (users, items) :class:`Utils.Estimators.TableProfile` of this epoch (None unless adaptive)."""
+        """The (users, items) :class:`Utils.objective.Estimators.TableProfile` of this epoch (None unless adaptive)."""
         kd = self.kd
         if kd.contrast_estimator != "adaptive" or kd.contrast_candidates <= 0:
             return None

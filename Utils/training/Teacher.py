@@ -1,7 +1,7 @@
 """Stage 1: pretrain the LightGCN teacher (``docs/method.md#stage-1-teacher-pretraining``).
 
 :class:`TeacherStage` holds one invocation's data, graph, model and its one record;
-:meth:`TeacherStage.run` trains with the loop every stage shares (:meth:`Utils.Training.Stage.fit`)
+:meth:`TeacherStage.run` trains with the loop every stage shares (:meth:`Utils.training.Training.Stage.fit`)
 and keeps the best checkpoint on the selection split.
 """
 from __future__ import annotations
@@ -14,20 +14,21 @@ import torch
 
 import DataHandler as dh
 from Model import LightGCN
-from Utils import Checkpoint, Resume, Runtime
-from Utils.Config import TeacherConfig, history_file, recorded_flags
-from Utils.Errors import DataError
-from Utils.Parallel import SOLO, Group
-from Utils.Losses import batch_embedding_reg, bpr_loss, embedding_reg
-from Utils.Training import Record, RunLog, Stage, format_metrics, read_history
+from Utils.files import Checkpoint, Resume
+from Utils.runtime import Runtime
+from Utils.config.Config import TeacherConfig, history_file, recorded_flags
+from Utils.runtime.Errors import DataError
+from Utils.runtime.Parallel import SOLO, Group
+from Utils.objective.Losses import batch_embedding_reg, bpr_loss, embedding_reg
+from Utils.training.Training import Record, RunLog, Stage, format_metrics, read_history
 
 
 def teacher_loss(model: LightGCN, graph, reg: float, group: Group = SOLO, reg_batch: bool = False):
     """Stage-1 objective: BPR on the batch + reg·(‖uEmbeds‖² + ‖iEmbeds‖²), or with ``reg_batch``
     (``--reg_batch``, LightGCN's recipe) + reg·½·mean_b(‖e⁰_u‖² + ‖e⁰_i‖² + ‖e⁰_j‖²) over the
-    batch's layer-0 rows (:func:`Utils.Losses.batch_embedding_reg`).
+    batch's layer-0 rows (:func:`Utils.objective.Losses.batch_embedding_reg`).
 
-    ``group`` (a data-parallel run, :mod:`Utils.Parallel`): this process's share of the
+    ``group`` (a data-parallel run, :mod:`Utils.runtime.Parallel`): this process's share of the
     batch's BPR mean (and of the batch's weight decay); rank 0 alone adds the whole tables'."""
 
     def loss_fn(ancs, poss, negs):

@@ -1,7 +1,7 @@
 """Any model file the tools read, loaded and served: its dataset, propagated embeddings, top-K.
 
 A model file is a full checkpoint of any stage, a published ``.mod`` file or a compact export
-(:mod:`Utils.Report`). :func:`load_model_file` reads it, :func:`load_data` finds and checks the
+(:mod:`Utils.tools.Report`). :func:`load_model_file` reads it, :func:`load_data` finds and checks the
 dataset it was trained on, :func:`propagated` gives (Ē_users, Ē_items) with the training tool's
 classes and propagation, and :func:`top_k` / :func:`write_top_k` rank items as the Evaluator
 ranks them. ``modelTools.py`` and the Python API (``lightgnn.py``) are built on these.
@@ -20,9 +20,10 @@ import torch
 import DataHandler as dh
 import Params
 from Model import LightGCN, model_from_tensors
-from Utils import Checkpoint, Report
-from Utils.Errors import CheckpointError, ConfigError, DataError
-from Utils.Metrics import csr_tensors, top_k_unseen
+from Utils.files import Checkpoint
+from Utils.tools import Report
+from Utils.runtime.Errors import CheckpointError, ConfigError, DataError
+from Utils.training.Metrics import csr_tensors, top_k_unseen
 
 
 @dataclass
@@ -80,7 +81,7 @@ def load_data(loaded: Loaded, dataset: Optional[str] = None, data_dir: Optional[
 
 def check_train_split(loaded: Loaded, dataset: dh.Dataset) -> None:
     """Refuse a model trained on another train split, as the stages refuse such a supervisor
-    (:func:`Utils.Checkpoint.check_identity` on the train-split fingerprint; there is no flag to
+    (:func:`Utils.files.Checkpoint.check_identity` on the train-split fingerprint; there is no flag to
     override it there either): its scores would be those of another dataset of the same shape,
     with other train items excluded. Files that record no fingerprint (published ``.mod`` files,
     older checkpoints and exports) cannot be checked and are used as they are."""

@@ -25,7 +25,7 @@ from typing import Iterable, List, Optional, Tuple
 
 import torch
 
-from Utils.Errors import ConfigError, PeerLost
+from Utils.runtime.Errors import ConfigError, PeerLost
 
 #: How torch.distributed says that the other end of a collective is gone (gloo raises a plain
 #: RuntimeError with these words; NCCL and the store raise torch.distributed.DistError).

@@ -3,7 +3,7 @@
 A pair (a, b) of rows of the 0/1 embedding mask is a positive when
 M_a·M_b ≥ ‖M_a‖₀ − δ and M_a·M_b ≥ ‖M_b‖₀ − δ (docs/method.md#positive-pairs-and-the-loosen-factor). Once a
 model is pruned, positives are rare: with δ = 0 they are the rows with identical masks.
-The dense route (:func:`Utils.Losses.positive_pair_logit_sums`) still forms every
+The dense route (:func:`Utils.objective.Losses.positive_pair_logit_sums`) still forms every
 anchor × candidate mask product inside the popcount windows; this module packs each
 mask row into 64-bit words, so M_a·M_b = popcount(M_a & M_b), and lists the positive
 pairs themselves. The caller then sums a_n·b_m over that list with ordinary autograd.

@@ -39,7 +39,7 @@ class NonFiniteError(UserError):
     """A loss part or a model that became NaN or infinite (a learning rate or weight too large).
 
     Raised where it is detected with what is known there (the loss part and batch, or
-    "model outputs"); :meth:`Utils.Training.Stage.fit` adds the stage and epoch.
+    "model outputs"); :meth:`Utils.training.Training.Stage.fit` adds the stage and epoch.
     """
 
 

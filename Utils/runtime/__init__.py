@@ -1,0 +1,2 @@
+"""Where and how a run executes: device, threads, seeds and memory (Runtime), data-parallel
+processes (Parallel), one-line user errors (Errors)."""
