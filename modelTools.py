@@ -25,6 +25,7 @@ from typing import Dict, List, Optional
 import torch
 
 from Utils.files import Checkpoint
+from Utils.files.Atomic import atomic_write
 from Utils.tools import Compare, Plots, Report
 from Utils.runtime.Errors import ConfigError, OneLineErrorParser, UserError, quiet_library_warnings, report_user_error
 from Utils.tools import Serve
@@ -277,7 +278,7 @@ def _write_per_user(path: str, rows: Dict[str, torch.Tensor], idmap: Optional[di
                 uid = '"' + uid.replace('"', '""') + '"'
             handle.write(",".join([str(user), uid, str(n_truth[r])] + [repr(col[r]) for col in values]) + "\n")
 
-    Checkpoint.atomic_write(path, "w", write, "per-user metrics")
+    atomic_write(path, "w", write, "per-user metrics")
 
 
 def cmd_compare(args) -> int:

@@ -10,13 +10,8 @@ import pytest
 import torch
 
 from conftest import REF
-from Utils.files.Checkpoint import (
-    Checkpoint,
-    check_compatible,
-    import_published_mod,
-    load_checkpoint,
-    save_checkpoint,
-)
+from Utils.files.Checkpoint import Checkpoint, check_compatible, load_checkpoint, save_checkpoint
+from Utils.files.Published import import_published_mod
 from Utils.runtime.Errors import CheckpointError
 
 PUBLISHED = REF / "published_checkpoints"

@@ -13,7 +13,8 @@ from Utils.kernels import Kernels
 from Utils.objective import Losses
 from Utils.runtime.Errors import ConfigError
 from Utils.training.Distill import DistillStage, FrozenModels, frozen_outputs
-from Utils.training.Training import RunLog, read_history
+from Utils.files.History import read_history
+from Utils.training.Training import RunLog
 from Model import LightGCN
 
 

@@ -8,7 +8,7 @@ from conftest import TINY_MID, TINY_STU, TINY_TEACHER, kd_parts, run_script
 from test_fast_levers import _batch_inputs
 from Utils.kernels import Kernels as K
 from Utils.objective import Losses as L
-from Utils.training.Training import read_history
+from Utils.files.History import read_history
 
 pytestmark = [pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"), pytest.mark.slow]
 

@@ -15,7 +15,7 @@ from conftest import ROOT, TINY_STU, TINY_TEACHER, kd_parts, run_script, train_t
 from test_fast_levers import _batch_inputs
 from Utils.objective import Losses as L
 from Utils.runtime.Parallel import SOLO, Group
-from Utils.training.Training import read_history
+from Utils.files.History import read_history
 
 LEAVES = ("stu_users", "stu_items", "stu_u_embeds", "stu_i_embeds", "stu_edge_weight")
 

@@ -19,7 +19,8 @@ from Utils.objective import Losses as L
 from Utils.objective.Losses import KDConfig
 from Utils.objective.Pruning import PruneConfig
 from Utils.training.Teacher import TeacherStage
-from Utils.training.Training import RunLog, read_history
+from Utils.files.History import read_history
+from Utils.training.Training import RunLog
 
 
 @pytest.fixture

@@ -33,9 +33,10 @@ import numpy as np
 import torch
 
 from Utils.files import Checkpoint
+from Utils.files.Atomic import atomic_write, os_error_reason
 from Utils.config.Config import Outputs
 from Utils.runtime.Errors import CheckpointError, ConfigError
-from Utils.training.Training import read_history
+from Utils.files.History import read_history
 
 FORMAT = "lightgnn-resume"
 VERSION = 1
@@ -101,7 +102,7 @@ def save_last(path: str, payload: Dict[str, Any]) -> None:
     with the :func:`digest` of everything else it holds under ``digest``."""
     data = {"format": FORMAT, "version": VERSION, **payload}
     data["digest"] = digest(data)
-    Checkpoint.atomic_write(path, "wb", lambda handle: torch.save(data, handle), "resume checkpoint")
+    atomic_write(path, "wb", lambda handle: torch.save(data, handle), "resume checkpoint")
 
 
 def load_last(path: str, role: str, fingerprint: str, flags: Dict[str, Any]) -> Dict[str, Any]:
@@ -155,7 +156,7 @@ def check_output_paths(outputs: Outputs) -> None:
             os.remove(probe)
         except OSError as exc:
             raise CheckpointError(f"--{flag}={value}: cannot write in {folder}: "
-                                  f"{Checkpoint.os_error_reason(exc, value)}") from None
+                                  f"{os_error_reason(exc, value)}") from None
 
 
 def output_patterns(outputs: Outputs, role: str) -> List[str]:
@@ -244,6 +245,6 @@ def clear_earlier_run(outputs: Outputs, role: str, say: Callable[[str], Any]) ->
             os.remove(path)
         except OSError as exc:
             raise CheckpointError(f"--overwrite=True: cannot remove the earlier run's {path}: "
-                                  f"{Checkpoint.os_error_reason(exc, path)}") from None
+                                  f"{os_error_reason(exc, path)}") from None
     if files:
         say(f"--overwrite=True: removed the {len(files)} files of the earlier run at these paths")

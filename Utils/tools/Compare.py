@@ -16,7 +16,7 @@ import torch
 
 from Utils.files.Checkpoint import tensors_in, weights_only_error
 from Utils.runtime.Errors import ConfigError
-from Utils.training.Training import read_history
+from Utils.files.History import read_history
 
 #: History fields that measure wall-clock time, different in every run.
 TIMINGS = frozenset({"seconds", "train_seconds", "time", "wall_seconds"})

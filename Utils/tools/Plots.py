@@ -25,9 +25,9 @@ import matplotlib
 matplotlib.use("Agg")  # headless: never needs a display
 import matplotlib.pyplot as plt  # noqa: E402  (after the backend choice)
 
-from Utils.files.Checkpoint import os_error_reason  # noqa: E402
+from Utils.files.Atomic import os_error_reason  # noqa: E402
 from Utils.runtime.Errors import ConfigError, DataError  # noqa: E402
-from Utils.training.Training import read_history  # noqa: E402
+from Utils.files.History import read_history  # noqa: E402
 
 Rows = List[dict]
 Histories = Union[Mapping[str, Rows], Sequence[str]]

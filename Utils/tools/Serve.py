@@ -12,7 +12,7 @@ import argparse
 import json
 import os
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -21,6 +21,7 @@ import DataHandler as dh
 import Params
 from Model import LightGCN, model_from_tensors
 from Utils.files import Checkpoint
+from Utils.files.Atomic import atomic_write
 from Utils.tools import Report
 from Utils.runtime.Errors import CheckpointError, ConfigError, DataError
 from Utils.training.Metrics import csr_tensors, top_k_unseen
@@ -244,7 +245,7 @@ def write_top_k(path: str, rows: Iterator[Tuple[torch.Tensor, torch.Tensor, torc
                 handle.write(line + "\n")
                 written += 1
 
-    Checkpoint.atomic_write(path, "w", write, "recommendations")
+    atomic_write(path, "w", write, "recommendations")
     return written
 
 
@@ -263,10 +264,10 @@ def export_embeddings(folder: str, user_emb: torch.Tensor, item_emb: torch.Tenso
     paths = [os.path.join(folder, name) for name in EMBEDDING_FILES]
     for path, table in zip(paths, (user_emb, item_emb)):
         array = np.ascontiguousarray(table.detach().cpu().numpy(), dtype=np.float32)
-        Checkpoint.atomic_write(path, "wb", lambda handle, a=array: np.save(handle, a), "embeddings")
+        atomic_write(path, "wb", lambda handle, a=array: np.save(handle, a), "embeddings")
     texts = (json.dumps({"users": list(ids["users"]), "items": list(ids["items"])}),
              json.dumps(dict(meta, n_users=n_users, n_items=n_items, dim=int(user_emb.shape[1]),
                              score="dot product of a user row and an item row"), indent=1))
     for path, text in zip(paths[2:], texts):
-        Checkpoint.atomic_write(path, "w", lambda handle, t=text: handle.write(t + "\n"), "embeddings")
+        atomic_write(path, "w", lambda handle, t=text: handle.write(t + "\n"), "embeddings")
     return paths

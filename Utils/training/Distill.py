@@ -18,7 +18,7 @@ import torch
 
 import DataHandler as dh
 from Model import LightGCN, LightGCN_sp, model_from_tensors
-from Utils.files import Checkpoint, Resume
+from Utils.files import Checkpoint, History, Resume
 from Utils.objective import Pruning
 from Utils.runtime import Runtime
 from Utils.tools import Report
@@ -341,7 +341,7 @@ class DistillStage(Stage):
                                     edge_kept_pct=record.edge_pct, emb_kept_pct=record.emb_pct,
                                     record=record.as_dict())
         Checkpoint.save_checkpoint(record.path, self.model.state_dict(), meta)
-        Checkpoint.save_json(outputs.history_path + name + ".his", {"record": record.as_dict(),
+        History.save_record(outputs.history_path + name + ".his", {"record": record.as_dict(),
                                                                     "history": self.log.history_rows()})
         self.log.line(f"Model Saved: {outputs.model_path}")
 

@@ -20,7 +20,8 @@ from Utils.config.Config import TeacherConfig, history_file, recorded_flags
 from Utils.runtime.Errors import DataError
 from Utils.runtime.Parallel import SOLO, Group
 from Utils.objective.Losses import batch_embedding_reg, bpr_loss, embedding_reg
-from Utils.training.Training import Record, RunLog, Stage, format_metrics, read_history
+from Utils.files.History import read_history
+from Utils.training.Training import Record, RunLog, Stage, format_metrics
 
 
 def teacher_loss(model: LightGCN, graph, reg: float, group: Group = SOLO, reg_batch: bool = False):

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import json
 import math
 import os
 import sys
@@ -31,7 +30,8 @@ import torch
 
 from Utils.runtime import Parallel, Runtime
 from Utils.config.Config import recorded_flags
-from Utils.files.Checkpoint import atomic_write, os_error_reason
+from Utils.files import History
+from Utils.files.Atomic import os_error_reason
 from Utils.runtime.Errors import (CheckpointError, DataError, NonFiniteError, discard_closed_stdout, interrupt_exit_code,
                           stdout_may_drop)
 from Utils.objective.Losses import bpr_loss
@@ -107,8 +107,7 @@ class RunLog:
 
     def _write(self) -> None:
         if self.history_path:
-            text = "".join(json.dumps(row) + "\n" for row in self.rows)
-            atomic_write(self.history_path, "w", lambda handle: handle.write(text), "history")
+            History.write_rows(self.history_path, self.rows)
 
     def history_rows(self) -> list:
         return list(self.rows)
@@ -160,40 +159,6 @@ class Progress:
 
     def close(self) -> None:
         self.log.end_progress()
-
-
-def read_history(path: str, missing_ok: bool = True) -> list:
-    """The rows of a history file: the JSON lines :meth:`RunLog.record` writes, or a record
-    file ``{"record": …, "history": rows}``. A missing file is no rows (an error when not
-    ``missing_ok``); a line that is not a JSON object is a :class:`DataError` naming it."""
-    if not path or not os.path.isfile(path):
-        if missing_ok:
-            return []
-        raise DataError(f"history file not found: {path}")
-    with open(path, encoding="utf-8") as fh:
-        text = fh.read()
-    try:
-        whole = json.loads(text)
-    except json.JSONDecodeError:
-        whole = None
-    if isinstance(whole, dict) and isinstance(whole.get("history"), list):
-        return whole["history"]
-    if isinstance(whole, list):
-        return whole
-    if isinstance(whole, dict):  # a JSON-lines file of a single row
-        return [whole]
-    rows = []
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path}:{number}: not a history row ({exc.msg})") from None
-        if not isinstance(row, dict):
-            raise DataError(f"{path}:{number}: not a history row (expected a JSON object)")
-        rows.append(row)
-    return rows
 
 
 # ----------------------------------------------------------------------------- training
