@@ -19,14 +19,15 @@ from __future__ import annotations
 import sys
 
 import Params
+from Utils.config import Build
 from Utils.training.Distill import DistillStage
 from Utils.training.Training import open_run, run_stage
 
 
 def main(args) -> int:
-    device, log, group = open_run(Params.runtime_config(args), Params.format_args(args),
-                                  Params.history_file(args.his_save_path))
-    cfg = Params.distill_config(args, device)
+    device, log, group = open_run(Build.runtime_config(args), Params.format_args(args),
+                                  Build.history_file(args.his_save_path))
+    cfg = Build.distill_config(args, device)
     stage = DistillStage.from_files(cfg, device, log, group)  # reads and checks every input first
     status = run_stage(stage, log, group)
     if status == 0 and cfg.trainee_is_student and args.plots and group.lead:

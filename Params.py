@@ -2,40 +2,34 @@
 
 Every flag of the published tool exists here with its published name, type and
 default, plus our additions (``--data_dir``, ``--select_on``, ``--device``, ``--threads``,
-``--plots`` and the time-to-quality levers). This module owns the parsing of booleans and
-comma-separated lists, the validation of flag combinations (one place, before anything
-runs), the published args dump, :func:`run_cli`, and the frozen configs
-(:mod:`Utils.config.Config`) the flags become: ``runtime_config``, ``teacher_config`` and
-``distill_config``. Nothing below the entry points reads the parsed flags.
+``--plots`` and the time-to-quality levers). This module owns the flag tables, the parsing
+of booleans and comma-separated lists, the published args dump and :func:`run_cli`; the
+validation of flag combinations is :mod:`Utils.config.Validate` (called by :func:`parse_args`,
+before anything runs) and the frozen configs the flags become are built by
+:mod:`Utils.config.Build`. Nothing below the entry points reads the parsed flags.
 
 An entry point (``Main.py``)::
 
     def main(args):
-        device, log, group = open_run(Params.runtime_config(args), Params.format_args(args),
-                                      Params.history_file(args.his_save_path))
-        stage = DistillStage.from_files(Params.distill_config(args, device), device, log, group)
+        device, log, group = open_run(Build.runtime_config(args), Params.format_args(args),
+                                      Build.history_file(args.his_save_path))
+        stage = DistillStage.from_files(Build.distill_config(args, device), device, log, group)
         return run_stage(stage, log, group)
 
     if __name__ == '__main__':
         sys.exit(Params.run_cli(main, stage='main'))   # or stage='teacher'
 """
 import argparse
-import math
 import signal
 import sys
 import textwrap
-from pathlib import Path
 
-import torch
-
-from Utils.runtime.Errors import (ConfigError, OneLineErrorParser, Terminated, UserError, flush_stdout, interrupt_exit_code,
+from Utils.runtime.Errors import (OneLineErrorParser, Terminated, UserError, flush_stdout, interrupt_exit_code,
                           quiet_library_warnings, report_user_error, speaks)
-from Utils.config import Config
-from Utils.runtime import Runtime
+from Utils.config.Validate import STAGES, validate
 from Utils.objective.Pruning import ENTRY_SCORES
-from Utils.runtime.Runtime import MAX_SEED
+from Utils.runtime import Runtime
 
-STAGES = ('main', 'teacher')
 ARGS_DUMP_WIDTH = 80  # the published dump pads "name....value" to 80 characters
 
 
@@ -297,17 +291,6 @@ _GPU_HELP = ('GPU id(s) written to CUDA_VISIBLE_DEVICES before CUDA starts '
              '(published default: 2; ignored unless given, so the environment\'s '
              'CUDA_VISIBLE_DEVICES applies)')
 
-# (switch, per-run list) pairs: the list must cover every run up to --PRUNING_END.
-DYNAMIC_LISTS = (
-    ('use_dynamic_epoch', 'epoch_list'),
-    ('use_dynamic_adj_mask_aug1', 'adj_mask_aug_list1'),
-    ('use_dynamic_adj_mask_aug2', 'adj_mask_aug_list2'),
-    ('use_dynamic_subspcreg', 'subspcreg_list'),
-    ('use_dynamic_tempsubsp', 'tempsubsp_list'),
-    ('use_dynamic_lr', 'lr_list'),
-)
-
-
 # Our flags, by group: the additions, then the time-to-quality levers (each off by default).
 ADDED, LEVERS = ('additions (not in the published tool)',
                  'time-to-quality levers (each off by default; the defaults are the published method)')
@@ -356,172 +339,6 @@ def build_parser(prog=None):
     return parser
 
 
-# --------------------------------------------------------------------------- validation
-
-def _fail(message):
-    raise ConfigError(message)
-
-
-def validate(args, stage='main'):
-    """Raise ConfigError (one line naming the flags) for values or combinations that cannot work."""
-    if stage not in STAGES:
-        raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
-
-    _validate_ranges(args)
-    _validate_runtime(args)
-    if stage == 'main':
-        if args.reg_batch:
-            _fail("--reg_batch is stage 1's (pretrainTeacher.py) weight decay; stages 2-3 keep the published one")
-        _validate_main(args)
-    elif args.load_his_tea and not args.load_model_tea:
-        _fail("--load_his_tea continues a teacher's history and needs its weights: give --load_model_tea too "
-              "(or --resume=True)")
-    return args
-
-
-def _validate_ranges(args):
-    """Each number in its range, each list entry finite."""
-    for name in ('mask_epoch', 'fix_epoch', 'epoch_tea', 'batch', 'tstBat', 'latdim',
-                 'gnn_layer', 'adj_aug_layer', 'topk', 'topRange', 'tstEpoch'):
-        if getattr(args, name) <= 0:
-            _fail(f"--{name} must be a positive integer, got {getattr(args, name)}")
-    for name in ('pruning_percent_adj', 'pruning_percent_emb'):
-        value = getattr(args, name)
-        if not 0.0 <= value < 1.0:
-            _fail(f"--{name} must be in [0, 1), got {value}")
-    for name in ('adj_aug_sample_ratio', 'hyper_contr_resample_ratio'):
-        value = getattr(args, name)
-        if not 0.0 < value <= 1.0:
-            _fail(f"--{name} must be in (0, 1], got {value}")
-    for name in ('train_2nd_best_gap', 'fixed_2nd_best_gap'):
-        value = getattr(args, name)
-        if not 0.0 <= value <= 1.0:
-            _fail(f"--{name} must be in [0, 1], got {value}")
-    for name in ('lr', 'tempsoft', 'tempcd', 'tempsc', 'tempsubsp'):
-        if not (math.isfinite(getattr(args, name)) and getattr(args, name) > 0):
-            _fail(f"--{name} must be a positive finite number, got {getattr(args, name)}")
-    for name in ('reg', 'ereg', 'cdreg', 'softreg', 'screg', 'subspcreg'):
-        if not (math.isfinite(getattr(args, name)) and getattr(args, name) >= 0):
-            _fail(f"--{name} must be a finite number >= 0, got {getattr(args, name)}")
-    lists = (('subspcreg_list', '>= 0', lambda v: v >= 0), ('tempsubsp_list', '> 0', lambda v: v > 0),
-             ('adj_mask_aug_list1', '', None), ('adj_mask_aug_list2', '', None))
-    for name, rule, ok in lists:
-        bad = [v for v in getattr(args, name) if not math.isfinite(v) or (ok is not None and not ok(v))]
-        if bad:
-            _fail(f"--{name} holds {bad[0]}: every entry must be a finite number {rule}".rstrip())
-    for name in ('adj_mask_aug1', 'adj_mask_aug2'):  # β weights of the edge scores (any sign)
-        if not math.isfinite(getattr(args, name)):
-            _fail(f"--{name} must be a finite number, got {getattr(args, name)}")
-    if not 0 <= args.seed <= MAX_SEED:
-        _fail(f"--seed must be in [0, {MAX_SEED}] (NumPy's seeding refuses negative seeds and seeds of 2**32 "
-              f"or more), got {args.seed}")
-    if args.subspcreg_version not in ('v1', 'v2', 'v3'):
-        _fail(f"--subspcreg_version must be v1, v2 or v3, got {args.subspcreg_version!r}")
-    if args.contrast_candidates < 0:
-        _fail(f"--contrast_candidates must be >= 0 (0 = exact sums), got {args.contrast_candidates}")
-    if args.contrast_estimator != 'uniform' and args.contrast_candidates == 0:
-        _fail(f"--contrast_estimator={args.contrast_estimator} says how the --contrast_candidates K rows are used, "
-              "but K is 0 (the exact sums): give K > 0, e.g. --contrast_candidates=2048")
-    if args.lr_list is not None:
-        bad = [v for v in args.lr_list if not (math.isfinite(v) and v >= 0)]
-        if bad:
-            _fail(f"--lr_list holds {bad[0]}: every entry must be a finite number >= 0")
-
-
-def _validate_runtime(args):
-    """How the run executes: threads, patience, resume/overwrite, the device."""
-    if args.threads < 0:
-        _fail(f"--threads must be >= 0 (0 = torch's default), got {args.threads}")
-    if args.patience < 0:
-        _fail(f"--patience must be >= 0 (0 = off), got {args.patience}")
-    if args.use_dynamic_lr and args.lr_list is None:
-        _fail("--use_dynamic_lr=True needs --lr_list (one learning rate per pruning run, indexed from 0)")
-    if args.resume and args.overwrite:
-        _fail("--resume=True continues the earlier run and --overwrite=True replaces it: choose one")
-    if not (math.isfinite(args.block_mb) and args.block_mb > 0):
-        _fail(f"--block_mb must be a positive number of MiB, got {args.block_mb}")
-    if args.device == 'cuda':
-        expose_gpu(args)  # before the first CUDA query, which fixes the visible devices
-        if not torch.cuda.is_available():
-            _fail("--device=cuda but CUDA is not available here (use --device=auto or --device=cpu)")
-
-
-def _validate_entry_score(args):
-    """--emb_prune_score other than magnitude: only where entries are pruned by a score."""
-    if args.emb_prune_score == 'magnitude':
-        return
-    if args.train_middle_model:
-        _fail(f"--emb_prune_score={args.emb_prune_score} ranks the entries a student's pruning step removes; "
-              "the intermediate model (--train_middle_model=True) is not pruned")
-    if args.use_emb_random_pruning:
-        _fail(f"--emb_prune_score={args.emb_prune_score} contradicts --use_emb_random_pruning=True, which removes "
-              "entries at random")
-
-
-def _validate_main(args):
-    """Checks that only concern distillation and pruning (Main.py)."""
-    if args.distill_from_middle_model == args.distill_from_teacher_model:
-        _fail(f"exactly one of --distill_from_middle_model and --distill_from_teacher_model "
-              f"must be true (got {args.distill_from_middle_model} and "
-              f"{args.distill_from_teacher_model})")
-    if args.train_middle_model and args.distill_from_middle_model:
-        _fail("--train_middle_model=True contradicts --distill_from_middle_model=True: the "
-              "intermediate model cannot supervise itself (stage 2 uses "
-              "--distill_from_middle_model=False --distill_from_teacher_model=True)")
-    if args.train_middle_model and not args.adj_aug:
-        _fail("--train_middle_model=True requires --adj_aug=True (the intermediate model "
-              "propagates on the closure graph)")
-
-    if args.resume and args.run_no_adj_weights:
-        _fail("--resume=True is not supported with --run_no_adj_weights=True (its frozen copies keep no resume "
-              "state); rerun with --overwrite=True")
-    if args.PRUNING_START < 0 or args.PRUNING_END < args.PRUNING_START:
-        _fail(f"need 0 <= --PRUNING_START <= --PRUNING_END, got "
-              f"{args.PRUNING_START} and {args.PRUNING_END}")
-    if args.PRUNING_START == args.PRUNING_END == args.esc_train_prn_run and not args.run_no_adj_weights:
-        _fail(f"--esc_train_prn_run={args.esc_train_prn_run} skips the training of the only pruning run "
-              f"(--PRUNING_START = --PRUNING_END = {args.PRUNING_END}): nothing would be trained and no checkpoint "
-              "written; widen the range or leave out --esc_train_prn_run")
-    needed = args.PRUNING_END + 1  # lists are indexed by run number
-    for switch, list_name in DYNAMIC_LISTS:
-        values = getattr(args, list_name)
-        if getattr(args, switch) and len(values) < needed:
-            _fail(f"--{list_name} has {len(values)} entries but --{switch}=True needs one "
-                  f"per pruning run up to --PRUNING_END={args.PRUNING_END} "
-                  f"({needed} entries, indexed from 0)")
-    if args.use_dynamic_epoch:  # (--mask_epoch and --fix_epoch are checked positive for every stage)
-        empty = [run for run in range(args.PRUNING_START, needed)
-                 if run != args.esc_train_prn_run and args.epoch_list[run] < 1]
-        if empty:
-            _fail(f"--epoch_list[{empty[0]}] is {args.epoch_list[empty[0]]}: with --use_dynamic_epoch=True, pruning "
-                  f"run {empty[0]} would train no epoch. Every run from --PRUNING_START={args.PRUNING_START} to "
-                  f"--PRUNING_END={args.PRUNING_END} that is trained needs at least 1 epoch, or it saves no "
-                  f"checkpoint (--esc_train_prn_run skips a run's training)")
-    if args.use_subspcreg and len(args.hyper_contr_loosen_factor) < needed:
-        _fail(f"--hyper_contr_loosen_factor has {len(args.hyper_contr_loosen_factor)} entries "
-              f"but --use_subspcreg=True needs one per pruning run up to "
-              f"--PRUNING_END={args.PRUNING_END} ({needed} entries, indexed from 0)")
-    if args.use_dynamic_lr and min(args.lr_list[args.PRUNING_START:needed]) <= 0:
-        _fail(f"--lr_list must hold a positive learning rate for every pruning run from --PRUNING_START="
-              f"{args.PRUNING_START} to --PRUNING_END={args.PRUNING_END} (--use_dynamic_lr=True)")
-    if args.use_dynamic_tempsubsp and min(args.tempsubsp_list[:needed]) <= 0:
-        _fail("--tempsubsp_list must hold positive temperatures (--use_dynamic_tempsubsp=True)")
-
-    _validate_entry_score(args)
-    if not args.train_middle_model:  # the student is trained and pruned
-        if args.use_adj_mask_aug and args.use_mTea2drop_edges and args.use_tea2drop_edges:
-            _fail("--use_mTea2drop_edges=True and --use_tea2drop_edges=True both choose the "
-                  "edge-scoring model of --use_adj_mask_aug; set one of them to False")
-        if args.distill_from_teacher_model:  # no intermediate model is loaded
-            if args.use_SM_edgeW2aug:
-                _fail("--use_SM_edgeW2aug=True needs the intermediate model's edge weights, but "
-                      "--distill_from_teacher_model=True loads no intermediate model")
-            if args.use_adj_mask_aug and args.use_mTea2drop_edges:
-                _fail("--use_adj_mask_aug=True with --use_mTea2drop_edges=True scores edges with "
-                      "the intermediate model, but --distill_from_teacher_model=True loads none "
-                      "(use --use_mTea2drop_edges=False)")
-
-
 def parse_args(argv=None, stage='main'):
     """Parse argv (default: sys.argv[1:]) and validate it for `stage` ('main' or 'teacher').
 
@@ -532,135 +349,13 @@ def parse_args(argv=None, stage='main'):
     if stage not in STAGES:
         raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
     args = build_parser().parse_args(argv)
-    expose_gpu(args)
+    Runtime.expose_gpu(args.gpu)  # before anything can start CUDA
     return validate(args, stage)
 
 
 def expose_gpu(args):
     """--gpu, when given, replaces CUDA_VISIBLE_DEVICES before anything can start CUDA."""
     Runtime.expose_gpu(args.gpu)
-
-
-def history_file(path):
-    """The history file of a --his_save_path / --load_his_tea value (".his" appended when missing)."""
-    return Config.history_file(path)
-
-
-def dataset_dir(args):
-    """Folder of the dataset: <--data_dir>/sparse_<--dataset>/."""
-    return Path(args.data_dir) / f'sparse_{args.dataset}'
-
-
-# --------------------------------------------------------------------------- configs
-# The flags become frozen configs here, once; nothing below the entry points reads ``args``.
-
-def runtime_config(args):
-    return Config.Runtime(device=args.device, gpu=args.gpu, threads=args.threads,
-                          deterministic=args.deterministic, seed=args.seed)
-
-
-def _common(args):
-    """The parts every stage shares: data, loop, evaluation, outputs, and the flags to record."""
-    return dict(
-        data=Config.Data(data_dir=str(args.data_dir), dataset=args.dataset, latdim=args.latdim,
-                         gnn_layer=args.gnn_layer),
-        loop=Config.Loop(batch=args.batch, tst_every=args.tstEpoch, patience=args.patience, seed=args.seed),
-        evaluation=Config.Evaluation(topk=args.topk, batch_users=args.tstBat, select_on=args.select_on),
-        outputs=Config.Outputs(model_path=args.model_save_path, history_path=args.his_save_path,
-                               resume=args.resume, overwrite=args.overwrite),
-        flags=dict(vars(args)))
-
-
-def teacher_config(args):
-    """Stage 1's settings."""
-    return Config.TeacherConfig(**_common(args), epochs=args.epoch_tea, lr=args.lr, reg=args.reg,
-                                reg_batch=args.reg_batch, load_model=args.load_model_tea or "",
-                                load_history=args.load_his_tea or "")
-
-
-def closure_config(flags):
-    """How Ĉ is built, from a flags mapping (``vars(args)``, or a checkpoint's flags over the defaults)."""
-    return Config.Closure(layers=int(flags["adj_aug_layer"]), sample=bool(flags["adj_aug_sample"]),
-                          sample_ratio=float(flags["adj_aug_sample_ratio"]),
-                          sample_random=bool(flags["adj_aug_sample_random"]), seed=int(flags["seed"]))
-
-
-def edge_scorer(args):
-    """The model whose embeddings score the student's edges (--use_adj_mask_aug), or None."""
-    if not args.use_adj_mask_aug:
-        return None
-    return "teacher" if args.use_tea2drop_edges else "middle" if args.use_mTea2drop_edges else "student"
-
-
-def _pick(args, switch, values, default, run):
-    """A per-run value: ``values[run]`` when the --use_dynamic_* ``switch`` is on, else ``default``."""
-    return getattr(args, values)[run] if getattr(args, switch) else getattr(args, default)
-
-
-def kd_config(args, run, student, blocks):
-    """The loss of pruning ``run``; ``blocks`` is the kernels' block shape on this device."""
-    from Utils.objective.Losses import KDConfig
-
-    return KDConfig(
-        use_pre_level_kd=args.use_pre_level_kd, softreg=args.softreg, tempsoft=args.tempsoft,
-        use_emb_level_kd=args.use_emb_level_kd, cdreg=args.cdreg, tempcd=args.tempcd,
-        use_contr_deno=args.use_contr_deno, screg=args.screg, tempsc=args.tempsc, reg=args.reg,
-        use_ereg=args.use_ereg, ereg=args.ereg,
-        use_subspcreg=bool(args.use_subspcreg and student
-                           and args.hyper_contr_start_prn_run <= run <= args.hyper_contr_end_prn_run),
-        subspcreg=float(_pick(args, 'use_dynamic_subspcreg', 'subspcreg_list', 'subspcreg', run)),
-        tempsubsp=float(_pick(args, 'use_dynamic_tempsubsp', 'tempsubsp_list', 'tempsubsp', run)),
-        subspcreg_version=args.subspcreg_version,
-        loosen=float(args.hyper_contr_loosen_factor[run]) if run < len(args.hyper_contr_loosen_factor) else 0.0,
-        use_ly0emb4subspcreg=args.use_ly0emb4subspcreg,
-        resample_ratio=args.hyper_contr_resample_ratio if args.hyper_contr_resample else None,
-        contrast_candidates=args.contrast_candidates, contrast_estimator=args.contrast_estimator, blocks=blocks)
-
-
-def prune_config(args, run):
-    """The pruning step after the student's ``run``."""
-    from Utils.objective.Pruning import PruneConfig
-
-    return PruneConfig(
-        edge_cut=args.pruning_percent_adj, emb_cut=args.pruning_percent_emb,
-        keep_weights=args.keep_adj_weights2next_prn, scoring=edge_scorer(args),
-        beta1=float(_pick(args, 'use_dynamic_adj_mask_aug1', 'adj_mask_aug_list1', 'adj_mask_aug1', run)),
-        use_middle_weights=args.use_SM_edgeW2aug,
-        beta2=float(_pick(args, 'use_dynamic_adj_mask_aug2', 'adj_mask_aug_list2', 'adj_mask_aug2', run)),
-        use_tanh=args.use_tanh2aug, use_abs=args.adj_weights_abs, random_edges=args.use_adj_random_pruning,
-        random_embeddings=args.use_emb_random_pruning, emb_score=args.emb_prune_score)
-
-
-def run_config(args, run, student, blocks):
-    """Pruning run ``run``: its epochs, learning rate, loss, and (student) pruning step."""
-    return Config.RunConfig(
-        run=run, epochs=int(_pick(args, 'use_dynamic_epoch', 'epoch_list', 'mask_epoch', run)),
-        lr=float(_pick(args, 'use_dynamic_lr', 'lr_list', 'lr', run)), kd=kd_config(args, run, student, blocks),
-        prune=prune_config(args, run) if student else None, train=run != args.esc_train_prn_run)
-
-
-def distill_config(args, device='cpu'):
-    """Stages 2-3's settings; ``device`` fixes the block shape of the loss kernels (``--block_mb``)."""
-    from Utils.kernels.Kernels import device_blocks
-
-    student = not args.train_middle_model
-    blocks = device_blocks(device, args.block_mb)
-    scorer = edge_scorer(args) if student else None
-    reads_teacher = args.distill_from_teacher_model or scorer == "teacher"
-    uses_closure = args.train_middle_model or args.distill_from_middle_model
-    return Config.DistillConfig(
-        **_common(args), role="student" if student else "middle_teacher",
-        runs=tuple(run_config(args, run, student, blocks) for run in range(args.PRUNING_START, args.PRUNING_END + 1)),
-        supervisor="middle" if args.distill_from_middle_model else "teacher",
-        teacher_path=args.teacher_model if reads_teacher else None,
-        middle_path=args.middle_teacher_model if args.distill_from_middle_model else None,
-        break_point=args.break_point if student and args.train_stu_from_break_point else None,
-        closure=closure_config(vars(args)) if uses_closure else None, top_range=args.topRange,
-        init_from_supervisor=args.init_from_supervisor,
-        middle_edge_weights=bool(student and args.use_SM_edgeW2aug and args.distill_from_middle_model),
-        fixed_copy_epochs=args.fix_epoch if args.run_no_adj_weights else None,
-        learn_edge_weights=args.learn_edge_weights,
-        gaps=(args.train_2nd_best_gap, args.fixed_2nd_best_gap))
 
 
 # --------------------------------------------------------------------------- running

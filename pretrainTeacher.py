@@ -12,14 +12,15 @@ from __future__ import annotations
 import sys
 
 import Params
+from Utils.config import Build
 from Utils.training.Teacher import TeacherStage
 from Utils.training.Training import open_run, run_stage
 
 
 def main(args) -> int:
-    device, log, group = open_run(Params.runtime_config(args), Params.format_args(args),
-                                  Params.history_file(args.his_save_path))
-    stage = TeacherStage.from_files(Params.teacher_config(args), device, log, group)
+    device, log, group = open_run(Build.runtime_config(args), Params.format_args(args),
+                                  Build.history_file(args.his_save_path))
+    stage = TeacherStage.from_files(Build.teacher_config(args), device, log, group)
     return run_stage(stage, log, group)
 
 

@@ -60,6 +60,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import DataHandler as dh  # noqa: E402
 import Params  # noqa: E402
+from Utils.config import Build  # noqa: E402
 from Utils.runtime import Runtime  # noqa: E402
 from Utils.training.Distill import DistillLoss, frozen_outputs, load_model  # noqa: E402
 from Model import LightGCN, LightGCN_sp  # noqa: E402
@@ -208,7 +209,7 @@ def build(opts):
     """The data, graphs, a random supervisor (outputs computed once) and the trainee of the run timed."""
     args = Params.parse_args([f"--dataset={opts.dataset}", f"--data_dir={opts.data_dir}", f"--threads={opts.threads}",
                               f"--device={opts.device}", *STAGE_FLAGS[opts.stage]])
-    device = Runtime.select_device(Params.runtime_config(args))
+    device = Runtime.select_device(Build.runtime_config(args))
     Runtime.seed_everything(0)
     data = dh.load_dataset(args.data_dir, opts.dataset)
     adj = dh.Graph.from_scipy(dh.propagation_matrix(data.train)).to(device)
@@ -237,12 +238,12 @@ def build(opts):
         t_prune = 0.0  # run 1 starts unpruned
         for before in range(1, run):
             state, t_prune = timed(lambda: Pruning.prune_state(
-                trainee.state_dict(), Params.prune_config(args, before), edges=(adj.row, adj.col),
+                trainee.state_dict(), Build.prune_config(args, before), edges=(adj.row, adj.col),
                 scorers={"middle": lambda: sup.all}, mid_weight=mid_w))
             trainee.load_state_dict(state)
         result.update(prn_run=run, pruning_step_s=round(t_prune, 3), closure_weight_map_once_s=round(t_map, 3),
                       edge_kept_pct=round(trainee.edge_kept_pct(), 2), emb_kept_pct=round(trainee.emb_kept_pct(), 2))
-    run_cfg = Params.run_config(args, run, student=opts.stage == 3, blocks=Kernels.CPU_BLOCKS)
+    run_cfg = Build.run_config(args, run, student=opts.stage == 3, blocks=Kernels.CPU_BLOCKS)
     return SimpleNamespace(args=args, device=device, data=data, graph=graph, trainee=trainee, sup=sup,
                            run_cfg=run_cfg, result=result)
 

@@ -44,6 +44,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 import DataHandler as dh  # noqa: E402
 import Params  # noqa: E402
+from Utils.config import Build  # noqa: E402
 from Utils.files import Checkpoint  # noqa: E402
 from Utils.kernels import Kernels
 from Utils.objective import Estimators, Losses
@@ -121,10 +122,10 @@ def load_problem(opts):
     args = recorded_args(opts.student, opts.data_dir, opts.dataset)
     data = dh.load_dataset(args.data_dir, args.dataset)
     adj = dh.Graph.from_scipy(dh.propagation_matrix(data.train))
-    closure = dh.closure_graph(data.train, Params.closure_config(vars(args)))
+    closure = dh.closure_graph(data.train, Build.closure_config(vars(args)))
     sup = frozen_outputs(load_model(opts.supervisor, "middle_teacher", data, "cpu", graph=closure), closure)
     student = load_model(opts.student, "student", data, "cpu", graph=adj, n_layers=args.gnn_layer)
-    cfg = Params.kd_config(args, opts.run, student=True, blocks=Kernels.CPU_BLOCKS)
+    cfg = Build.kd_config(args, opts.run, student=True, blocks=Kernels.CPU_BLOCKS)
     U = data.n_users
     mask = student.emb_mask2_fixed.detach()
     pairs = Kernels.subspace_pair_index(mask[:U], mask[U:], cfg.loosen, cfg.blocks) if cfg.use_subspcreg else None

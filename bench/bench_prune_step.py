@@ -4,7 +4,7 @@ edges (``--pruning_percent_adj``) and the embedding entries (``--pruning_percent
     python bench/bench_prune_step.py STUDENT_CKPT MIDDLE_CKPT --run R [--data_dir ../shared/datasets]
 
 STUDENT_CKPT is a run's best checkpoint (what the stage prunes at the end of run R), MIDDLE_CKPT
-the intermediate model that scores its edges. The step is the stage's own (``Params.prune_config``
+the intermediate model that scores its edges. The step is the stage's own (``Build.prune_config``
 from the flags the student recorded, ``Pruning.prune_state``), done three ways: both parts, the
 edges alone (no entry removed) and the entries alone (no edge removed). Then the entry step
 with other importance scores in place of |e| (the same number of entries removed, the edges
@@ -37,6 +37,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import DataHandler as dh  # noqa: E402
 import Params  # noqa: E402
+from Utils.config import Build  # noqa: E402
 import modelTools  # noqa: E402
 from Model import model_from_tensors  # noqa: E402
 from Utils.objective import Pruning  # noqa: E402
@@ -155,7 +156,7 @@ def main():
     mid_weight = Pruning.closure_weights_on_adj(adj.row, adj.col, closure.row, closure.col,
                                                 mid_model.adj_mask1_train.detach(), adj.n_nodes)
     args = argparse.Namespace(**{**vars(modelTools.default_flags()), **student.flags})
-    cfg = Params.prune_config(args, opts.run)
+    cfg = Build.prune_config(args, opts.run)
     evaluators = {"val": Evaluator(dataset.train, dataset.val, 20, 256, "cpu")} if dataset.val is not None else {}
     evaluators["test"] = Evaluator(dataset.train, dataset.test, 20, 256, "cpu")
     tensors = student.ckpt.tensors

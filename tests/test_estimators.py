@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import Params
+from Utils.config import Build
 from Utils.objective import Estimators as E
 from Utils.kernels import Kernels
 from Utils.objective import Losses
@@ -146,7 +147,7 @@ def test_adaptive_needs_k():
     with pytest.raises(ConfigError, match="K is 0"):
         Params.parse_args(["--contrast_estimator=adaptive"])
     args = Params.parse_args(["--contrast_estimator=adaptive", "--contrast_candidates=64"])
-    assert Params.run_config(args, 1, True, Kernels.CPU_BLOCKS).kd.contrast_estimator == "adaptive"
+    assert Build.run_config(args, 1, True, Kernels.CPU_BLOCKS).kd.contrast_estimator == "adaptive"
 
 
 def test_a_stage_with_the_adaptive_estimator_rebuilds_its_profiles_each_epoch_and_repeats_itself(
@@ -171,7 +172,7 @@ def test_a_stage_with_the_adaptive_estimator_rebuilds_its_profiles_each_epoch_an
         teacher = LightGCN(dataset.n_users, dataset.n_items, 8, 3)
         out = frozen_outputs(teacher, adj)
         frozen = FrozenModels(supervisor=out, layer0=teacher.layer0().detach(), teacher=out)
-        cfg = Params.distill_config(args)
+        cfg = Build.distill_config(args)
         stage = DistillStage(cfg, dataset, adj, frozen, RunLog(cfg.outputs.history_file, stream=io.StringIO()),
                              torch.device("cpu"))
         stage.run()

@@ -6,6 +6,7 @@ import subprocess
 import pytest
 
 import Params
+from Utils.config import Build
 from conftest import REF, ROOT
 
 SCRIPTS = sorted((ROOT / "example_scripts").glob("example_train_*.sh"))
@@ -89,7 +90,7 @@ def test_gowalla_lightgcn_script_runs_the_teacher_with_lightgcn_s_recipe():
     path = ROOT / "example_scripts" / "gowalla_lightgcn_reproduce.sh"
     assert subprocess.run(["bash", "-n", str(path)]).returncode == 0
     flags = [f.replace('"${EPOCHS:-1000}"', "1000") for f in _flags(path)]
-    cfg = Params.teacher_config(Params.parse_args(flags, stage="teacher"))
+    cfg = Build.teacher_config(Params.parse_args(flags, stage="teacher"))
     assert (cfg.data.dataset, cfg.data.latdim, cfg.data.gnn_layer, cfg.loop.batch, cfg.loop.seed) == (
         "gowalla_lightgcn", 64, 3, 2048, 2020)
     assert (cfg.epochs, cfg.lr, cfg.reg, cfg.reg_batch, cfg.loop.tst_every) == (1000, 1e-3, 1e-4, True, 10)
@@ -113,7 +114,7 @@ def test_gowalla_compress_flags_are_valid_on_top_of_the_published_examples():
     assert mid.train_middle_model and stu.distill_from_middle_model
     for args in (mid, stu):
         assert args.dataset == "gowalla_lightgcn" and args.contrast_candidates == 2048
-    assert Params.closure_config(vars(mid)) == Params.closure_config(vars(stu))  # the student loads that Ĉ
+    assert Build.closure_config(vars(mid)) == Build.closure_config(vars(stu))  # the student loads that Ĉ
     assert (stu.PRUNING_END, stu.pruning_percent_adj, stu.pruning_percent_emb) == (6, 0.15, 0.2)
     assert (stu.use_SM_edgeW2aug, stu.adj_mask_aug2, stu.emb_prune_score) == (True, 1.0, "magnitude")  # published
 

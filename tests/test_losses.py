@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 import DataHandler as dh
 from conftest import kd_parts
+from Utils.config import Build
 from Utils.kernels import Kernels as K
 from Utils.objective import Losses as L
 
@@ -441,4 +442,4 @@ def test_batch_weight_decay_is_lightgcn_s_and_reaches_only_the_batch_rows():
     close(sum(shares), parts["reg"])  # each process its share of the batch mean
     with pytest.raises(ConfigError, match="--reg_batch"):
         Params.parse_args(["--reg_batch=True"], stage="main")
-    assert Params.teacher_config(Params.parse_args(["--reg_batch=True"], stage="teacher")).reg_batch
+    assert Build.teacher_config(Params.parse_args(["--reg_batch=True"], stage="teacher")).reg_batch

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import Params
+from Utils.config import Build
 from Utils.runtime import Runtime
 from Utils.runtime.Errors import CheckpointError, ConfigError, DataError, UserError
 from conftest import REF, ROOT
@@ -79,8 +80,8 @@ def test_new_flags_defaults():
     assert args.select_on is None
     assert args.device == "auto"
     assert args.threads == 0
-    assert args.emb_prune_score == "magnitude" and Params.prune_config(args, 1).emb_score == "magnitude"
-    assert Params.prune_config(Params.parse_args(["--emb_prune_score=taylor"]), 1).emb_score == "taylor"
+    assert args.emb_prune_score == "magnitude" and Build.prune_config(args, 1).emb_score == "magnitude"
+    assert Build.prune_config(Params.parse_args(["--emb_prune_score=taylor"]), 1).emb_score == "taylor"
 
 
 _SAMPLES = {  # published type -> (command-line text, parsed value, python type)
@@ -279,8 +280,8 @@ def test_device_cuda_unavailable(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(ConfigError, match="--device=cuda"):
         Params.parse_args(["--device=cuda"])
-    assert Runtime.select_device(Params.runtime_config(Params.parse_args([]))) == torch.device("cpu")
-    assert Runtime.select_device(Params.runtime_config(Params.parse_args(["--device=cpu"]))) == torch.device("cpu")
+    assert Runtime.select_device(Build.runtime_config(Params.parse_args([]))) == torch.device("cpu")
+    assert Runtime.select_device(Build.runtime_config(Params.parse_args(["--device=cpu"]))) == torch.device("cpu")
 
 
 def test_device_choices(capsys):
@@ -292,7 +293,7 @@ def test_device_choices(capsys):
 
 
 def test_gpu_only_overrides_when_given(no_cuda_env):
-    Runtime.select_device(Params.runtime_config(Params.parse_args(["--device=cpu"])))
+    Runtime.select_device(Build.runtime_config(Params.parse_args(["--device=cpu"])))
     assert "CUDA_VISIBLE_DEVICES" not in os.environ
     Params.parse_args(["--gpu=3", "--device=cpu"])
     assert os.environ["CUDA_VISIBLE_DEVICES"] == "3"
@@ -301,8 +302,8 @@ def test_gpu_only_overrides_when_given(no_cuda_env):
 def test_threads(monkeypatch):
     calls = []
     monkeypatch.setattr(torch, "set_num_threads", calls.append)
-    Runtime.select_device(Params.runtime_config(Params.parse_args(["--device=cpu", "--threads=3"])))
-    Runtime.select_device(Params.runtime_config(Params.parse_args(["--device=cpu"])))
+    Runtime.select_device(Build.runtime_config(Params.parse_args(["--device=cpu", "--threads=3"])))
+    Runtime.select_device(Build.runtime_config(Params.parse_args(["--device=cpu"])))
     assert calls == [3]
     with pytest.raises(ConfigError, match="--threads"):
         Params.parse_args(["--threads=-1"])
@@ -311,7 +312,7 @@ def test_threads(monkeypatch):
 def test_select_on_resolves_against_the_data(tmp_path):
     def split(*flags, has_val):
         args = Params.parse_args([f"--data_dir={tmp_path}", "--dataset=tiny", *flags])
-        return Params.teacher_config(args).evaluation.split(has_val, str(Params.dataset_dir(args)))
+        return Build.teacher_config(args).evaluation.split(has_val, str(Build.dataset_dir(args)))
 
     assert split(has_val=True) == "val"
     assert split(has_val=False) == "test"
@@ -319,7 +320,7 @@ def test_select_on_resolves_against_the_data(tmp_path):
     assert split("--select_on=val", has_val=True) == "val"
     with pytest.raises(ConfigError, match="--select_on=val"):
         split("--select_on=val", has_val=False)
-    assert Params.dataset_dir(Params.parse_args([f"--data_dir={tmp_path}", "--dataset=tiny"])) == tmp_path / "sparse_tiny"
+    assert Build.dataset_dir(Params.parse_args([f"--data_dir={tmp_path}", "--dataset=tiny"])) == tmp_path / "sparse_tiny"
 
 
 # --------------------------------------------------------------------------- run_cli

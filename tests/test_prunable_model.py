@@ -7,7 +7,8 @@ import DataHandler as dh
 from Utils.training.Distill import DistillLoss, frozen_outputs
 from Utils.objective.Losses import Supervisor
 from Model import LightGCN_sp
-from Params import parse_args, run_config
+from Params import parse_args
+from Utils.config.Build import run_config
 from Utils.kernels.Kernels import CPU_BLOCKS
 from Utils.kernels.Spmm import propagate_layers, propagate_sum
 

@@ -219,12 +219,13 @@ CASE_FLAGS = {
 
 @pytest.mark.parametrize("name", CASES)
 def test_pruning_through_the_config_built_from_flags_matches_golden(ref, name):
-    """The stage's wiring: flags -> Params.prune_config -> prune_state, with every scoring model on offer.
+    """The stage's wiring: flags -> Build.prune_config -> prune_state, with every scoring model on offer.
 
     Edges are scored by the intermediate model (--use_mTea2drop_edges, the default); the
     student's and teacher's outputs are offered too, so picking the wrong one, or swapping
     β₁ (--adj_mask_aug1) and β₂ (--adj_mask_aug2), changes the masks."""
-    from Params import parse_args, prune_config
+    from Params import parse_args
+    from Utils.config.Build import prune_config
 
     case = ref(f"{name}.npz")
     models, graphs, forward = ref("prunable_models.npz"), ref("graphs.npz"), ref("prunable_forward.npz")
@@ -250,7 +251,8 @@ def test_pruning_through_the_config_built_from_flags_matches_golden(ref, name):
 
 
 def test_prune_config_names_the_scoring_model_of_the_flags():
-    from Params import parse_args, prune_config
+    from Params import parse_args
+    from Utils.config.Build import prune_config
 
     def scoring(*flags):
         return prune_config(parse_args(list(flags)), 1).scoring

@@ -11,6 +11,7 @@ import torch
 
 import DataHandler as dh
 import Params
+from Utils.config import Build
 from Model import LightGCN, model_from_tensors
 from Utils.files import Checkpoint
 from Utils.config.Config import Data, DistillConfig, Evaluation, Loop, Outputs, RunConfig, TeacherConfig
@@ -86,13 +87,13 @@ def test_the_configs_built_from_flags_decide_the_scorer_and_the_runs_once():
     args = Params.parse_args(["--PRUNING_START=2", "--PRUNING_END=4", "--use_adj_mask_aug=True",
                               "--use_mTea2drop_edges=False", "--use_tea2drop_edges=True", "--use_SM_edgeW2aug=False",
                               "--use_dynamic_epoch=True", "--epoch_list=0,0,7,8,9", "--esc_train_prn_run=3"])
-    cfg = Params.distill_config(args)
+    cfg = Build.distill_config(args)
     assert [(r.run, r.epochs, r.train, r.prune.scoring) for r in cfg.runs] == [(2, 7, True, "teacher"),
                                                                             (3, 8, False, "teacher"),
                                                                             (4, 9, True, "teacher")]
     assert cfg.teacher_path == args.teacher_model  # read to score the edges, though the middle model supervises
     assert (cfg.supervisor, cfg.middle_path) == ("middle", args.middle_teacher_model)
-    mid = Params.distill_config(Params.parse_args(["--train_middle_model=True", "--distill_from_middle_model=False",
+    mid = Build.distill_config(Params.parse_args(["--train_middle_model=True", "--distill_from_middle_model=False",
                                                    "--distill_from_teacher_model=True", "--PRUNING_END=1"]))
     assert (mid.role, mid.supervisor, mid.middle_path, mid.runs[0].prune) == ("middle_teacher", "teacher", None, None)
     assert mid.closure is not None and not mid.runs[0].kd.use_subspcreg
@@ -108,7 +109,7 @@ def _stage_from_flags(tiny_dir, tiny_split, tmp_path, *flags):
         "--distill_from_middle_model=False", "--distill_from_teacher_model=True", "--use_SM_edgeW2aug=False",
         "--use_mTea2drop_edges=False", f"--model_save_path={tmp_path}/stu", f"--his_save_path={tmp_path}/stu",
         *flags])
-    cfg = Params.distill_config(args)
+    cfg = Build.distill_config(args)
     torch.manual_seed(0)
     teacher = LightGCN(dataset.n_users, dataset.n_items, 8, 3)
     out = frozen_outputs(teacher, adj)
@@ -228,7 +229,7 @@ def test_closure_sampling_flags_reach_the_closure_graph(tiny_split):
     dataset, _ = tiny_split
 
     def closure_edges(*flags):
-        cfg = Params.distill_config(Params.parse_args(["--train_middle_model=True", "--distill_from_middle_model=False",
+        cfg = Build.distill_config(Params.parse_args(["--train_middle_model=True", "--distill_from_middle_model=False",
                                                        "--distill_from_teacher_model=True", "--PRUNING_END=1",
                                                        *flags]))
         return dh.closure_graph(dataset.train, cfg.closure).nnz

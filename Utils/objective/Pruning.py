@@ -361,7 +361,7 @@ ENTRY_SCORES = ("magnitude", "taylor")  # --emb_prune_score
 
 @dataclass(frozen=True)
 class PruneConfig:
-    """What one pruning step does, built from the flags in one place (``Params.prune_config``):
+    """What one pruning step does, built from the flags in one place (``Build.prune_config``):
     remove the share ``edge_cut`` of the surviving edges and ``emb_cut`` of the surviving
     embedding entries (``--pruning_percent_adj``/``--pruning_percent_emb``; "pct" names are
     kept percentages elsewhere).

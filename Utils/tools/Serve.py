@@ -19,6 +19,7 @@ import torch
 
 import DataHandler as dh
 import Params
+from Utils.config import Build
 from Model import LightGCN, model_from_tensors
 from Utils.files import Checkpoint
 from Utils.files.Atomic import atomic_write
@@ -95,7 +96,7 @@ def check_train_split(loaded: Loaded, dataset: dh.Dataset) -> None:
 
 
 def _closure_graph(train, flags: dict) -> dh.Graph:
-    return dh.closure_graph(train, Params.closure_config({**vars(default_flags()), **flags}))
+    return dh.closure_graph(train, Build.closure_config({**vars(default_flags()), **flags}))
 
 
 def model_graph(loaded: Loaded, dataset: dh.Dataset, choice: str = "auto") -> Tuple[dh.Graph, str]:
