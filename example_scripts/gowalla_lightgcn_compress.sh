@@ -19,7 +19,7 @@
 #                 outputs and the entries by Taylor (--adj_mask_aug1=1.0 --use_SM_edgeW2aug=False
 #                 --emb_prune_score=taylor) loses less at every step (bench_prune_step.py), but each run then
 #                 stops on patience near the same level: run 6 ends at 0.1508 against 0.1519, in 68 min
-#                 instead of 97 (docs/results.md)
+#                 instead of 97 (docs/results/README.md)
 # The split has no validation file, so every stage selects on test, as LightGCN's table did.
 # Each command ends with its peak memory (RSS) and each stage with its wall time.
 # TEACHER=path picks another teacher (default: gowalla_lightgcn_reproduce.sh's, which may be

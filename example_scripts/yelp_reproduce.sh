@@ -12,7 +12,7 @@
 #                --patience: evaluate every epoch, stop a run once validation stops improving
 #   intermediate --init_from_supervisor=False --lr=1e-3 (published: Xavier start at 1e-4 for 300
 #                epochs), at most 20 epochs, patience 2: from Xavier it reaches the teacher's Recall
-#                in about 6 epochs (docs/results.md); from the teacher's embeddings at 1e-4 it stayed
+#                in about 6 epochs (docs/results/README.md); from the teacher's embeddings at 1e-4 it stayed
 #                13 % below the teacher and below the student it supervises
 #   student      --lr=5e-4 (published 1e-4); per-run epoch caps (published 600 each) with patience 4:
 #                16 epochs in run 1, 5 in runs 2-4 (they recover within 1-2 epochs of their pruning),
@@ -24,7 +24,7 @@
 #   student      --hyper_contr_end_prn_run=8 (published 13): no subspace term after run 8. From run 9
 #                its slack is 0 and every pair of rows left without entries counts as a positive
 #                pair (6-7 thousand such users by runs 11-12): runs 11-12 took 8.5 and 20 min with it,
-#                3 without, for the same Recall (docs/results.md, "The clique costs time, not quality").
+#                3 without, for the same Recall (docs/results/README.md, "The clique costs time, not quality").
 # About 1 h 15 min on the project's 2-core CPU: teacher 19 min (2026-12-03), intermediate 17, student 39 (2026-12-05).
 # Selection on validation (the default when valMat.pkl exists). Logs: logs/{tea,mid,stu}_yelp_reproduce_log;
 # checkpoints and histories under ./outModels/yelp/reproduce/.
