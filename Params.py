@@ -26,6 +26,7 @@ import textwrap
 
 from Utils.runtime.Errors import (OneLineErrorParser, Terminated, UserError, flush_stdout, interrupt_exit_code,
                           quiet_library_warnings, report_user_error, speaks)
+from Utils.config import Config
 from Utils.config.Validate import STAGES, validate
 from Utils.objective.Pruning import ENTRY_SCORES
 from Utils.runtime import Runtime
@@ -295,7 +296,7 @@ _GPU_HELP = ('GPU id(s) written to CUDA_VISIBLE_DEVICES before CUDA starts '
 ADDED, LEVERS = ('additions (not in the published tool)',
                  'time-to-quality levers (each off by default; the defaults are the published method)')
 OUR_FLAGS = (  # group, flag, argparse options, help (one flag per line)
-    (ADDED, 'data_dir', dict(type=str, default='./Datasets', metavar='DIR'), 'folder holding sparse_NAME/ dataset folders (default: %(default)s)'),
+    (ADDED, 'data_dir', dict(type=str, default=Config.DEFAULT_DATA_DIR, metavar='DIR'), 'folder holding sparse_NAME/ dataset folders (default: %(default)s)'),
     (ADDED, 'select_on', dict(choices=('val', 'test'), default=None), 'split that chooses checkpoints and "best" records (default: val when valMat.pkl exists, else test as published)'),
     (ADDED, 'device', dict(choices=('auto', 'cpu', 'cuda'), default='auto'), 'where to run; auto = cuda when available (default: %(default)s)'),
     (ADDED, 'threads', dict(type=int, default=0, metavar='INT'), 'CPU threads for torch and the Numba kernels; 0 = the libraries\' default (default: %(default)s)'),

@@ -24,6 +24,7 @@ from typing import Dict, List, Optional
 
 import torch
 
+from Utils.config import Config
 from Utils.files import Checkpoint
 from Utils.files.Atomic import atomic_write
 from Utils.tools import Compare, Plots, Report
@@ -31,7 +32,7 @@ from Utils.runtime.Errors import ConfigError, OneLineErrorParser, UserError, qui
 from Utils.tools import Serve
 from Utils.training.Metrics import ALL_METRICS, Evaluator, parse_ks, parse_metrics, popularity_embeddings
 from Utils.runtime.Runtime import device_named
-from Utils.tools.Serve import (Loaded, build_model, default_flags, load_data, load_model_file,  # noqa: F401 (re-exported)
+from Utils.tools.Serve import (Loaded, build_model, load_data, load_model_file,  # noqa: F401 (re-exported)
                          model_graph, parse_users, propagated, read_idmap, top_k)
 
 
@@ -205,8 +206,9 @@ def cmd_evaluate(args) -> int:
         _refuse_existing(args.per_user, args.overwrite, "file")
     dataset = load_data(loaded, args.dataset, args.data_dir)
     split = dataset.split(args.split)
-    logged_k = int(loaded.flags.get("topk", default_flags().topk))
-    batch = args.tstBat or int(loaded.flags.get("tstBat", default_flags().tstBat))
+    recorded = Config.recorded_section(loaded.meta, "evaluation")
+    logged_k = int(recorded.topk)
+    batch = args.tstBat or int(recorded.batch_users)
     ks = parse_ks(args.ks, dataset.n_items) if args.ks is not None else (args.topk or logged_k,)
     if min(ks) <= 0 or batch <= 0:
         raise ConfigError(f"--topk and --tstBat must be positive integers, got {ks[0]} and {batch}")

@@ -4,8 +4,8 @@ edges (``--pruning_percent_adj``) and the embedding entries (``--pruning_percent
     python bench/bench_prune_step.py STUDENT_CKPT MIDDLE_CKPT --run R [--data_dir ../shared/datasets]
 
 STUDENT_CKPT is a run's best checkpoint (what the stage prunes at the end of run R), MIDDLE_CKPT
-the intermediate model that scores its edges. The step is the stage's own (``Build.prune_config``
-from the flags the student recorded, ``Pruning.prune_state``), done three ways: both parts, the
+the intermediate model that scores its edges. The step is the stage's own (the ``PruneConfig``
+the student's checkpoint records, ``Pruning.prune_state``), done three ways: both parts, the
 edges alone (no entry removed) and the entries alone (no edge removed). Then the entry step
 with other importance scores in place of |e| (the same number of entries removed, the edges
 kept): ``row_relative`` |e_rc| / ‖e_r‖ (each row's share), ``influence`` |e_rc|·s_r and
@@ -36,8 +36,6 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import DataHandler as dh  # noqa: E402
-import Params  # noqa: E402
-from Utils.config import Build  # noqa: E402
 import modelTools  # noqa: E402
 from Model import model_from_tensors  # noqa: E402
 from Utils.objective import Pruning  # noqa: E402
@@ -131,6 +129,13 @@ def prune_entries_by(tensors, score, emb_cut) -> dict:
     return {**tensors, "emb_mask2_fixed": mask, "uEmbeds": users, "iEmbeds": items}
 
 
+def recorded_prune_config(meta, run):
+    """The pruning step after ``run`` as the student's stage configured it, or None."""
+    runs = (meta.get("config") or {}).get("runs") or []
+    recorded = next((r["prune"] for r in runs if r["run"] == run and r.get("prune")), None)
+    return Pruning.PruneConfig(**recorded) if recorded is not None else None
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("student")
@@ -155,8 +160,10 @@ def main():
         mid_all = frozen_outputs(mid_model, closure).all
     mid_weight = Pruning.closure_weights_on_adj(adj.row, adj.col, closure.row, closure.col,
                                                 mid_model.adj_mask1_train.detach(), adj.n_nodes)
-    args = argparse.Namespace(**{**vars(modelTools.default_flags()), **student.flags})
-    cfg = Build.prune_config(args, opts.run)
+    cfg = recorded_prune_config(student.meta, opts.run)
+    if cfg is None:
+        parser.error(f"{opts.student} records no pruning step for run {opts.run} (its stage's config: checkpoints "
+                     "store it since 2026-12-06)")
     evaluators = {"val": Evaluator(dataset.train, dataset.val, 20, 256, "cpu")} if dataset.val is not None else {}
     evaluators["test"] = Evaluator(dataset.train, dataset.test, 20, 256, "cpu")
     tensors = student.ckpt.tensors

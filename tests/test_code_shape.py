@@ -70,3 +70,25 @@ def test_no_module_below_the_entry_points_reads_the_parsed_flags():
              for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
              if re.search(r"\bargs\.|vars\(args\)", line)]
     assert not found, "\n".join(found)
+
+
+# Where a flag may still be read by its command-line name below the entry points: the flag layer
+# (parsing, validation, building the configs), the one fallback for checkpoints written before
+# they stored their config, the resume check (it compares two command lines), and nothing else.
+FLAG_READERS = {"Utils/config/Build.py", "Utils/config/Validate.py", "Utils/config/Config.py", "Utils/files/Resume.py"}
+
+
+def test_no_module_below_the_entry_points_reads_a_recorded_flag_by_name():
+    """After training, settings come from the recorded config (Utils/config/Config.py
+    ``recorded_*``), never from ``flags["name"]`` / ``flags.get("name")``."""
+    pattern = re.compile(r"""flags(\.get\(|\[)\s*["']""")
+    below = [ROOT / "DataHandler.py", ROOT / "Model.py", ROOT / "lightgnn.py", *sorted((ROOT / "Utils").rglob("*.py"))]
+    found = [f"{path.relative_to(ROOT)}:{number}: {line.strip()}" for path in below
+             if str(path.relative_to(ROOT)) not in FLAG_READERS
+             for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if pattern.search(line)]
+    assert not found, "\n".join(found)
+
+
+def test_the_flag_read_check_sees_one(tmp_path):
+    assert re.search(r"""flags(\.get\(|\[)\s*["']""", 'x = loaded.flags.get("topk", 20)')
+    assert not re.search(r"""flags(\.get\(|\[)\s*["']""", "x = {k: flags[k] for k in names}")

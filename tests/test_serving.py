@@ -246,3 +246,18 @@ def test_bench_inference_measures_every_model_and_relates_them(trained, capsys, 
         assert line["peak_rss_mb"] >= line["data_rss_mb"] > 0
     assert "| student_compact |" in proc.stdout and (tmp_path / "fig3.png").stat().st_size > 0
     assert (tmp_path / "fig4.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_checkpoints_written_before_they_stored_their_config_still_serve(trained, tmp_path):
+    """An intermediate model (propagates on Ĉ) and a student with the config section removed, as
+    files written before 2026-12-06 are: the closure and evaluation settings come from their
+    recorded flags instead, and every number is the same."""
+    for which in ("mid", "stu"):
+        saved = torch.load(trained[which], weights_only=True)
+        assert saved["meta"]["config"]["closure"]["layers"] == 1  # what the stage stored
+        saved["meta"].pop("config")
+        torch.save(saved, tmp_path / f"{which}_old.mod")
+        old, new = lightgnn.load(tmp_path / f"{which}_old.mod"), lightgnn.load(trained[which])
+        torch.testing.assert_close(old.embeddings(), new.embeddings(), rtol=0, atol=0)
+        assert old.evaluate("test", ks=(20,)) == new.evaluate("test", ks=(20,))

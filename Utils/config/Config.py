@@ -1,11 +1,18 @@
-"""The frozen settings a stage runs with, built once from the flags (``Params.*_config``).
+"""The frozen settings a stage runs with, built once from the flags (:mod:`Utils.config.Build`).
 
-Nothing below the entry points and :mod:`Params` reads the parsed flags: each stage, and
+Nothing below the entry points and the flag layer reads the parsed flags: each stage, and
 each helper it calls, receives one of these objects. ``flags`` (a copy of every parsed flag)
 is carried only to be written into checkpoints and resume files, never read for behaviour.
+
+A checkpoint stores its stage's config as plain data (:func:`record`, ``meta["config"]``)
+beside the published flag names; what reads a checkpoint after training (the model tools,
+plots, the Python API) rebuilds the settings it needs from that record (``recorded_*``),
+never from the parser. Files without one (checkpoints written before it was stored: their
+recorded flags; published ``.mod`` files: nothing) fall back in one place, :data:`_LEGACY`.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Tuple
@@ -13,6 +20,9 @@ from typing import Any, Mapping, Optional, Tuple
 from Utils.runtime.Errors import ConfigError
 from Utils.objective.Losses import KDConfig
 from Utils.objective.Pruning import PruneConfig
+
+
+DEFAULT_DATA_DIR = "./Datasets"  # --data_dir's default, and where a file that records none looks
 
 
 def history_file(path: str) -> str:
@@ -185,3 +195,54 @@ class DistillConfig:
         """The checkpoints this stage reads, by flag (never among its outputs)."""
         return {"middle_teacher_model": self.middle_path, "teacher_model": self.teacher_path,
                 "break_point": self.break_point}
+
+
+# ----------------------------------------------------------------------------- read back from a checkpoint
+def record(cfg) -> dict:
+    """``cfg`` (a stage's config) as plain data for ``meta["config"]``, the flags copy left out."""
+    out = dataclasses.asdict(cfg)
+    out.pop("flags", None)
+    return out
+
+
+# The published flag names older checkpoints recorded, for each setting read back (section, field).
+_LEGACY = {("closure", "layers"): "adj_aug_layer", ("closure", "sample"): "adj_aug_sample",
+           ("closure", "sample_ratio"): "adj_aug_sample_ratio", ("closure", "sample_random"): "adj_aug_sample_random",
+           ("closure", "seed"): "seed", ("evaluation", "topk"): "topk", ("evaluation", "batch_users"): "tstBat",
+           ("data", "data_dir"): "data_dir", ("data", "dataset"): "dataset",
+           ("outputs", "history_path"): "his_save_path"}
+_SECTIONS = {"closure": Closure, "evaluation": Evaluation}
+
+
+def _recorded(meta: Mapping[str, Any], section: str, name: str, default: Any) -> Any:
+    config = meta.get("config") or {}
+    if isinstance(config.get(section), Mapping) and name in config[section]:
+        return config[section][name]
+    flags = meta.get("flags") or {}
+    flag = _LEGACY.get((section, name))
+    return flags[flag] if flag in flags and flags[flag] is not None else default
+
+
+def recorded_section(meta: Mapping[str, Any], section: str):
+    """The :class:`Closure` or :class:`Evaluation` a checkpoint was trained with."""
+    cls = _SECTIONS[section]
+    return cls(**{f.name: _recorded(meta, section, f.name, f.default) for f in dataclasses.fields(cls)})
+
+
+def recorded_dataset(meta: Mapping[str, Any]) -> Tuple[Optional[str], str]:
+    """(dataset name or None, data folder) a checkpoint was trained on."""
+    name = _recorded(meta, "data", "dataset", None) or meta.get("dataset")
+    return name, _recorded(meta, "data", "data_dir", None) or meta.get("data_dir") or DEFAULT_DATA_DIR
+
+
+def recorded_upstream(meta: Mapping[str, Any]) -> Tuple[Optional[str], Optional[str]]:
+    """(its history file or None, the teacher it was distilled from when it is an intermediate
+    model, else None): how ``modelTools plot`` finds the stages before a student."""
+    history = _recorded(meta, "outputs", "history_path", None)
+    config = meta.get("config") or {}
+    if config:
+        teacher = config.get("teacher_path") if config.get("role") == "middle_teacher" else None
+    else:
+        flags = meta.get("flags") or {}
+        teacher = flags.get("teacher_model") if flags.get("train_middle_model") else None
+    return (history_file(history) if history else None), teacher

@@ -25,8 +25,10 @@ import matplotlib
 matplotlib.use("Agg")  # headless: never needs a display
 import matplotlib.pyplot as plt  # noqa: E402  (after the backend choice)
 
+from Utils.config import Config  # noqa: E402
 from Utils.files.Atomic import os_error_reason  # noqa: E402
-from Utils.runtime.Errors import ConfigError, DataError  # noqa: E402
+from Utils.files.Checkpoint import load_checkpoint  # noqa: E402
+from Utils.runtime.Errors import ConfigError, DataError, UserError  # noqa: E402
 from Utils.files.History import read_history  # noqa: E402
 
 Rows = List[dict]
@@ -381,23 +383,18 @@ def plot_all(histories: Histories, out_dir: str, topk: int = 20, prefix: str = "
 
 def supervisor_histories(middle_checkpoint: str) -> List[str]:
     """History files of the stages before a student: [teacher .his, intermediate .his] as far as
-    the checkpoints' meta flags lead (``his_save_path``, ``teacher_model``) and the files exist."""
-    from Utils.files.Checkpoint import load_checkpoint
-    from Utils.runtime.Errors import UserError
-
+    the checkpoints' recorded configs lead (their history file, the intermediate model's teacher)
+    and the files exist."""
     found: List[str] = []
     path: Optional[str] = middle_checkpoint
     for _ in range(2):  # intermediate model, then its teacher
         try:
-            flags = load_checkpoint(path).meta.get("flags") or {}
+            his, teacher = Config.recorded_upstream(load_checkpoint(path).meta)
         except UserError:
             break
-        his = flags.get("his_save_path")
-        if his:
-            his = his if his.endswith(".his") else his + ".his"
-            if os.path.isfile(his):
-                found.insert(0, his)
-        path = flags.get("teacher_model") if flags.get("train_middle_model") else None
+        if his and os.path.isfile(his):
+            found.insert(0, his)
+        path = teacher
         if not path:
             break
     return found

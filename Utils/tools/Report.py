@@ -46,6 +46,7 @@ from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 import numpy as np
 import torch
 
+from Utils.config import Config
 from Utils.files import Checkpoint as ckpt_io
 from Utils.runtime.Errors import CheckpointError
 
@@ -53,6 +54,8 @@ COMPACT_CLASS = "CompactLightGCN"
 COMPACT_KEYS = ("edge_indptr", "edge_col", "edge_values", "emb_bitmap", "emb_values")
 # flags a compact export keeps so that it can be evaluated like its source checkpoint
 COMPACT_FLAGS = ("dataset", "data_dir", "topk", "tstBat", "latdim", "gnn_layer", "select_on", "seed")
+# the sections of the source's recorded config a compact export keeps (its data, its evaluation)
+COMPACT_CONFIG = ("data", "evaluation")
 FLOAT_BYTES = 4
 
 
@@ -365,7 +368,7 @@ def compact_from_checkpoint(ckpt: "ckpt_io.Checkpoint", graph) -> CompactModel:
         "stage": "compact", "model_class": COMPACT_CLASS,
         "source": ckpt.path, "source_stage": meta.get("stage", meta.get("role")),
         "source_model_class": meta.get("model_class"), "prunable": prunable,
-        "dataset": meta.get("dataset", flags.get("dataset")), "data_dir": meta.get("data_dir", flags.get("data_dir")),
+        "dataset": Config.recorded_dataset(meta)[0], "data_dir": Config.recorded_dataset(meta)[1],
         "dataset_path": meta.get("dataset_path"), "train_fingerprint": meta.get("train_fingerprint"),
         "n_users": counts.n_users, "n_items": counts.n_items, "latdim": latdim, "gnn_layer": int(meta["gnn_layer"]),
         "graph": meta.get("graph", "adjacency"), "n_edges": graph.nnz, "edges_kept": n_kept,
@@ -373,6 +376,7 @@ def compact_from_checkpoint(ckpt: "ckpt_io.Checkpoint", graph) -> CompactModel:
         "edge_kept_pct": _pct(n_kept, graph.nnz), "emb_kept_pct": _pct(counts.entries_kept, n_nodes * latdim),
         "metrics": recorded_metrics(meta), "select_on": meta.get("select_on"),
         "flags": {k: flags[k] for k in COMPACT_FLAGS if k in flags},
+        "config": {k: v for k, v in (meta.get("config") or {}).items() if k in COMPACT_CONFIG},
     }
     return CompactModel(counts.n_users, counts.n_items, latdim, int(meta["gnn_layer"]), edge_indptr, edge_col, values,
                         emb_bitmap, emb_values, compact_meta)

@@ -8,7 +8,6 @@ ranks them. ``modelTools.py`` and the Python API (``lightgnn.py``) are built on 
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 from dataclasses import dataclass
@@ -18,8 +17,7 @@ import numpy as np
 import torch
 
 import DataHandler as dh
-import Params
-from Utils.config import Build
+from Utils.config import Config
 from Model import LightGCN, model_from_tensors
 from Utils.files import Checkpoint
 from Utils.files.Atomic import atomic_write
@@ -53,19 +51,15 @@ def load_model_file(path: str, role: Optional[str] = None) -> Loaded:
     return Loaded(ckpt, None)
 
 
-def default_flags() -> argparse.Namespace:
-    """The training tool's defaults (for published files, which store no flags)."""
-    return Params.build_parser().parse_args([])
-
-
 def load_data(loaded: Loaded, dataset: Optional[str] = None, data_dir: Optional[str] = None) -> dh.Dataset:
     """The dataset named ``dataset`` under ``data_dir``, each by default the one recorded in the
     checkpoint, checked against the checkpoint (its shapes, then :func:`check_train_split`)."""
-    name = dataset or loaded.flags.get("dataset") or loaded.meta.get("dataset")
+    recorded_name, recorded_dir = Config.recorded_dataset(loaded.meta)
+    name = dataset or recorded_name
     if not name:
         raise ConfigError(f"{loaded.ckpt.path} does not say which dataset it was trained on: pass --dataset")
     if not data_dir:
-        data_dir = loaded.flags.get("data_dir") or default_flags().data_dir
+        data_dir = recorded_dir
         recorded = loaded.meta.get("dataset_path")  # the folder's absolute path at training
         if (not dataset and recorded and not os.path.isdir(dh.dataset_dir(data_dir, name))
                 and os.path.isdir(recorded)):  # a relative --data_dir read from another folder
@@ -95,8 +89,9 @@ def check_train_split(loaded: Loaded, dataset: dh.Dataset) -> None:
                               "the model was trained on") from None
 
 
-def _closure_graph(train, flags: dict) -> dh.Graph:
-    return dh.closure_graph(train, Build.closure_config({**vars(default_flags()), **flags}))
+def _closure_graph(train, loaded: Loaded) -> dh.Graph:
+    """Ĉ as the checkpoint's stage built it (its recorded closure settings)."""
+    return dh.closure_graph(train, Config.recorded_section(loaded.meta, "closure"))
 
 
 def model_graph(loaded: Loaded, dataset: dh.Dataset, choice: str = "auto") -> Tuple[dh.Graph, str]:
@@ -114,13 +109,13 @@ def model_graph(loaded: Loaded, dataset: dh.Dataset, choice: str = "auto") -> Tu
         if n_edges is None or n_edges == adj.nnz:
             kind = "adjacency"
         else:
-            closure = _closure_graph(dataset.train, loaded.flags)
+            closure = _closure_graph(dataset.train, loaded)
             if n_edges != closure.nnz:
                 raise CheckpointError(
                     f"checkpoint {loaded.ckpt.path} has {n_edges} edge weights, but on dataset {dataset.directory} "
                     f"the graph Â has {adj.nnz} edges and the closure Ĉ {closure.nnz}: another dataset?")
             return closure, "closure"
-    graph = adj if kind == "adjacency" else _closure_graph(dataset.train, loaded.flags)
+    graph = adj if kind == "adjacency" else _closure_graph(dataset.train, loaded)
     if n_edges is not None and n_edges != graph.nnz:
         raise CheckpointError(f"checkpoint {loaded.ckpt.path} has {n_edges} edge weights but the {kind} graph of "
                               f"{dataset.directory} has {graph.nnz} edges (another dataset, or the other graph?)")

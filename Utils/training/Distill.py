@@ -336,8 +336,6 @@ class DistillStage(Stage):
         if not self.group.lead:  # (every process keeps the record's path for its summary)
             return
         meta = self.checkpoint_meta(graph="adjacency" if self.cfg.trainee_is_student else "closure",
-                                    adj_aug_layer=self.flags.get("adj_aug_layer"),
-                                    adj_aug_sample=self.flags.get("adj_aug_sample"),
                                     edge_kept_pct=record.edge_pct, emb_kept_pct=record.emb_pct,
                                     record=record.as_dict())
         Checkpoint.save_checkpoint(record.path, self.model.state_dict(), meta)

@@ -29,10 +29,11 @@ import numpy as np
 import torch
 
 from Utils.runtime import Parallel, Runtime
+from Utils.config import Config
 from Utils.config.Config import recorded_flags
 from Utils.files import History
 from Utils.files.Atomic import os_error_reason
-from Utils.runtime.Errors import (CheckpointError, DataError, NonFiniteError, discard_closed_stdout, interrupt_exit_code,
+from Utils.runtime.Errors import (CheckpointError, NonFiniteError, discard_closed_stdout, interrupt_exit_code,
                           stdout_may_drop)
 from Utils.objective.Losses import bpr_loss
 from Utils.runtime.Parallel import SOLO, Group
@@ -361,7 +362,8 @@ class Stage:
         return {"stage": self.stage_name, "role": self.role, "model_class": self.model_class, "dataset": data.dataset,
                 "data_dir": data.data_dir, "dataset_path": os.path.abspath(dataset.directory), "train_fingerprint": dataset.fingerprint, "n_users": dataset.n_users,
                 "n_items": dataset.n_items, "latdim": data.latdim, "gnn_layer": data.gnn_layer,
-                "n_edges": self.graph.nnz, **extra, "select_on": self.select_on, "flags": self.flags}
+                "n_edges": self.graph.nnz, **extra, "select_on": self.select_on,
+                "config": Config.record(self.cfg), "flags": self.flags}
 
     def resume_payload(self, epoch: int, stopped: bool, **extra) -> Dict:
         """What the resume file holds after ``epoch``; ``extra``: the stage's records and generators."""
