@@ -292,51 +292,70 @@ _GPU_HELP = ('GPU id(s) written to CUDA_VISIBLE_DEVICES before CUDA starts '
              '(published default: 2; ignored unless given, so the environment\'s '
              'CUDA_VISIBLE_DEVICES applies)')
 
-# Our flags, by group: the additions, then the time-to-quality levers (each off by default).
-ADDED, LEVERS = ('additions (not in the published tool)',
-                 'time-to-quality levers (each off by default; the defaults are the published method)')
-OUR_FLAGS = (  # group, flag, argparse options, help (one flag per line)
-    (ADDED, 'data_dir', dict(type=str, default=Config.DEFAULT_DATA_DIR, metavar='DIR'), 'folder holding sparse_NAME/ dataset folders (default: %(default)s)'),
-    (ADDED, 'select_on', dict(choices=('val', 'test'), default=None), 'split that chooses checkpoints and "best" records (default: val when valMat.pkl exists, else test as published)'),
-    (ADDED, 'device', dict(choices=('auto', 'cpu', 'cuda'), default='auto'), 'where to run; auto = cuda when available (default: %(default)s)'),
-    (ADDED, 'threads', dict(type=int, default=0, metavar='INT'), 'CPU threads for torch and the Numba kernels; 0 = the libraries\' default (default: %(default)s)'),
-    (ADDED, 'deterministic', dict(type=str2bool, default=True, metavar='BOOL'), 'use only kernels whose sums do not depend on thread timing (torch.use_deterministic_algorithms), so that a rerun with the same seed, threads and machine writes identical files; False allows faster non-deterministic CUDA kernels (default: %(default)s)'),
-    (ADDED, 'plots', dict(type=str2bool, default=True, metavar='BOOL'), 'stage 3: draw <his_save_path>_training.png and _tradeoff.png at the end (default: %(default)s)'),
-    (ADDED, 'resume', dict(type=str2bool, default=False, metavar='BOOL'), 'continue the run whose <model_save_path>_last.ckpt (written after every epoch) is there, exactly as if it had not stopped; the same flags, except how long and where it runs (default: %(default)s)'),
-    (ADDED, 'overwrite', dict(type=str2bool, default=False, metavar='BOOL'), 'replace the outputs of an earlier run of the same stage at --model_save_path/--his_save_path: once every input is checked, its history, _last.ckpt, checkpoints and reports are removed together, before the first epoch; without it (or --resume) a stage refuses to start there. Never replaces a file the stage reads or another stage\'s outputs (default: %(default)s)'),
-    (ADDED, 'block_mb', dict(type=float, default=1024.0, metavar='MB'), 'stages 2-3 on a GPU: memory budget of one block of the all-node contrastive kernels; each term multiplies its whole anchor set against column blocks of at most this size (on the CPU the blocks are 256 x 4096, cache-sized) (default: %(default)s)'),
-    (ADDED, 'learn_edge_weights', dict(type=str2bool, default=True, metavar='BOOL'), 'stages 2-3: the trainee learns its edge weights (adj_mask1_train), as published; False propagates with binary weights, 1 on every kept edge and never trained (the paper\'s BnEdge ablation: pruning then ranks edges by the other terms of the edge score; the runs fill the "without edge weights" records) (default: %(default)s)'),
-    (ADDED, 'reg_batch', dict(type=str2bool, default=False, metavar='BOOL'), 'stage 1: apply --reg as LightGCN does, to the batch\'s layer-0 rows only: reg * 1/2 * mean over the batch of the squared norms of the user, positive and negative item embeddings, instead of reg * the squared norms of the whole tables (default: %(default)s)'),
-    (LEVERS, 'patience', dict(type=int, default=0, metavar='N'), 'end stage-1 training, or a stage-2/3 pruning run, after N evaluations without a new best on the selection split; the best point is what is kept and carried (0 = off, every epoch runs; default: %(default)s)'),
-    (LEVERS, 'contrast_candidates', dict(type=int, default=0, metavar='K'), 'stages 2-3: estimate every sum over a whole user/item table in the embedding-level KD, auxiliary denominator and subspace (v3) terms from K rows drawn per batch, scaled by table size / K (an unbiased estimate of each sum, but not of its log, the loss, nor of the gradient); K >= the table size is exact (0 = exact, the published objective; default: %(default)s)'),
-    (LEVERS, 'contrast_estimator', dict(choices=('uniform', 'adaptive'), default='uniform'), 'stages 2-3, with --contrast_candidates K: how the all-node sums use their K rows. uniform: the plain scaled sample; adaptive: gradients close to the exact ones at about 1.5-2x the cost: the auxiliary-denominator and subspace sums add a second-order control variate summed over the whole table in closed form (the K rows estimate only what it leaves), and the embedding-level KD sums over each group of anchors the table clusters that carry 90 %% of its weight exactly and samples the other rows at rate K/table size (docs/method.md#adaptive-all-node-sums; default: %(default)s)'),
-    (LEVERS, 'init_from_supervisor', dict(type=str2bool, default=False, metavar='BOOL'), 'stages 2-3: the first pruning run starts the trainee\'s layer-0 embeddings from the supervisor\'s (teacher or intermediate model, masked) instead of Xavier initialisation; ignored when a break point is loaded (default: %(default)s)'),
-    (LEVERS, 'emb_prune_score', dict(choices=ENTRY_SCORES, default='magnitude'), 'stage 3: how each pruning step ranks the live embedding entries it removes the lowest --pruning_percent_emb of: magnitude |e| (the published step) or taylor |e * g|, g the gradient of the BPR loss averaged over one epoch of train triples (one uniform negative each) at the point being pruned, the first-order change of that loss when the entry is zeroed; costs one propagation forward and back per step and draws one epoch of negatives (default: %(default)s)'),
-    (LEVERS, 'use_dynamic_lr', dict(type=str2bool, default=False, metavar='BOOL'), 'stages 2-3: take each pruning run\'s Adam learning rate from --lr_list[run] instead of --lr, e.g. a lower rate for the runs that fine-tune an already trained, freshly pruned model (default: %(default)s)'),
-    (LEVERS, 'lr_list', dict(type=float_list, default=None, metavar='FLOATS'), 'per-run learning rates, indexed by pruning run like --epoch_list (comma-separated; used with --use_dynamic_lr=True; default: --lr for every run)'),
+# Our flags, in the same row format: the additions, then the time-to-quality levers (each off by
+# default; the defaults are the published method). A kind that is a tuple lists the choices.
+ADDED_FLAGS = (
+    ('data_dir', 'str', Config.DEFAULT_DATA_DIR,
+     'folder holding sparse_NAME/ dataset folders'),
+    ('select_on', ('val', 'test'), None,
+     'split that chooses checkpoints and "best" records (default: val when valMat.pkl exists, else test as published)'),
+    ('device', ('auto', 'cpu', 'cuda'), 'auto',
+     'where to run; auto = cuda when available'),
+    ('threads', 'int', 0,
+     "CPU threads for torch and the Numba kernels; 0 = the libraries' default"),
+    ('deterministic', 'bool', True,
+     'use only kernels whose sums do not depend on thread timing (torch.use_deterministic_algorithms), so that a rerun with the same seed, threads and machine writes identical files; False allows faster non-deterministic CUDA kernels'),
+    ('plots', 'bool', True,
+     'stage 3: draw <his_save_path>_training.png and _tradeoff.png at the end'),
+    ('resume', 'bool', False,
+     'continue the run whose <model_save_path>_last.ckpt (written after every epoch) is there, exactly as if it had not stopped; the same flags, except how long and where it runs'),
+    ('overwrite', 'bool', False,
+     "replace the outputs of an earlier run of the same stage at --model_save_path/--his_save_path: once every input is checked, its history, _last.ckpt, checkpoints and reports are removed together, before the first epoch; without it (or --resume) a stage refuses to start there. Never replaces a file the stage reads or another stage's outputs"),
+    ('block_mb', 'float', 1024.0,
+     'stages 2-3 on a GPU: memory budget of one block of the all-node contrastive kernels; each term multiplies its whole anchor set against column blocks of at most this size (on the CPU the blocks are 256 x 4096, cache-sized)'),
+    ('learn_edge_weights', 'bool', True,
+     'stages 2-3: the trainee learns its edge weights (adj_mask1_train), as published; False propagates with binary weights, 1 on every kept edge and never trained (the paper\'s BnEdge ablation: pruning then ranks edges by the other terms of the edge score; the runs fill the "without edge weights" records)'),
+    ('reg_batch', 'bool', False,
+     "stage 1: apply --reg as LightGCN does, to the batch's layer-0 rows only: reg * 1/2 * mean over the batch of the squared norms of the user, positive and negative item embeddings, instead of reg * the squared norms of the whole tables"),
 )
+LEVER_FLAGS = (
+    ('patience', 'int', 0,
+     'end stage-1 training, or a stage-2/3 pruning run, after N evaluations without a new best on the selection split; the best point is what is kept and carried (0 = off, every epoch runs)'),
+    ('contrast_candidates', 'int', 0,
+     'stages 2-3: estimate every sum over a whole user/item table in the embedding-level KD, auxiliary denominator and subspace (v3) terms from K rows drawn per batch, scaled by table size / K (an unbiased estimate of each sum, but not of its log, the loss, nor of the gradient); K >= the table size is exact (0 = exact, the published objective)'),
+    ('contrast_estimator', ('uniform', 'adaptive'), 'uniform',
+     'stages 2-3, with --contrast_candidates K: how the all-node sums use their K rows. uniform: the plain scaled sample; adaptive: gradients close to the exact ones at about 1.5-2x the cost: the auxiliary-denominator and subspace sums add a second-order control variate summed over the whole table in closed form (the K rows estimate only what it leaves), and the embedding-level KD sums over each group of anchors the table clusters that carry 90 %% of its weight exactly and samples the other rows at rate K/table size (docs/method.md#adaptive-all-node-sums)'),
+    ('init_from_supervisor', 'bool', False,
+     "stages 2-3: the first pruning run starts the trainee's layer-0 embeddings from the supervisor's (teacher or intermediate model, masked) instead of Xavier initialisation; ignored when a break point is loaded"),
+    ('emb_prune_score', ENTRY_SCORES, 'magnitude',
+     'stage 3: how each pruning step ranks the live embedding entries it removes the lowest --pruning_percent_emb of: magnitude |e| (the published step) or taylor |e * g|, g the gradient of the BPR loss averaged over one epoch of train triples (one uniform negative each) at the point being pruned, the first-order change of that loss when the entry is zeroed; costs one propagation forward and back per step and draws one epoch of negatives'),
+    ('use_dynamic_lr', 'bool', False,
+     "stages 2-3: take each pruning run's Adam learning rate from --lr_list[run] instead of --lr, e.g. a lower rate for the runs that fine-tune an already trained, freshly pruned model"),
+    ('lr_list', 'float_list', None,
+     'per-run learning rates, indexed by pruning run like --epoch_list (comma-separated; used with --use_dynamic_lr=True; default: --lr for every run)'),
+)
+FLAG_GROUPS = (('flags of the published tool', PUBLISHED_FLAGS),
+               ('additions (not in the published tool)', ADDED_FLAGS),
+               ('time-to-quality levers (each off by default; the defaults are the published method)', LEVER_FLAGS))
 
 
 def build_parser(prog=None):
-    """The argparse parser of both entry points (every published flag, then ours)."""
+    """The argparse parser of both entry points: every flag of :data:`FLAG_GROUPS`, one row format."""
     parser = OneLineErrorParser(
         prog=prog, allow_abbrev=False, formatter_class=_HelpFormatter,
         description='LightGNN: distillation-based pruning of GNN recommenders '
                     '(stage 1 pretrainTeacher.py, stages 2-3 Main.py).')
-    published = parser.add_argument_group('flags of the published tool')
-    for name, kind, default, text in PUBLISHED_FLAGS:
-        if name == 'gpu':
-            published.add_argument('--gpu', type=str, default=None, metavar='IDS', help=_GPU_HELP)
-            continue
-        if isinstance(default, list):
-            default = list(default)  # never share a mutable default between parses
-        published.add_argument(
-            f'--{name}', type=_TYPES[kind], default=default, metavar=_METAVARS.get(kind),
-            help=f'{text} (default: %(default)s)')
-
-    groups = {title: parser.add_argument_group(title) for title in (ADDED, LEVERS)}
-    for title, name, options, text in OUR_FLAGS:
-        groups[title].add_argument(f'--{name}', **options, help=text)
+    for title, rows in FLAG_GROUPS:
+        group = parser.add_argument_group(title)
+        for name, kind, default, text in rows:
+            if name == 'gpu':
+                group.add_argument('--gpu', type=str, default=None, metavar='IDS', help=_GPU_HELP)
+                continue
+            if isinstance(default, list):
+                default = list(default)  # never share a mutable default between parses
+            options = (dict(choices=kind) if isinstance(kind, tuple)
+                       else dict(type=_TYPES[kind], metavar=_METAVARS.get(kind)))
+            group.add_argument(f'--{name}', default=default, help=f'{text} (default: %(default)s)', **options)
     return parser
 
 
