@@ -25,16 +25,15 @@ from Utils.training.Training import open_run, run_stage
 
 
 def main(args) -> int:
-    device, log, group = open_run(Build.runtime_config(args), Params.format_args(args),
-                                  Build.history_file(args.his_save_path))
-    cfg = Build.distill_config(args, device)
-    stage = DistillStage.from_files(cfg, device, log, group)  # reads and checks every input first
-    status = run_stage(stage, log, group)
-    if status == 0 and cfg.trainee_is_student and args.plots and group.lead:
+    ctx = open_run(Build.runtime_config(args), Params.format_args(args), Build.history_file(args.his_save_path))
+    cfg = Build.distill_config(args, ctx.device)
+    stage = DistillStage.from_files(cfg, ctx)  # reads and checks every input first
+    status = run_stage(stage)
+    if status == 0 and cfg.trainee_is_student and args.plots and ctx.group.lead:
         from Utils.tools import Plots  # matplotlib is loaded only when plots are drawn
 
         Plots.plot_after_training(args.his_save_path, cfg.middle_path, args.topk,
-                                  lambda line: log.line(line, stamp=False))
+                                  lambda line: ctx.log.line(line, stamp=False))
     return status
 
 

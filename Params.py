@@ -11,10 +11,8 @@ before anything runs) and the frozen configs the flags become are built by
 An entry point (``Main.py``)::
 
     def main(args):
-        device, log, group = open_run(Build.runtime_config(args), Params.format_args(args),
-                                      Build.history_file(args.his_save_path))
-        stage = DistillStage.from_files(Build.distill_config(args, device), device, log, group)
-        return run_stage(stage, log, group)
+        ctx = open_run(Build.runtime_config(args), Params.format_args(args), Build.history_file(args.his_save_path))
+        return run_stage(DistillStage.from_files(Build.distill_config(args, ctx.device), ctx))
 
     if __name__ == '__main__':
         sys.exit(Params.run_cli(main, stage='main'))   # or stage='teacher'

@@ -18,10 +18,8 @@ from Utils.training.Training import open_run, run_stage
 
 
 def main(args) -> int:
-    device, log, group = open_run(Build.runtime_config(args), Params.format_args(args),
-                                  Build.history_file(args.his_save_path))
-    stage = TeacherStage.from_files(Build.teacher_config(args), device, log, group)
-    return run_stage(stage, log, group)
+    ctx = open_run(Build.runtime_config(args), Params.format_args(args), Build.history_file(args.his_save_path))
+    return run_stage(TeacherStage.from_files(Build.teacher_config(args), ctx))
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from Utils.objective import Losses
 from Utils.runtime.Errors import ConfigError
 from Utils.training.Distill import DistillStage, FrozenModels, frozen_outputs
 from Utils.files.History import read_history
-from Utils.training.Training import RunLog
+from Utils.training.Training import RunContext, RunLog
 from Model import LightGCN
 
 
@@ -173,8 +173,8 @@ def test_a_stage_with_the_adaptive_estimator_rebuilds_its_profiles_each_epoch_an
         out = frozen_outputs(teacher, adj)
         frozen = FrozenModels(supervisor=out, layer0=teacher.layer0().detach(), teacher=out)
         cfg = Build.distill_config(args)
-        stage = DistillStage(cfg, dataset, adj, frozen, RunLog(cfg.outputs.history_file, stream=io.StringIO()),
-                             torch.device("cpu"))
+        stage = DistillStage(cfg, dataset, adj, frozen,
+                             RunContext(torch.device("cpu"), RunLog(cfg.outputs.history_file, stream=io.StringIO())))
         stage.run()
         return [row["loss"]["total"] for row in read_history(cfg.outputs.history_file)]
 

@@ -14,7 +14,7 @@ from Utils.kernels import Kernels as K
 from Utils.objective import Losses as L
 from Utils.kernels import MaskPairs
 from Utils.config.Config import Loop
-from Utils.training.Training import EarlyStopper, RunLog, Stage
+from Utils.training.Training import EarlyStopper, RunLog, Stage, TrainRun
 
 
 def _batch_inputs(seed=0, n_users=37, n_items=29, d=8):
@@ -183,21 +183,20 @@ def test_early_stopper_counts_evaluations_since_the_best():
 class ScriptedStage(Stage):
     """A stage whose evaluations return scripted Recall values (no data, no model)."""
 
-    def __init__(self, log, values, patience):
-        self.log, self.select_on, self.row_info = log, "val", {"stage": "teacher"}
-        self.cfg = SimpleNamespace(loop=Loop(tst_every=1, patience=patience))
-        self.stopper = EarlyStopper(patience)
+    def __init__(self, log, values):
+        self.log, self.select_on = log, "val"
+        self.cfg = SimpleNamespace(loop=Loop(tst_every=1))
         self.values, self.trained, self.evaluated = iter(values), [], []
 
-    def train_one_epoch(self):
+    def train_one_epoch(self, trainee):
         self.trained.append(1)
         return {"total": 0.0, "main": 0.0}
 
-    def evaluate(self):
+    def evaluate(self, trainee):
         v = next(self.values)
         return {"test": {"Recall": v, "NDCG": v}, "val": {"Recall": v, "NDCG": v}}
 
-    def keep(self, epoch, results):
+    def keep(self, epoch, results, trainee):
         self.evaluated.append(epoch)
         return []
 
@@ -206,8 +205,8 @@ def test_fit_stops_at_the_expected_epoch(tmp_path):
     lines = []
     log = RunLog(str(tmp_path / "h.his"))
     log.line = lambda message, stamp=True: lines.append(message)
-    stage = ScriptedStage(log, [0.1, 0.4, 0.3, 0.35, 0.2, 0.9], patience=3)
-    stage.fit(6)
+    stage = ScriptedStage(log, [0.1, 0.4, 0.3, 0.35, 0.2, 0.9])
+    stage.fit(TrainRun(None, None, None, EarlyStopper(3), labels={"stage": "teacher"}), 6)
     trained, evaluated = stage.trained, stage.evaluated
     assert evaluated == [0, 1, 2, 3, 4] and len(trained) == 5  # 3 evaluations after the best at epoch 1
     assert any(line.startswith("Early stop after epoch 4/6") and "best 0.40000 at epoch 1" in line for line in lines)

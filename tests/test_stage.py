@@ -21,7 +21,7 @@ from Utils.objective.Losses import KDConfig
 from Utils.objective.Pruning import PruneConfig
 from Utils.training.Teacher import TeacherStage
 from Utils.files.History import read_history
-from Utils.training.Training import RunLog
+from Utils.training.Training import RunContext, RunLog
 
 
 @pytest.fixture
@@ -51,7 +51,7 @@ def test_a_student_stage_built_in_memory_trains_one_epoch_and_keeps_its_record(t
     cfg = DistillConfig(role="student", runs=(run,), top_range=500, init_from_supervisor=True,
                         **_common(tiny_dir, tmp_path / "stu"))
     log = RunLog(cfg.outputs.history_file, stream=io.StringIO())
-    stage = DistillStage(cfg, dataset, adj, frozen, log, torch.device("cpu"))
+    stage = DistillStage(cfg, dataset, adj, frozen, RunContext(torch.device("cpu"), log))
     assert torch.equal(stage.first_state["uEmbeds"], teacher.uEmbeds.detach())  # --init_from_supervisor
 
     stage.run()
@@ -73,8 +73,8 @@ def test_a_student_stage_built_in_memory_trains_one_epoch_and_keeps_its_record(t
 def test_a_teacher_stage_built_in_memory_keeps_the_best_of_its_epochs(tiny_dir, tiny_split, tmp_path):
     dataset, adj = tiny_split
     cfg = TeacherConfig(epochs=2, lr=1e-2, reg=1e-6, **_common(tiny_dir, tmp_path / "tea"))
-    stage = TeacherStage(cfg, dataset, adj, RunLog(cfg.outputs.history_file, stream=io.StringIO()),
-                         torch.device("cpu"))
+    stage = TeacherStage(cfg, dataset, adj,
+                         RunContext(torch.device("cpu"), RunLog(cfg.outputs.history_file, stream=io.StringIO())))
     stage.run()
     rows = read_history(cfg.outputs.history_file)
     best = max(rows, key=lambda row: row["metrics"]["val"]["Recall"])
@@ -115,7 +115,7 @@ def _stage_from_flags(tiny_dir, tiny_split, tmp_path, *flags):
     out = frozen_outputs(teacher, adj)
     frozen = FrozenModels(supervisor=out, layer0=teacher.layer0().detach(), teacher=out)
     log = RunLog(cfg.outputs.history_file, stream=io.StringIO())
-    return DistillStage(cfg, dataset, adj, frozen, log, torch.device("cpu"))
+    return DistillStage(cfg, dataset, adj, frozen, RunContext(torch.device("cpu"), log))
 
 
 def _losses(stage):
@@ -155,12 +155,12 @@ def test_random_pruning_flags_reach_the_pruning_step(tiny_dir, tiny_split, tmp_p
         stage = _stage_from_flags(tiny_dir, tiny_split, tmp_path / folder, "--PRUNING_END=2",
                                   "--pruning_percent_adj=0.2", "--pruning_percent_emb=0.25", *flags)
         stage.run()
-        return stage.records["w2"], stage.current, stage.graph.nnz
+        return stage.records["w2"], stage.log.history_rows()[-1], stage.graph.nnz  # (the last run's labels)
 
     magnitude, _, _ = pruned("a")
     random, run2, n = pruned("b", "--use_adj_random_pruning=True", "--use_emb_random_pruning=True")
-    assert (run2.index, run2.emb_pct) == (2, 75.0)  # floor(pct * survivors) removed
-    assert run2.edge_pct == pytest.approx(100 * (n - int(0.2 * n)) / n)
+    assert (run2["prn_run"], run2["emb_kept_pct"]) == (2, 75.0)  # floor(pct * survivors) removed
+    assert run2["edge_kept_pct"] == pytest.approx(100 * (n - int(0.2 * n)) / n)
     mag = Checkpoint.load_checkpoint(magnitude.path).tensors
     rnd = Checkpoint.load_checkpoint(random.path).tensors
     assert not torch.equal(mag["adj_mask2_fixed"], rnd["adj_mask2_fixed"])
@@ -176,9 +176,10 @@ def test_binary_edge_weights_stay_one_on_kept_edges_and_fill_the_fixed_weight_re
                               "--learn_edge_weights=False")
     assert not stage.cfg.learn_edge_weights
     stage.run()
-    assert stage.current.index == 2 and stage.current.kind == "Fixed Mask"
+    last_run = stage.log.history_rows()[-1]
+    assert last_run["prn_run"] == 2 and last_run["kind"] == "Fixed Mask"
     assert stage.records["w"].path is None and stage.records["wo"].path is not None
-    assert stage.current.edge_pct < 100.0  # run 2 was pruned
+    assert last_run["edge_kept_pct"] < 100.0  # run 2 was pruned
     for record in ("wo", "wo2"):
         tensors = Checkpoint.load_checkpoint(stage.records[record].path).tensors
         assert torch.equal(tensors["adj_mask1_train"], tensors["adj_mask2_fixed"])

@@ -27,7 +27,7 @@ from Utils.objective.Estimators import TableProfile
 from Utils.kernels.Kernels import subspace_pair_index
 from Utils.objective.Losses import KDConfig, Supervisor, Trainee, draw_batch, kd_objective
 from Utils.runtime.Parallel import SOLO, Group
-from Utils.training.Training import EarlyStopper, Record, RunLog, Stage, mean_bpr_gradient, timer
+from Utils.training.Training import EarlyStopper, Record, RunContext, RunLog, Stage, TrainRun, mean_bpr_gradient, timer
 
 
 # ----------------------------------------------------------------------------- frozen models
@@ -238,15 +238,14 @@ class DistillStage(Stage):
     model_class = "LightGCN_sp"
     interrupted_line = "Interrupted: the records so far are kept"
 
-    def __init__(self, cfg: DistillConfig, dataset, graph, frozen: FrozenModels, log: RunLog, device,
-                 group: Group = SOLO, start: Optional[DistillStart] = None):
-        self.role = cfg.role
-        self.stage_name = "student" if cfg.trainee_is_student else "intermediate"
-        super().__init__(cfg, dataset, graph, log, device, group)
+    def __init__(self, cfg: DistillConfig, dataset, graph, frozen: FrozenModels, ctx: RunContext,
+                 start: Optional[DistillStart] = None):
+        super().__init__(cfg, dataset, graph, ctx, role=cfg.role,
+                         stage_name="student" if cfg.trainee_is_student else "intermediate")
+        log = ctx.log
         self.frozen = frozen
         self.records = make_records(cfg.gaps)
         self.generator = torch.Generator().manual_seed(cfg.loop.seed)
-        self.current: Optional[PruningRun] = None
         self.resume = start.resume if start is not None else None
         if self.resume is not None:
             for key, saved in self.resume["records"].items():
@@ -256,9 +255,10 @@ class DistillStage(Stage):
         self.first_state = None if self.resume is not None else self.initial_state(start)
 
     @classmethod
-    def from_files(cls, cfg: DistillConfig, device, log: RunLog, group: Group = SOLO) -> "DistillStage":
+    def from_files(cls, cfg: DistillConfig, ctx: RunContext) -> "DistillStage":
         """Read and check every input (data, supervisors, a break point, a resume file) and the
         outputs it would replace, then build the stage."""
+        log, device = ctx.log, ctx.device
         Resume.check_output_paths(cfg.outputs)
         log.line("Load Data")
         dataset = dh.load_dataset(cfg.data.data_dir, cfg.data.dataset)
@@ -280,7 +280,7 @@ class DistillStage(Stage):
                                n_layers=cfg.data.gnn_layer, warn=lambda line: log.line(line, stamp=False))
             log.line(f"Model Loaded: {cfg.break_point}")
             start.break_point = state_of(model)
-        return cls(cfg, dataset, graph, frozen, log, device, group, start)
+        return cls(cfg, dataset, graph, frozen, ctx, start)
 
     # -- models
     def build_trainee(self, state: Optional[Dict[str, torch.Tensor]]) -> LightGCN_sp:
@@ -329,7 +329,7 @@ class DistillStage(Stage):
                                    generator=self.generator)
 
     # -- records and checkpoints
-    def save_record(self, record: Record) -> None:
+    def save_record(self, record: Record, model: LightGCN_sp) -> None:
         outputs = self.cfg.outputs
         name = f"_{record.suffix}_{int(record.edge_pct)}_{int(record.emb_pct)}"
         record.path = outputs.model_path + name + ".mod"
@@ -338,7 +338,7 @@ class DistillStage(Stage):
         meta = self.checkpoint_meta(graph="adjacency" if self.cfg.trainee_is_student else "closure",
                                     edge_kept_pct=record.edge_pct, emb_kept_pct=record.emb_pct,
                                     record=record.as_dict())
-        Checkpoint.save_checkpoint(record.path, self.model.state_dict(), meta)
+        Checkpoint.save_checkpoint(record.path, model.state_dict(), meta)
         History.save_record(outputs.history_path + name + ".his", {"record": record.as_dict(),
                                                                     "history": self.log.history_rows()})
         self.log.line(f"Model Saved: {outputs.model_path}")
@@ -358,36 +358,35 @@ class DistillStage(Stage):
         """Train one pruning run; return the model's state at its best evaluation (the final
         state when none was evaluated). ``resume``: the resume file of a run stopped within it.
         After every epoch of a run (not of a frozen-mask ``copy``), the resume file is written."""
-        self.model = model
         model.adj_mask1_train.requires_grad_(learn_edges)
-        self.optimizer = Runtime.make_optimizer([p for p in model.parameters() if p.requires_grad], run_cfg.lr)
-        self.loss_fn = DistillLoss(model, self.graph, self.frozen.supervisor, run_cfg.kd, self.cfg.top_range,
-                                   self.generator, self.group)
-        run = self.current = PruningRun(run_cfg.run, learn_edges, n_epochs, model.edge_kept_pct(), model.emb_kept_pct(),
-                                        resumable=not copy)
-        self.stopper = EarlyStopper(self.cfg.loop.patience)
-        self.row_info = {"stage": self.role, "prn_run": run.index, "kind": run.kind,
-                         "edge_kept_pct": run.edge_pct, "emb_kept_pct": run.emb_pct}
+        run = PruningRun(run_cfg.run, learn_edges, n_epochs, model.edge_kept_pct(), model.emb_kept_pct(),
+                         resumable=not copy)
+        trainee = TrainRun(model, Runtime.make_optimizer([p for p in model.parameters() if p.requires_grad], run_cfg.lr),
+                          DistillLoss(model, self.graph, self.frozen.supervisor, run_cfg.kd, self.cfg.top_range,
+                                      self.generator, self.group),
+                          EarlyStopper(self.cfg.loop.patience),
+                          labels={"stage": self.role, "prn_run": run.index, "kind": run.kind,
+                                  "edge_kept_pct": run.edge_pct, "emb_kept_pct": run.emb_pct}, run=run)
         start_epoch = 0
         if resume is not None:
-            self.optimizer.load_state_dict(resume["optimizer"])
+            trainee.optimizer.load_state_dict(resume["optimizer"])
             run.best.restore(resume["run_best"])
             run.best_state = resume["best_state"]
-            self.stopper.load(resume["stopper"])
+            trainee.stopper.load(resume["stopper"])
             Resume.restore_rngs(resume["rngs"], self.rng, self.generator)
             start_epoch = resume["epoch"] + 1
             if resume["stopped"]:  # stopped early: the run is over (one that ran out of epochs may go on)
                 return run.best_state or state_of(model)
-        self.fit(n_epochs, start_epoch)
+        self.fit(trainee, n_epochs, start_epoch)
         return run.best_state or state_of(model)
 
-    def keep(self, epoch: int, results) -> List[str]:
-        run = self.current
+    def keep(self, epoch: int, results, trainee: TrainRun) -> List[str]:
+        run = trainee.run
         improved = run.update(self.records, results[self.select_on]["Recall"], results, epoch)
         if improved is not None:  # a new best of this run: its state is what the run hands on
             for record in improved:
-                self.save_record(record)
-            run.best_state = state_of(self.model)
+                self.save_record(record, trainee.model)
+            run.best_state = state_of(trainee.model)
         sel, best = results[self.select_on], run.best
         what = ("Train Edge Weights & Emb. before Pruning Run" if run.learn_edges
                 else "Train Emb. with Fixed Edge Weights in Pruning Run")
@@ -398,12 +397,12 @@ class DistillStage(Stage):
         lines += [record_line(self.records[key], self.select_on) for key, _, _ in RECORD_SPECS]
         return lines + [""]
 
-    def end_epoch(self, epoch: int, stopped: bool) -> None:
-        run = self.current
+    def end_epoch(self, epoch: int, stopped: bool, trainee: TrainRun) -> None:
+        run = trainee.run
         if not (self.group.lead and run.resumable):  # (the fixed-mask copies are not resumed)
             return
         Resume.save_last(self.cfg.outputs.last_path, self.resume_payload(
-            epoch, stopped, run=run.index, run_best=run.best.as_dict(), best_state=run.best_state,
+            trainee, epoch, stopped, run=run.index, run_best=run.best.as_dict(), best_state=run.best_state,
             records={key: record.as_dict() for key, record in self.records.items()},
             rngs=Resume.capture_rngs(self.rng, self.generator)))
 

@@ -21,7 +21,7 @@ from Utils.runtime.Errors import DataError
 from Utils.runtime.Parallel import SOLO, Group
 from Utils.objective.Losses import batch_embedding_reg, bpr_loss, embedding_reg
 from Utils.files.History import read_history
-from Utils.training.Training import Record, RunLog, Stage, format_metrics
+from Utils.training.Training import EarlyStopper, Record, RunContext, Stage, TrainRun, format_metrics
 
 
 def teacher_loss(model: LightGCN, graph, reg: float, group: Group = SOLO, reg_batch: bool = False):
@@ -98,24 +98,30 @@ class TeacherStage(Stage):
     role = stage_name = "teacher"
     interrupted_line = "Interrupted: the best checkpoint so far is kept"
 
-    def __init__(self, cfg: TeacherConfig, dataset, graph, log: RunLog, device, group: Group = SOLO,
-                 start: Optional[TeacherStart] = None):
-        super().__init__(cfg, dataset, graph, log, device, group)
+    def __init__(self, cfg: TeacherConfig, dataset, graph, ctx: RunContext, start: Optional[TeacherStart] = None):
+        super().__init__(cfg, dataset, graph, ctx)
         self.start = start or TeacherStart()
-        self.model = LightGCN(dataset.n_users, dataset.n_items, cfg.data.latdim, cfg.data.gnn_layer).to(device)
         self.record = Record(title=self.select_on)
         self.save_path = cfg.outputs.model_path + ".mod"
         self.start_epoch = 0
-        if self.start.weights is not None:
-            self.model.load_state_dict(self.start.weights)
         if self.start.resume is not None:
-            self.model.load_state_dict(self.start.resume["model"])
             self.record.restore(self.start.resume["record"])
 
+    def build_model(self) -> LightGCN:
+        """The teacher at its starting point: Xavier, ``--load_model_tea``'s weights, or the resumed run's."""
+        data = self.cfg.data
+        model = LightGCN(self.dataset.n_users, self.dataset.n_items, data.latdim, data.gnn_layer).to(self.device)
+        if self.start.weights is not None:
+            model.load_state_dict(self.start.weights)
+        if self.start.resume is not None:
+            model.load_state_dict(self.start.resume["model"])
+        return model
+
     @classmethod
-    def from_files(cls, cfg: TeacherConfig, device, log: RunLog, group: Group = SOLO) -> "TeacherStage":
+    def from_files(cls, cfg: TeacherConfig, ctx: RunContext) -> "TeacherStage":
         """Read and check every input (data, ``--load_model_tea``/``--load_his_tea``, a resume file)
         and the outputs it would replace, then build the stage."""
+        log, device = ctx.log, ctx.device
         Resume.check_output_paths(cfg.outputs)
         log.line("Load Data")
         dataset = dh.load_dataset(cfg.data.data_dir, cfg.data.dataset)
@@ -144,7 +150,7 @@ class TeacherStage(Stage):
             start.resume = Resume.load_last(cfg.outputs.last_path, "teacher", dataset.fingerprint, flags)
             start.history = start.resume["history"]
             log.line(f"Resuming after epoch {start.resume['epoch']} from {cfg.outputs.last_path}")
-        return cls(cfg, dataset, graph, log, device, group, start)
+        return cls(cfg, dataset, graph, ctx, start)
 
     def start_history(self) -> None:
         """Replace the output history (holding a resumed run's rows first); restore the record."""
@@ -168,31 +174,33 @@ class TeacherStage(Stage):
 
     def run(self) -> None:
         self.start_history()
+        model = self.build_model()
         self.log.line("Model Prepared")
-        self.optimizer = Runtime.make_optimizer(self.model.parameters(), self.cfg.lr)
-        self.loss_fn = teacher_loss(self.model, self.graph, self.cfg.reg, self.group, self.cfg.reg_batch)
+        trainee = TrainRun(model, Runtime.make_optimizer(model.parameters(), self.cfg.lr),
+                          teacher_loss(model, self.graph, self.cfg.reg, self.group, self.cfg.reg_batch),
+                          EarlyStopper(self.cfg.loop.patience), labels={"stage": self.role})
         resume = self.start.resume
         if resume is not None:
-            self.optimizer.load_state_dict(resume["optimizer"])
-            self.stopper.load(resume["stopper"])
+            trainee.optimizer.load_state_dict(resume["optimizer"])
+            trainee.stopper.load(resume["stopper"])
             Resume.restore_rngs(resume["rngs"], self.rng)
             if resume["stopped"]:
                 self.log.line("The resumed run had stopped early: nothing left to train")
                 return
-        self.fit(self.cfg.epochs, self.start_epoch)
+        self.fit(trainee, self.cfg.epochs, self.start_epoch)
 
-    def keep(self, epoch: int, results) -> List[str]:
+    def keep(self, epoch: int, results, trainee: TrainRun) -> List[str]:
         if not self.record.update(results[self.select_on]["Recall"], results, epoch):
             return []
         if self.group.lead:
-            Checkpoint.save_checkpoint(self.save_path, self.model.state_dict(), self.meta())
+            Checkpoint.save_checkpoint(self.save_path, trainee.model.state_dict(), self.meta())
         self.log.line(f"Model Saved: {self.cfg.outputs.model_path}")
         return ["#################best for now###########################", best_line(self.record)]
 
-    def end_epoch(self, epoch: int, stopped: bool) -> None:
+    def end_epoch(self, epoch: int, stopped: bool, trainee: TrainRun) -> None:
         if self.group.lead:
             Resume.save_last(self.cfg.outputs.last_path, self.resume_payload(
-                epoch, stopped, record=self.record.as_dict(), rngs=Resume.capture_rngs(self.rng)))
+                trainee, epoch, stopped, record=self.record.as_dict(), rngs=Resume.capture_rngs(self.rng)))
 
     def summary(self) -> List[str]:
         lines = ["#########################Final Best Acc###########################", best_line(self.record)]

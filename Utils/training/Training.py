@@ -23,10 +23,12 @@ import os
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterable, List, Optional
+from typing import Any, Callable, Dict, Iterable, List, Optional
 
 import numpy as np
 import torch
+
+import DataHandler as dh
 
 from Utils.runtime import Parallel, Runtime
 from Utils.config import Config
@@ -37,6 +39,7 @@ from Utils.runtime.Errors import (CheckpointError, NonFiniteError, discard_close
                           stdout_may_drop)
 from Utils.objective.Losses import bpr_loss
 from Utils.runtime.Parallel import SOLO, Group
+from Utils.training.Metrics import Evaluator
 
 
 # ----------------------------------------------------------------------------- logging
@@ -250,61 +253,81 @@ class EvalSuite:
         return results
 
 
+@dataclass(frozen=True)
+class RunContext:
+    """Where a stage runs and reports: the one device, the console and history log, and the process
+    group (one process, or a torchrun group: :mod:`Utils.runtime.Parallel`). :func:`open_run` makes it."""
+
+    device: torch.device
+    log: "RunLog"
+    group: Group = SOLO
+
+
+@dataclass
+class TrainRun:
+    """What one pass of :meth:`Stage.fit` trains: the model, its optimiser, the per-batch loss
+    (:func:`train_epoch`), the early stopper, the labels of its history rows, and ``run``, the
+    stage's own state of this pass (stages 2-3: the pruning run's bests; the teacher: None)."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    loss_fn: Callable
+    stopper: "EarlyStopper"
+    labels: Dict
+    run: Any = None
+
+
 class Stage:
     """What every stage shares: its data, the epoch loop (:meth:`fit`) and the record-keeping hooks.
 
     A stage is constructed from objects (its frozen config, the dataset, the graph it trains
-    on); each subclass's ``from_files`` reads those from disk first. Before :meth:`fit` the
-    subclass sets :attr:`model`, :attr:`optimizer`, :attr:`loss_fn` (per batch, see
-    :func:`train_epoch`) and :attr:`stopper`; it overrides :meth:`keep` (what an evaluation
-    changes in its records, and the lines printed after it) and :meth:`end_epoch` (its resume
-    file). :meth:`checkpoint_meta` and :meth:`resume_payload` build what every checkpoint and
-    resume file of a stage holds.
+    on, the :class:`RunContext`); each subclass's ``from_files`` reads those from disk first.
+    :meth:`fit` trains one :class:`TrainRun` (the teacher one, stages 2-3 one per pruning run) and
+    hands it to the hooks a subclass overrides: :meth:`keep` (what an evaluation changes in its
+    records, and the lines printed after it) and :meth:`end_epoch` (its resume file).
+    :meth:`checkpoint_meta` and :meth:`resume_payload` build what every checkpoint and resume
+    file of a stage holds.
     """
 
     role = stage_name = "teacher"  # the role (``Utils.files.Checkpoint``) and the stage a checkpoint records
     model_class = "LightGCN"
     interrupted_line = "Interrupted: the records so far are kept"
 
-    def __init__(self, cfg, dataset, graph, log: RunLog, device, group: Group = SOLO):
-        import DataHandler as dh
-
-        self.cfg, self.dataset, self.graph, self.log, self.device, self.group = cfg, dataset, graph, log, device, group
+    def __init__(self, cfg, dataset, graph, ctx: RunContext, role: Optional[str] = None,
+                 stage_name: Optional[str] = None):
+        self.cfg, self.dataset, self.graph, self.ctx = cfg, dataset, graph, ctx
+        self.log, self.device, self.group = ctx.log, ctx.device, ctx.group
+        self.role, self.stage_name = role or type(self).role, stage_name or type(self).stage_name
         self.select_on = cfg.evaluation.split(dataset.val is not None, cfg.data.folder)
         self.flags = recorded_flags(cfg.flags, self.select_on)
         self.sampler = dh.NegativeSampler(dataset.train)
         self.suite = build_eval_suite(dataset, cfg.evaluation.topk, cfg.evaluation.batch_users, self.select_on,
-                                      device, log, group)
+                                      ctx.device, ctx.log, ctx.group)
         self.rng = np.random.default_rng(cfg.loop.seed)
-        self.model: Optional[torch.nn.Module] = None
-        self.optimizer: Optional[torch.optim.Optimizer] = None
-        self.loss_fn: Optional[Callable] = None
-        self.stopper = EarlyStopper(cfg.loop.patience)
-        self.row_info: Dict = {"stage": self.role}  # the history row's labels
 
     # -- one epoch's parts
-    def train_one_epoch(self) -> Dict[str, float]:
-        self.model.train()
-        if hasattr(self.loss_fn, "start_epoch"):  # (a loss that keeps per-epoch state: Utils.training.Distill.DistillLoss)
-            self.loss_fn.start_epoch()
+    def train_one_epoch(self, trainee: TrainRun) -> Dict[str, float]:
+        trainee.model.train()
+        if hasattr(trainee.loss_fn, "start_epoch"):  # (a loss with per-epoch state: Utils.training.Distill.DistillLoss)
+            trainee.loss_fn.start_epoch()
         batch = self.cfg.loop.batch
-        return train_epoch(self.loss_fn, self.sampler.epoch_batches(self.rng, batch), self.sampler.n_batches(batch),
-                           self.optimizer, self.device, self.log, self.group)
+        return train_epoch(trainee.loss_fn, self.sampler.epoch_batches(self.rng, batch), self.sampler.n_batches(batch),
+                           trainee.optimizer, self.device, self.log, self.group)
 
-    def evaluate(self) -> Dict[str, Dict[str, float]]:
-        self.model.eval()
-        return self.suite.evaluate(lambda: self.model(self.graph))
+    def evaluate(self, trainee: TrainRun) -> Dict[str, Dict[str, float]]:
+        trainee.model.eval()
+        return self.suite.evaluate(lambda: trainee.model(self.graph))
 
-    def keep(self, epoch: int, results: Dict[str, Dict[str, float]]) -> List[str]:
+    def keep(self, epoch: int, results: Dict[str, Dict[str, float]], trainee: TrainRun) -> List[str]:
         """Update the records with an evaluation (saving what improved); return the lines to print."""
         raise NotImplementedError
 
-    def end_epoch(self, epoch: int, stopped: bool) -> None:
+    def end_epoch(self, epoch: int, stopped: bool, trainee: TrainRun) -> None:
         """Called after each epoch is logged (``stopped``: early stopping ends the loop now)."""
 
     # -- the loop
-    def fit(self, n_epochs: int, start_epoch: int = 0) -> Dict[str, Dict[str, float]]:
-        """Epochs ``start_epoch``..``n_epochs``-1: train, evaluate every ``tst_every`` epochs, keep,
+    def fit(self, trainee: TrainRun, n_epochs: int, start_epoch: int = 0) -> Dict[str, Dict[str, float]]:
+        """Epochs ``start_epoch``..``n_epochs``-1 of ``trainee``: train, evaluate every ``tst_every`` epochs, keep,
         log, stop early after ``patience`` evaluations without a new best (≥ the best so far).
         Returns the results of a final evaluation (the last epoch's when it was evaluated).
 
@@ -313,29 +336,29 @@ class Stage:
         results = None
         for epoch in range(start_epoch, n_epochs):
             elapsed = timer()
-            with self._naming_failures(epoch):
-                parts = self.train_one_epoch()
+            with self._naming_failures(epoch, trainee.labels):
+                parts = self.train_one_epoch(trainee)
                 train_s = elapsed()
                 self.log.line(f"Epoch {epoch}/{n_epochs}, Train: Loss = {parts['total']:.4f}, "
                               f"preLoss = {parts['main']:.4f}  ")
-                results = self.evaluate() if epoch % self.cfg.loop.tst_every == 0 else None
-            row = dict(self.row_info, epoch=epoch, loss=parts, train_seconds=train_s)
+                results = self.evaluate(trainee) if epoch % self.cfg.loop.tst_every == 0 else None
+            row = dict(trainee.labels, epoch=epoch, loss=parts, train_seconds=train_s)
             if results is not None:
                 row["metrics"] = results
-                self._log_results(epoch, n_epochs, results, self.keep(epoch, results))
+                self._log_results(epoch, n_epochs, results, self.keep(epoch, results, trainee))
             row["seconds"] = elapsed()
             self.log.record(row)
             self.log.line(f"Epoch {epoch}/{n_epochs}, Time: train {train_s:.1f} s, total {row['seconds']:.1f} s")
-            stop = results is not None and self.stopper.should_stop(results[self.select_on]["Recall"], epoch)
+            stop = results is not None and trainee.stopper.should_stop(results[self.select_on]["Recall"], epoch)
             if stop:
                 self.log.line(f"Early stop after epoch {epoch}/{n_epochs}: no new best {self.select_on} Recall in "
-                              f"{self.stopper.patience} evaluations (best {self.stopper.best:.5f} at epoch "
-                              f"{self.stopper.best_epoch})")
-            self.end_epoch(epoch, stop)
+                              f"{trainee.stopper.patience} evaluations (best {trainee.stopper.best:.5f} at epoch "
+                              f"{trainee.stopper.best_epoch})")
+            self.end_epoch(epoch, stop, trainee)
             if stop:
                 break
         if results is None:
-            results = self.evaluate()
+            results = self.evaluate(trainee)
         self.log.line(f"Epoch {n_epochs}/{n_epochs}, Test: {format_metrics(results['test'])}  ")
         return results
 
@@ -347,11 +370,11 @@ class Stage:
             self.log.line(text, stamp=False)
 
     @contextlib.contextmanager
-    def _naming_failures(self, epoch: int):
+    def _naming_failures(self, epoch: int, labels: Dict):
         try:
             yield
         except NonFiniteError as err:
-            where = ", ".join(f"{k} {v}" for k, v in self.row_info.items() if k in ("stage", "prn_run"))
+            where = ", ".join(f"{k} {v}" for k, v in labels.items() if k in ("stage", "prn_run"))
             raise NonFiniteError(f"{where + ', ' if where else ''}epoch {epoch}: {err}; stopped, the records "
                                  "and checkpoints of the last finite evaluation are kept") from None
 
@@ -365,11 +388,11 @@ class Stage:
                 "n_edges": self.graph.nnz, **extra, "select_on": self.select_on,
                 "config": Config.record(self.cfg), "flags": self.flags}
 
-    def resume_payload(self, epoch: int, stopped: bool, **extra) -> Dict:
+    def resume_payload(self, trainee: TrainRun, epoch: int, stopped: bool, **extra) -> Dict:
         """What the resume file holds after ``epoch``; ``extra``: the stage's records and generators."""
         return {"role": self.role, "train_fingerprint": self.dataset.fingerprint, "flags": self.flags,
-                "epoch": epoch, "stopped": stopped, "model": self.model.state_dict(),
-                "optimizer": self.optimizer.state_dict(), **extra, "stopper": self.stopper.state(),
+                "epoch": epoch, "stopped": stopped, "model": trainee.model.state_dict(),
+                "optimizer": trainee.optimizer.state_dict(), **extra, "stopper": trainee.stopper.state(),
                 "history": self.log.history_rows()}
 
 
@@ -458,10 +481,8 @@ def open_run(runtime, args_dump: str, history_path: str):
     the process group (:mod:`Utils.runtime.Parallel`: one process unless started by torchrun), seeds, the
     log (its history at ``history_path``) with the args dump and "Start".
 
-    Returns ``(device, log, group)``. Only rank 0 writes the console log and the history;
+    Returns the :class:`RunContext`. Only rank 0 writes the console log and the history;
     the other processes' log lines go nowhere."""
-    from Utils.runtime import Runtime
-
     device = Runtime.select_device(runtime)
     group = Parallel.join(device)
     Runtime.seed_everything(runtime.seed)
@@ -474,10 +495,10 @@ def open_run(runtime, args_dump: str, history_path: str):
     if group.world > 1:
         log.line(f"Data-parallel run: {group.world} processes ({torch.distributed.get_backend()})", stamp=False)
     log.line("Start")
-    return device, log, group
+    return RunContext(device, log, group)
 
 
-def run_stage(stage, log: RunLog, group: Group = SOLO) -> int:
+def run_stage(stage) -> int:
     """Run a built stage (``stage.run()``), then print its ``summary()`` lines; return the exit status.
 
     Ctrl-C or SIGTERM (:class:`Utils.runtime.Errors.Terminated`) ends the stage as its last epoch
@@ -487,6 +508,7 @@ def run_stage(stage, log: RunLog, group: Group = SOLO) -> int:
     (:func:`print_summary`). In a data-parallel run every process has checked its
     inputs and earlier outputs (while building the stage) before rank 0 writes anything.
     """
+    log, group = stage.log, stage.group
     try:
         group.barrier()
         stage.run()
@@ -517,8 +539,6 @@ def print_summary(stage, log: RunLog, interrupted: bool = False) -> None:
 def build_eval_suite(dataset, topk: int, batch_users: int, select_on: str, device,
                      log: Optional[RunLog] = None, group: Group = SOLO) -> EvalSuite:
     """Evaluators for test (always) and validation (when the dataset has it)."""
-    from Utils.training.Metrics import Evaluator
-
     evaluators = {"test": Evaluator(dataset.train, dataset.test, topk, batch_users, device)}
     if dataset.val is not None:
         evaluators["val"] = Evaluator(dataset.train, dataset.val, topk, batch_users, device)
