@@ -92,3 +92,33 @@ def test_no_module_below_the_entry_points_reads_a_recorded_flag_by_name():
 def test_the_flag_read_check_sees_one(tmp_path):
     assert re.search(r"""flags(\.get\(|\[)\s*["']""", 'x = loaded.flags.get("topk", 20)')
     assert not re.search(r"""flags(\.get\(|\[)\s*["']""", "x = {k: flags[k] for k in names}")
+
+
+def _hidden_imports(path, root=ROOT):
+    """Imports inside function bodies, outside a try block, without a comment saying why."""
+    source = path.read_text(encoding="utf-8")
+    lines = source.splitlines()
+    tree = ast.parse(source)
+    in_try = {id(n) for t in ast.walk(tree) if isinstance(t, ast.Try) for n in ast.walk(t)}
+    for func in ast.walk(tree):
+        if not isinstance(func, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        for node in ast.walk(func):
+            if isinstance(node, (ast.Import, ast.ImportFrom)) and id(node) not in in_try \
+                    and "#" not in lines[node.lineno - 1]:
+                yield f"{path.relative_to(root)}:{node.lineno}: {lines[node.lineno - 1].strip()}"
+
+
+def test_no_import_hides_in_a_function_body_without_saying_why():
+    """Imports sit at the top of a module; one inside a function is optional (inside a try, or a
+    comment says so) or breaks a cycle (a comment says which)."""
+    code = [*sorted(ROOT.glob("*.py")), *sorted((ROOT / "Utils").rglob("*.py"))]
+    found = [fault for path in code for fault in _hidden_imports(path)]
+    assert not found, "\n".join(found)
+
+
+def test_the_hidden_import_check_sees_one(tmp_path):
+    path = tmp_path / "m.py"
+    path.write_text("def f():\n    import os\n    import sys  # (optional)\n    try:\n        import numba\n"
+                    "    except ImportError:\n        pass\n")
+    assert list(_hidden_imports(path, tmp_path)) == ["m.py:2: import os"]

@@ -132,7 +132,7 @@ def join(device: torch.device) -> Group:
     initialised from torchrun's environment (gloo on CPU, NCCL on CUDA)."""
     if not launched():
         return SOLO
-    import torch.distributed as dist
+    import torch.distributed as dist  # (optional: only a torchrun launch needs it)
 
     if not dist.is_available():
         raise ConfigError("this PyTorch build has no torch.distributed: run one process (plain python)")

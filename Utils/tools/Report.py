@@ -44,8 +44,11 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 
+from DataHandler import Graph
+from Model import LightGCN, model_from_tensors
 from Utils.config import Config
 from Utils.files import Checkpoint as ckpt_io
 from Utils.runtime.Errors import CheckpointError
@@ -79,8 +82,6 @@ def is_compact(meta: Mapping[str, Any]) -> bool:
 
 def _model(tensors: Mapping[str, torch.Tensor], n_layers: int = 0):
     """The training tool's model holding a checkpoint's tensors (masks included)."""
-    from Model import model_from_tensors
-
     return model_from_tensors(tensors, int(tensors["uEmbeds"].shape[0]), int(tensors["iEmbeds"].shape[0]), n_layers)
 
 
@@ -308,18 +309,12 @@ class CompactModel:
 
     def graph(self):
         """M, the surviving edges only, as the training tool's propagation graph."""
-        import scipy.sparse as sp
-
-        from DataHandler import Graph
-
         n = self.n_nodes
         return Graph.from_scipy(sp.csr_matrix(
             (self.edge_values.numpy(), self.edge_col.numpy(), self.edge_indptr.numpy()), shape=(n, n)))
 
     def model(self):
         """The training tool's LightGCN holding E₀ (propagate it over :meth:`graph`)."""
-        from Model import LightGCN
-
         model = LightGCN(self.n_users, self.n_items, self.latdim, self.n_layers)
         e0 = self.layer0()
         model.load_state_dict({"uEmbeds": e0[: self.n_users], "iEmbeds": e0[self.n_users:]})
