@@ -11,7 +11,7 @@ if ! python -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 
     exit 3
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
-python -m pytest -q -rs tests/test_gpu.py tests/test_parallel.py -k "not two_processes"
+python -m pytest -q -rs tests/training/test_gpu.py tests/training/test_parallel.py -k "not two_processes"
 python bench/bench_teacher.py --data_dir "$DATA_DIR" --device cuda
 python bench/bench_distill.py --stage 2 --data_dir "$DATA_DIR" --device cuda --batches 8 --parts_batches 2 \
     --contrast_candidates 0,2048

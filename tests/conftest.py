@@ -1,12 +1,14 @@
 """Shared fixtures: the golden vectors in tests/data/reference, and ../shared/datasets (the Yelp
 split) for the few tests that need it; those skip cleanly when it is absent."""
 import os
+import pickle
 import re
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -155,3 +157,45 @@ def trained(tmp_path_factory):
                        f"--model_save_path={out}/stu", f"--his_save_path={out}/stu")
     best = re.findall(r"checkpoint: (\S+)", logs["stu"].split("Best results for now")[-1])[0]  # the global record
     return {"data": data, "out": out, "logs": logs, "tea": out / "tea.mod", "mid": mid, "stu": Path(best)}
+
+
+# ----------------------------------------------------------------------------- helpers several test folders use
+def _write_split(folder, train, test=None, val=None):
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, mat in (("trnMat.pkl", train), ("tstMat.pkl", test if test is not None else train),
+                      ("valMat.pkl", val)):
+        if mat is not None:
+            with open(folder / name, "wb") as fh:
+                pickle.dump(mat, fh)
+
+
+def _one_error_line(proc, *needles):
+    """The process ended with status 2 and one ``error:`` line holding every needle; that line."""
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert len(lines) == 1 and lines[0].startswith("error:"), proc.stderr
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    return lines[0]
+
+
+def _history(path):
+    path.write_text('{"stage": "teacher", "epoch": 0, "metrics": {"test": {"Recall": 0.1, "NDCG": 0.05}}}\n'
+                    '{"stage": "teacher", "epoch": 1, "metrics": {"test": {"Recall": 0.2, "NDCG": 0.1}}}\n')
+    return path
+
+
+def _batch_inputs(seed=0, n_users=37, n_items=29, d=8):
+    g = torch.Generator().manual_seed(seed)
+    leaf = lambda *shape: torch.randn(*shape, generator=g).requires_grad_()  # noqa: E731
+    mask = (torch.rand(n_users + n_items, d, generator=g) < 0.7).float()
+    mask[:6] = mask[n_users:n_users + 6]  # some identical user/item masks: positives across tables
+    return dict(
+        stu_users=leaf(n_users, d), stu_items=leaf(n_items, d), stu_u_embeds=leaf(n_users, d),
+        stu_i_embeds=leaf(n_items, d), stu_edge_weight=leaf(50),
+        sup_users=torch.randn(n_users, d, generator=g), sup_items=torch.randn(n_items, d, generator=g),
+        sup_high_users=torch.randn(n_users, d, generator=g), sup_high_items=torch.randn(n_items, d, generator=g),
+        ancs=torch.randint(0, n_users, (40,), generator=g), poss=torch.randint(0, n_items, (40,), generator=g),
+        negs=torch.randint(0, n_items, (40,), generator=g), rand_users=torch.randint(0, n_users, (300,), generator=g),
+        rand_items1=torch.randint(0, n_items, (300,), generator=g),
+        rand_items2=torch.randint(0, n_items, (300,), generator=g), emb_mask=mask)

@@ -19,8 +19,9 @@ SKIPPED = {"self", "cls", "ctx"}
 
 
 def _python_files():
-    folders = [ROOT, ROOT / "bench", ROOT / "tests"]
-    return sorted([path for folder in folders for path in folder.glob("*.py")] + list((ROOT / "Utils").rglob("*.py")))
+    folders = [ROOT, ROOT / "bench"]
+    return sorted([path for folder in folders for path in folder.glob("*.py")]
+                  + list((ROOT / "Utils").rglob("*.py")) + list((ROOT / "tests").rglob("*.py")))
 
 
 def _code_lines(lines, node):

@@ -14,7 +14,7 @@ import Params
 from Utils.runtime import Runtime
 from Utils.runtime.Errors import ConfigError, DataError
 from conftest import TINY_TEACHER, run_script
-from test_faults import _one_error_line, _write_split
+from conftest import _one_error_line, _write_split
 
 
 def _pickled(tmp_path, mat, name="trnMat.pkl"):

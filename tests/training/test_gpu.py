@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from conftest import TINY_MID, TINY_STU, TINY_TEACHER, kd_parts, run_script
-from test_fast_levers import _batch_inputs
+from conftest import _batch_inputs
 from Utils.kernels import Kernels as K
 from Utils.objective import Losses as L
 from Utils.files.History import read_history

@@ -15,7 +15,7 @@ import DataHandler as dh
 from Utils.runtime import Errors
 from conftest import ROOT, TINY_TEACHER, run_script
 from conftest import tiny_data_dir as _tiny_data
-from test_faults import _history, _one_error_line, _write_split
+from conftest import _history, _one_error_line, _write_split
 
 pytestmark = pytest.mark.slow  # end-to-end runs in subprocesses
 

@@ -12,7 +12,7 @@ import torch
 import DataHandler as dh
 
 pytest.importorskip("torch_geometric")
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def _bench():

@@ -8,7 +8,7 @@ import scipy.sparse as sp
 
 import DataHandler as dh
 from Utils.runtime.Errors import DataError
-from conftest import run_script
+from conftest import _history, _one_error_line, _write_split, run_script
 from conftest import tiny_data_dir as _tiny_data
 
 pytestmark = pytest.mark.slow  # end-to-end runs in subprocesses
@@ -22,15 +22,6 @@ class _Payload:
 
     def __reduce__(self):
         return (os.system, (f"touch {self.marker}",))
-
-
-def _write_split(folder, train, test=None, val=None):
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, mat in (("trnMat.pkl", train), ("tstMat.pkl", test if test is not None else train),
-                      ("valMat.pkl", val)):
-        if mat is not None:
-            with open(folder / name, "wb") as fh:
-                pickle.dump(mat, fh)
 
 
 def _eye(n=6, m=5):
@@ -131,16 +122,6 @@ def test_non_finite_or_negative_rates_are_refused_when_parsed(flag):
 
     with pytest.raises(ConfigError, match=flag.split("=")[0]):
         Params.parse_args([flag])
-
-
-def _one_error_line(proc, *needles):
-    """The process ended with status 2 and one ``error:`` line holding every needle; that line."""
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
-    assert len(lines) == 1 and lines[0].startswith("error:"), proc.stderr
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
-    return lines[0]
 
 
 def test_a_diverging_teacher_stops_and_never_saves_a_nan_model(tmp_path, tiny_dir):
@@ -307,12 +288,6 @@ def test_topk_above_the_item_count_is_one_line_error_before_anything_is_written(
     seen = np.diff(sp.csr_matrix(train).indptr)
     for user, line in zip((0, 1), proc.stdout.splitlines()):
         assert len(line.split(":", 1)[1].split()) == n_items - seen[user]
-
-
-def _history(path):
-    path.write_text('{"stage": "teacher", "epoch": 0, "metrics": {"test": {"Recall": 0.1, "NDCG": 0.05}}}\n'
-                    '{"stage": "teacher", "epoch": 1, "metrics": {"test": {"Recall": 0.2, "NDCG": 0.1}}}\n')
-    return path
 
 
 def test_plot_refuses_a_file_as_out_and_a_binary_history_in_one_line(tmp_path):

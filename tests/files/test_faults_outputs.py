@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from conftest import TINY_MID, TINY_STU, TINY_TEACHER, run_script, tiny_root_with_supervisors
-from test_faults import _one_error_line
+from conftest import _one_error_line
 from Utils.files import Checkpoint, Resume
 from Utils.runtime.Errors import CheckpointError
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from conftest import ROOT, TINY_STU, TINY_TEACHER, kd_parts, run_script, train_tiny_supervisors
-from test_fast_levers import _batch_inputs
+from conftest import _batch_inputs
 from Utils.objective import Losses as L
 from Utils.runtime.Parallel import SOLO, Group
 from Utils.files.History import read_history

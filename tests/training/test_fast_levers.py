@@ -9,28 +9,12 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from conftest import kd_parts
+from conftest import _batch_inputs, kd_parts
 from Utils.kernels import Kernels as K
 from Utils.objective import Losses as L
 from Utils.kernels import MaskPairs
 from Utils.config.Config import Loop
 from Utils.training.Training import EarlyStopper, RunLog, Stage, TrainRun
-
-
-def _batch_inputs(seed=0, n_users=37, n_items=29, d=8):
-    g = torch.Generator().manual_seed(seed)
-    leaf = lambda *shape: torch.randn(*shape, generator=g).requires_grad_()  # noqa: E731
-    mask = (torch.rand(n_users + n_items, d, generator=g) < 0.7).float()
-    mask[:6] = mask[n_users:n_users + 6]  # some identical user/item masks: positives across tables
-    return dict(
-        stu_users=leaf(n_users, d), stu_items=leaf(n_items, d), stu_u_embeds=leaf(n_users, d),
-        stu_i_embeds=leaf(n_items, d), stu_edge_weight=leaf(50),
-        sup_users=torch.randn(n_users, d, generator=g), sup_items=torch.randn(n_items, d, generator=g),
-        sup_high_users=torch.randn(n_users, d, generator=g), sup_high_items=torch.randn(n_items, d, generator=g),
-        ancs=torch.randint(0, n_users, (40,), generator=g), poss=torch.randint(0, n_items, (40,), generator=g),
-        negs=torch.randint(0, n_items, (40,), generator=g), rand_users=torch.randint(0, n_users, (300,), generator=g),
-        rand_items1=torch.randint(0, n_items, (300,), generator=g),
-        rand_items2=torch.randint(0, n_items, (300,), generator=g), emb_mask=mask)
 
 
 def _loss_and_grads(cfg, inputs, **kwargs):
