@@ -11,6 +11,8 @@
 """
 import ast
 import re
+import subprocess
+import sys
 
 from conftest import ROOT
 
@@ -123,3 +125,16 @@ def test_the_hidden_import_check_sees_one(tmp_path):
     path.write_text("def f():\n    import os\n    import sys  # (optional)\n    try:\n        import numba\n"
                     "    except ImportError:\n        pass\n")
     assert list(_hidden_imports(path, tmp_path)) == ["m.py:2: import os"]
+
+
+def test_the_model_tools_do_not_import_the_training_loop():
+    """modelTools.py, the Python API, plots and compare read files and rank; none of them loads the
+    epoch loop or a stage (only the metrics, which the loop shares)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; import modelTools, lightgnn; from Utils.tools import Compare, Plots, Report, Serve; "
+            "print(sorted(m for m in sys.modules if m.startswith('Utils.training')))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["['Utils.training',", "'Utils.training.Metrics']"]
