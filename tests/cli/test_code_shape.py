@@ -130,9 +130,6 @@ def test_the_hidden_import_check_sees_one(tmp_path):
 def test_the_model_tools_do_not_import_the_training_loop():
     """modelTools.py, the Python API, plots and compare read files and rank; none of them loads the
     epoch loop or a stage (only the metrics, which the loop shares)."""
-    import subprocess
-    import sys
-
     code = ("import sys; import modelTools, lightgnn; from Utils.tools import Compare, Plots, Report, Serve; "
             "print(sorted(m for m in sys.modules if m.startswith('Utils.training')))")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
