@@ -22,7 +22,7 @@ def dataset_dir(args):
 
 
 def runtime_config(args):
-    return Config.Runtime(device=args.device, gpu=args.gpu, threads=args.threads,
+    return Config.Execution(device=args.device, gpu=args.gpu, threads=args.threads,
                           deterministic=args.deterministic, seed=args.seed)
 
 

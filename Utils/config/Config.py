@@ -38,7 +38,7 @@ def recorded_flags(flags: Optional[Mapping[str, Any]], select_on: str) -> dict:
 
 
 @dataclass(frozen=True)
-class Runtime:
+class Execution:
     """Where a run executes (``--device``, ``--gpu``, ``--threads``, ``--deterministic``, ``--seed``)."""
 
     device: str = "auto"

@@ -1,6 +1,6 @@
 """Where and how a run executes: the one device, CPU threads, seeding, memory, the optimiser.
 
-Entry points call :func:`select_device` (with a :class:`Utils.config.Config.Runtime`) and
+Entry points call :func:`select_device` (with a :class:`Utils.config.Config.Execution`) and
 :func:`seed_everything` once and pass the results down; nothing below them picks a device.
 """
 from __future__ import annotations

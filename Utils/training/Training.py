@@ -477,7 +477,7 @@ def format_metrics(metrics: Dict[str, float]) -> str:
 
 
 def open_run(runtime, args_dump: str, history_path: str):
-    """The opening every stage shares: the device (``runtime``, a :class:`Utils.config.Config.Runtime`),
+    """The opening every stage shares: the device (``runtime``, a :class:`Utils.config.Config.Execution`),
     the process group (:mod:`Utils.runtime.Parallel`: one process unless started by torchrun), seeds, the
     log (its history at ``history_path``) with the args dump and "Start".
 
