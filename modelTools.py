@@ -218,14 +218,8 @@ def cmd_evaluate(args) -> int:
     user_emb, item_emb = propagated(loaded, dataset, device, args.graph)
     n_users = int(evaluator.users.numel())
     summary, rows = evaluator.evaluate_many(user_emb, item_emb, ks, metrics, per_user=bool(args.per_user))
-    if args.ks is None and metrics == ("Recall", "NDCG"):  # the one-line form of a single cut-off
-        topk = ks[0]
-        print(f"{args.split}: Recall@{topk} = {summary[f'Recall@{topk}']:.5f}, NDCG@{topk} = "
-              f"{summary[f'NDCG@{topk}']:.5f} ({n_users} users, {loaded.ckpt.path})")
-    else:
-        print(f"{args.split}: {n_users} users, {loaded.ckpt.path}")
-        for line in metrics_table(summary, ks, metrics):
-            print(line)
+    one_line = args.ks is None and metrics == ("Recall", "NDCG")  # the one-line form of a single cut-off
+    _print_metrics(args.split, summary, ks, metrics, one_line, f"{n_users} users, {loaded.ckpt.path}")
     recorded = Report.recorded_metrics(loaded.meta).get(args.split)
     if recorded and logged_k in ks:
         print(f"{args.split} as logged in training: Recall@{logged_k} = {recorded['Recall']:.5f}, "
@@ -233,14 +227,7 @@ def cmd_evaluate(args) -> int:
     popularity = None
     if args.baseline == "popularity":
         popularity, _ = evaluator.evaluate_many(*popularity_embeddings(dataset.train, device), ks, metrics)
-        if args.ks is None and metrics == ("Recall", "NDCG"):
-            topk = ks[0]
-            print(f"{args.split}, popularity ranking: Recall@{topk} = {popularity[f'Recall@{topk}']:.5f}, "
-                  f"NDCG@{topk} = {popularity[f'NDCG@{topk}']:.5f}")
-        else:
-            print(f"{args.split}, popularity ranking:")
-            for line in metrics_table(popularity, ks, metrics):
-                print(line)
+        _print_metrics(f"{args.split}, popularity ranking", popularity, ks, metrics, one_line)
     if args.per_user:
         _write_per_user(args.per_user, rows, read_idmap(dataset))
         print(f"Per-user metrics written: {args.per_user} ({n_users} users)")
@@ -255,6 +242,18 @@ def cmd_evaluate(args) -> int:
         result["popularity"] = popularity
         Report.save_report(args.json, result)
     return 0
+
+
+def _print_metrics(label: str, summary: Dict[str, float], ks, metrics, one_line: bool, about: str = "") -> None:
+    """``label: Recall@K = …, NDCG@K = … (about)`` for one K, else ``label: about`` and the table."""
+    if one_line:
+        k = ks[0]
+        print(f"{label}: Recall@{k} = {summary[f'Recall@{k}']:.5f}, NDCG@{k} = {summary[f'NDCG@{k}']:.5f}"
+              + (f" ({about})" if about else ""))
+        return
+    print(f"{label}:" + (f" {about}" if about else ""))
+    for line in metrics_table(summary, ks, metrics):
+        print(line)
 
 
 def metrics_table(summary: Dict[str, float], ks, metrics) -> List[str]:

@@ -199,3 +199,11 @@ def _batch_inputs(seed=0, n_users=37, n_items=29, d=8):
         negs=torch.randint(0, n_items, (40,), generator=g), rand_users=torch.randint(0, n_users, (300,), generator=g),
         rand_items1=torch.randint(0, n_items, (300,), generator=g),
         rand_items2=torch.randint(0, n_items, (300,), generator=g), emb_mask=mask)
+
+
+def assert_same_objective(parts, grads, ref_parts, ref_grads, rtol=1e-5, atol=1e-7):
+    """Every loss part and every gradient equal to the reference's up to float rounding."""
+    for name in ref_parts:
+        torch.testing.assert_close(parts[name], ref_parts[name], rtol=rtol, atol=atol)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, rtol=rtol, atol=atol)

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import DataHandler as dh
-from conftest import kd_parts
+from conftest import assert_same_objective, kd_parts
 from Utils.config import Build
 from Utils.kernels import Kernels as K
 from Utils.objective import Losses as L
@@ -410,10 +410,7 @@ def test_device_shaped_blocks_compute_the_cpu_blocks_objective():
         results.append((parts, grads))
     (ref_parts, ref_grads), *others = results
     for parts, grads in others:
-        for name in ref_parts:
-            torch.testing.assert_close(parts[name], ref_parts[name], rtol=1e-5, atol=1e-7)
-        for g, r in zip(grads, ref_grads):
-            torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-7)
+        assert_same_objective(parts, grads, ref_parts, ref_grads)
 
 
 def test_batch_weight_decay_is_lightgcn_s_and_reaches_only_the_batch_rows():
