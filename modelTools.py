@@ -25,7 +25,7 @@ from typing import Dict, List, Optional
 import torch
 
 from Utils.config import Config
-from Utils.files import Checkpoint
+from Utils.files import Checkpoint, Outputs
 from Utils.files.Atomic import atomic_write
 from Utils.tools import Compare, Plots, Report
 from Utils.runtime.Errors import ConfigError, OneLineErrorParser, UserError, quiet_library_warnings, report_user_error
@@ -38,6 +38,8 @@ from Utils.tools.Serve import (Loaded, build_model, load_data, load_model_file, 
 
 # ----------------------------------------------------------------------------- commands
 def cmd_report(args) -> int:
+    if args.json:
+        Outputs.claim(args.json, [args.checkpoint], args.overwrite, "report")
     loaded = load_model_file(args.checkpoint, args.role)
     nnz = None
     if args.dataset and loaded.compact is None and "n_edges" not in loaded.meta:
@@ -53,6 +55,8 @@ def cmd_report(args) -> int:
 
 
 def cmd_plot(args) -> int:
+    for name in ("training", "tradeoff"):
+        Outputs.claim(os.path.join(args.out, f"{args.prefix}{name}.png"), args.histories, args.overwrite, "plot")
     histories = Plots.load_histories(args.histories)
     paths = Plots.plot_all(histories, args.out, topk=args.topk, prefix=args.prefix)
     for path in paths:
@@ -114,13 +118,9 @@ def cmd_curve(args) -> int:
     for line in Plots.curve_lines(points):
         print(line)
     if args.out:
+        Outputs.claim(os.path.join(args.out, f"{args.prefix}curve.png"), args.histories, args.overwrite, "plot")
         print(f"Plot written: {Plots.plot_time_curve(points, args.out, args.topk, args.prefix)}", file=sys.stderr)
     return 0
-
-
-def _refuse_existing(path: str, overwrite: bool, what: str) -> None:
-    if os.path.exists(path) and not overwrite:
-        raise ConfigError(f"{path} exists: pass --overwrite to replace the {what}, or choose another path")
 
 
 def cmd_export(args) -> int:
@@ -132,7 +132,7 @@ def cmd_export(args) -> int:
     if loaded.compact is not None:
         raise ConfigError(f"{args.checkpoint} is already a compact export (--embeddings writes its propagated "
                           "embeddings)")
-    _refuse_existing(args.out, args.overwrite, "file")
+    Outputs.claim(args.out, [args.checkpoint], args.overwrite, "compact export")
     dataset = load_data(loaded, args.dataset, args.data_dir)
     graph, kind = model_graph(loaded, dataset, args.graph)
     meta = dict(loaded.meta, graph=kind)
@@ -153,7 +153,7 @@ def _export_embeddings(loaded, args) -> int:
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise ConfigError(f"{args.out} is a file: with --embeddings OUT is a folder")
     for name in Serve.EMBEDDING_FILES:
-        _refuse_existing(os.path.join(args.out, name), args.overwrite, "embeddings")
+        Outputs.claim(os.path.join(args.out, name), [args.checkpoint], args.overwrite, "embeddings")
     dataset = load_data(loaded, args.dataset, args.data_dir)
     user_emb, item_emb = propagated(loaded, dataset, torch.device("cpu"), args.graph)
     meta = {"checkpoint": os.path.abspath(loaded.ckpt.path), "dataset": dataset.name,
@@ -178,7 +178,7 @@ def cmd_recommend(args) -> int:
     if args.all_users and not args.out:
         raise ConfigError("--all_users needs --out FILE (one tab-separated line per user)")
     if args.out:
-        _refuse_existing(args.out, args.overwrite, "file")
+        Outputs.claim(args.out, [args.checkpoint], args.overwrite, "recommendations")
     dataset = load_data(loaded, args.dataset, args.data_dir)
     idmap = read_idmap(dataset)
     device = device_named(args.device)
@@ -202,8 +202,9 @@ def cmd_evaluate(args) -> int:
     loaded = load_model_file(args.checkpoint, args.role)
     if args.ks is not None and args.topk is not None:
         raise ConfigError("give --topk (one cut-off) or --ks (several), not both")
-    if args.per_user:
-        _refuse_existing(args.per_user, args.overwrite, "file")
+    for path, what in ((args.per_user, "per-user metrics"), (args.json, "metrics")):
+        if path:
+            Outputs.claim(path, [args.checkpoint], args.overwrite, what)
     dataset = load_data(loaded, args.dataset, args.data_dir)
     split = dataset.split(args.split)
     recorded = Config.recorded_section(loaded.meta, "evaluation")
@@ -326,6 +327,8 @@ def _add_history_commands(sub):
     p = sub.add_parser("report", help="compression report of a checkpoint (table; JSON with --json)")
     p.add_argument("checkpoint", metavar="CHECKPOINT")
     p.add_argument("--json", metavar="OUT", default=None, help="also write the report as JSON")
+    p.add_argument("--overwrite", action="store_true", help="replace the JSON file when it exists (never a "
+                                                            "checkpoint or history a stage wrote)")
     _data_options(p, graph=False)
     p.set_defaults(func=cmd_report)
 
@@ -334,6 +337,7 @@ def _add_history_commands(sub):
     p.add_argument("--out", required=True, metavar="DIR", help="folder for training.png and tradeoff.png")
     p.add_argument("--topk", type=int, default=20, help="K in the axis labels (default: %(default)s)")
     p.add_argument("--prefix", default="", help="prefix of the PNG file names")
+    p.add_argument("--overwrite", action="store_true", help="replace earlier plots of the same names")
     p.set_defaults(func=cmd_plot)
 
     p = sub.add_parser("summary", help="table of each stage and pruning run from history files: best epoch, "
@@ -357,6 +361,7 @@ def _add_history_commands(sub):
                                                                  "as curve.png in this folder")
     p.add_argument("--topk", type=int, default=20, help="K in the axis label (default: %(default)s)")
     p.add_argument("--prefix", default="", help="prefix of the PNG file name")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier curve.png")
     p.set_defaults(func=cmd_curve)
 
     p = sub.add_parser("compare", help="compare the outputs of two runs (every tensor of their .mod/_last.ckpt "
@@ -376,7 +381,8 @@ def _add_model_commands(sub):
                    help="write OUT/user_embeddings.npy and item_embeddings.npy (float32, one row per user/item, "
                         "score = dot product), OUT/ids.json (original id of each row) and OUT/meta.json; any "
                         "model file, compact exports included")
-    p.add_argument("--overwrite", action="store_true", help="replace OUT (or its files) when it exists")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT (or its files) when it exists; never a "
+                                                            "checkpoint or history a training stage wrote")
     _data_options(p)
     p.set_defaults(func=cmd_export)
 
@@ -388,7 +394,8 @@ def _add_model_commands(sub):
         _data_options(p)
         p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu",
                        help="where to propagate and score (default: %(default)s)")
-        p.add_argument("--overwrite", action="store_true", help="replace the output file when it exists")
+        p.add_argument("--overwrite", action="store_true", help="replace the output file when it exists (never a "
+                                                                "checkpoint or history a training stage wrote)")
         if name == "recommend":
             p.add_argument("--users", default=None, help="comma-separated user ids (original ids when the dataset "
                                                          "has idmap.json, else row indices)")

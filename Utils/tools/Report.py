@@ -51,6 +51,7 @@ from DataHandler import Graph
 from Model import LightGCN, model_from_tensors
 from Utils.config import Config
 from Utils.files import Checkpoint as ckpt_io
+from Utils.files.Atomic import atomic_write
 from Utils.runtime.Errors import CheckpointError
 
 COMPACT_CLASS = "CompactLightGCN"
@@ -248,7 +249,7 @@ def format_report(report: Mapping[str, Any], title: Optional[str] = None) -> str
 def save_report(path: str, report: Mapping[str, Any]) -> None:
     """Write the report as JSON, atomically (the previous file or the complete new one)."""
     text = json.dumps(report, indent=1)
-    ckpt_io.atomic_write(os.fspath(path), "w", lambda handle: handle.write(text), "report")
+    atomic_write(os.fspath(path), "w", lambda handle: handle.write(text), "report")
 
 
 def log_run_report(state_tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any], json_path: Optional[str],

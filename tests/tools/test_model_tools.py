@@ -40,7 +40,7 @@ def test_report_kept_percentages_equal_the_log(trained, capsys, tmp_path):
     logged = re.findall(r"Sparsity: Adj:\[([\d.]+)%\] \| Emb:\[([\d.]+)%\]", stu_log)
     assert len(logged) == 3
     for path in sorted(trained["out"].glob("stu_best_w_edge_wei_*.mod")):
-        rc, out, _ = tool(capsys, "report", path, "--json", tmp_path / "r.json")
+        rc, out, _ = tool(capsys, "report", path, "--json", tmp_path / "r.json", "--overwrite")
         assert rc == 0 and "edges" in out and "bytes, compact export" in out
         report = json.loads((tmp_path / "r.json").read_text())
         meta = load_checkpoint(path).meta
@@ -156,7 +156,7 @@ def test_evaluate_full_and_compact_equal_the_training_log(trained, capsys, tmp_p
         assert tool(capsys, "export", path, tmp_path / "c.mod")[0] == 0
         checked.append(tmp_path / "c.mod")
     for target in checked:
-        rc, out, _ = tool(capsys, "evaluate", target, "--split", "test", "--json", tmp_path / "e.json")
+        rc, out, _ = tool(capsys, "evaluate", target, "--split", "test", "--json", tmp_path / "e.json", "--overwrite")
         assert rc == 0
         result = json.loads((tmp_path / "e.json").read_text())
         assert result["Recall"] == pytest.approx(recorded["Recall"], abs=1e-12)
