@@ -187,3 +187,19 @@ def test_dense_baselines_are_the_teacher_recipe_at_the_student_s_depth(tmp_path)
     bad = subprocess.run(["bash", str(tmp_path / "example_scripts" / "yelp_dense_baselines.sh"), "8x"],
                          env={"LAUNCH": "echo", "PATH": "/usr/bin:/bin"}, capture_output=True, text=True)
     assert bad.returncode == 2 and "DIM must be a positive integer" in bad.stderr
+
+
+def test_a_rerun_appends_to_the_console_log_after_a_dated_line(tmp_path):
+    """Issue 36, case 6: run_stage's log keeps every run (a refused rerun, a RESUME=1 sitting)."""
+    shutil.copytree(ROOT / "example_scripts", tmp_path / "example_scripts", dirs_exist_ok=True)
+    script = tmp_path / "example_scripts" / "example_train_teacher_model_yelp.sh"
+    for extra in ("--epoch_tea=1", "--epoch_tea=2"):
+        proc = subprocess.run(["bash", str(script), extra], env={"LAUNCH": "echo", "PATH": "/usr/bin:/bin"},
+                              capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+    log = (tmp_path / "logs" / "tea_yelp_example3_log").read_text()
+    separators = re.findall(r"^===== \d{4}-\d\d-\d\d \d\d:\d\d:\d\d: pretrainTeacher\.py .*=====$", log, flags=re.M)
+    assert len(separators) == 2
+    assert "--epoch_tea=1" in log.split(separators[1])[0] and "--epoch_tea=2" in log.split(separators[1])[1]
+    quickstart = (ROOT / "example_scripts" / "quickstart.sh").read_text()
+    assert re.findall(r"\| tee (-a )?logs/", quickstart) == ["-a "] * 5  # every console log appended to
