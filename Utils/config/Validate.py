@@ -6,6 +6,7 @@ before anything runs; ``Params.parse_args`` calls it. With ``Params.py`` (the pa
 parsed flags.
 """
 import math
+import os
 
 import torch
 
@@ -14,6 +15,8 @@ from Utils.runtime.Errors import ConfigError
 from Utils.runtime.Runtime import MAX_SEED
 
 STAGES = ('main', 'teacher')
+MAX_LAYERS = 64  # --gnn_layer / --adj_aug_layer: far above any LightGCN, far below a run that never ends
+MAX_THREADS = max(64, 4 * (os.cpu_count() or 1))
 
 # (switch, per-run list) pairs: the list must cover every run up to --PRUNING_END.
 DYNAMIC_LISTS = (
@@ -81,6 +84,10 @@ def _validate_ranges(args):
     for name in ('adj_mask_aug1', 'adj_mask_aug2'):  # β weights of the edge scores (any sign)
         if not math.isfinite(getattr(args, name)):
             _fail(f"--{name} must be a finite number, got {getattr(args, name)}")
+    for name in ('gnn_layer', 'adj_aug_layer'):
+        if getattr(args, name) > MAX_LAYERS:
+            _fail(f"--{name}={getattr(args, name)} is more than {MAX_LAYERS} layers: LightGCN models use 1-8 (the "
+                  "published teachers 6-8), and each layer costs a full propagation per step")
     if not 0 <= args.seed <= MAX_SEED:
         _fail(f"--seed must be in [0, {MAX_SEED}] (NumPy's seeding refuses negative seeds and seeds of 2**32 "
               f"or more), got {args.seed}")
@@ -101,6 +108,9 @@ def _validate_runtime(args):
     """How the run executes: threads, patience, resume/overwrite, the device."""
     if args.threads < 0:
         _fail(f"--threads must be >= 0 (0 = torch's default), got {args.threads}")
+    if args.threads > MAX_THREADS:
+        _fail(f"--threads={args.threads} is more than {MAX_THREADS} (4 per CPU core here, at least 64): each thread "
+              "holds its own buffers, so that many would only exhaust memory")
     if args.patience < 0:
         _fail(f"--patience must be >= 0 (0 = off), got {args.patience}")
     if args.use_dynamic_lr and args.lr_list is None:

@@ -423,3 +423,13 @@ def test_seed_everything():
     first = (random.random(), np.random.rand(), torch.rand(1).item())
     Runtime.seed_everything(7)
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == first
+
+
+@pytest.mark.parametrize("flag, needle", [("--threads=1000", "--threads=1000 is more than"),
+                                          ("--gnn_layer=1000000", "--gnn_layer=1000000 is more than 64 layers"),
+                                          ("--adj_aug_layer=65", "--adj_aug_layer=65 is more than 64")])
+def test_thread_and_layer_counts_are_bounded(flag, needle):
+    """Issue 36, case 8: a count that could only exhaust memory or never end is a one-line error."""
+    with pytest.raises(ConfigError, match=re.escape(needle)):
+        Params.parse_args([flag], stage="main")
+    Params.parse_args(["--gnn_layer=64", "--threads=64"], stage="main")
