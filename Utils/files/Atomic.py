@@ -38,6 +38,9 @@ def atomic_write(path: str, mode: str, write: Any, what: str) -> None:
             pass
         if isinstance(exc, OSError):
             raise CheckpointError(f"cannot write {what} {path}: {os_error_reason(exc, path)}") from exc
+        if isinstance(exc, RuntimeError) and "PytorchStreamWriter" in str(exc):  # torch.save's own write error
+            raise CheckpointError(f"cannot write {what} {path}: the write failed part-way (is the disk full?); "
+                                  "the previous file, if any, is unchanged") from exc
         raise
 
 

@@ -196,3 +196,23 @@ def test_a_checkpoint_holding_other_objects_is_refused_in_one_whole_sentence(tmp
     message = str(info.value)
     assert message.startswith(f"checkpoint {path} holds objects other than tensors and plain data")
     assert message.endswith("so it is refused") and "weights_only" not in message
+
+
+def test_torch_s_own_write_error_becomes_our_one_line(tmp_path, monkeypatch):
+    """Issue 36, case 7: a full disk while torch.save writes (its RuntimeError, not an OSError) is
+    the same one line as our other write errors, and the earlier file stays."""
+    from Utils.files import Checkpoint
+    from Utils.runtime.Errors import CheckpointError
+
+    path = tmp_path / "t_last.ckpt"
+    path.write_bytes(b"earlier")
+
+    def full_disk(obj, handle, *args, **kwargs):
+        handle.write(b"part")
+        raise RuntimeError("[enforce fail at inline_container.cc:595] . PytorchStreamWriter failed writing file "
+                           "data/0: file write failed")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(CheckpointError, match="the write failed part-way .is the disk full"):
+        Checkpoint.save_checkpoint(str(path), {"x": torch.zeros(1)}, {})
+    assert path.read_bytes() == b"earlier" and sorted(p.name for p in tmp_path.iterdir()) == ["t_last.ckpt"]
