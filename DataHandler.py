@@ -68,13 +68,13 @@ def _stored_coords(mat, where: str):
         lengths = np.fromiter(map(len, mat.rows), dtype=np.int64, count=n_rows)
         if not np.array_equal(lengths, np.fromiter(map(len, mat.data), dtype=np.int64, count=n_rows)):
             raise DataError(f"{where}: its column and value lists differ in length")
-        cols = np.concatenate([np.asarray(r, dtype=np.int64).ravel() for r in mat.rows] + [np.zeros(0, np.int64)])
+        cols = np.concatenate([np.asarray(r).ravel() for r in mat.rows] + [np.zeros(0, np.int64)])
         return np.repeat(np.arange(n_rows, dtype=np.int64), lengths), cols
     if mat.format == "dok":
         keys = list(mat.keys())
         if not all(isinstance(k, tuple) and len(k) == 2 for k in keys):
             raise DataError(f"{where}: its keys are not (user, item) pairs")
-        coords = np.array(keys, dtype=np.int64).reshape(-1, 2)
+        coords = np.array(keys).reshape(-1, 2)
         return coords[:, 0], coords[:, 1]
     # dia: data[k, j] is the entry (j - offsets[k], j). Within a diagonal that crosses the matrix,
     # the positions whose row falls outside it are the format's padding (SciPy ignores them); a
@@ -105,6 +105,13 @@ def _require_graph_memory(n_rows: int, n_cols: int, where: str) -> None:
                    "(prepareData.py renumbers them)", error=DataError)
 
 
+def _first_fraction(idx) -> str:
+    idx = np.asarray(idx)
+    if idx.dtype.kind not in "iuf":
+        return f"of type {idx.dtype}"
+    return repr(float(idx[np.flatnonzero(np.mod(idx, 1) != 0)[0]]))
+
+
 def _checked_csr(mat, where: str) -> sp.csr_matrix:
     """CSR of an unpickled sparse matrix whose indices were checked against its shape first,
     the same check for every format (a pickle bypasses SciPy's constructor checks, and
@@ -115,6 +122,11 @@ def _checked_csr(mat, where: str) -> sp.csr_matrix:
             mat.check_format(full_check=True)
         else:
             rows, cols = _stored_coords(mat, where)
+            for name, idx in (("user", rows), ("item", cols)):
+                kind = np.asarray(idx).dtype.kind
+                if kind not in "iu" and not (kind == "f" and np.all(np.mod(idx, 1) == 0)):
+                    # a crafted pickle: SciPy's conversions would truncate 1.5 to 1 without a word
+                    raise DataError(f"{where}: {name} index {_first_fraction(idx)} is not an integer")
             for name, idx, bound in (("user", rows, n_rows), ("item", cols, n_cols)):
                 bad = np.flatnonzero((idx < 0) | (idx >= bound)) if idx.size else idx
                 if bad.size:
@@ -248,15 +260,33 @@ def load_dataset_dir(directory: str, name: str = "") -> Dataset:
                 f"{train.shape[0]}x{train.shape[1]}"
             )
     warnings = []
-    train_deg = np.diff(train.indptr)
     for mat, path in ((test, test_path), (val, val_path)):
-        if mat is None:
-            continue
-        cold = np.flatnonzero((np.diff(mat.indptr) > 0) & (train_deg == 0))
-        if cold.size:  # the published Yelp split has such users; they are evaluated, as published
-            warnings.append(f"{path}: {cold.size} evaluated users have no train interactions "
-                            f"(first: user {cold[0]}); they are evaluated like the others")
+        if mat is not None:
+            warnings += _split_warnings(mat, train, path)
     return Dataset(name=name, directory=directory, train=train, test=test, val=val, warnings=warnings)
+
+
+def _split_warnings(mat: sp.csr_matrix, train: sp.csr_matrix, path: str) -> List[str]:
+    """What an evaluation split holds that it cannot score: interactions already in train (a
+    user's train items are never recommended; all of them: an error), users and items never
+    seen in train (their embeddings are never trained)."""
+    in_train = int(mat.multiply(train).nnz)
+    if in_train == mat.nnz:
+        raise DataError(f"{path}: every one of its {mat.nnz} interactions is also in train, and a user's train "
+                        "items are never recommended: every Recall and NDCG would be 0 (a train split given twice?)")
+    warnings = []
+    if in_train:
+        warnings.append(f"{path}: {in_train} of its {mat.nnz} interactions are also in train; they can never "
+                        "be recommended (train items are excluded) and count as misses")
+    cold = np.flatnonzero((np.diff(mat.indptr) > 0) & (np.diff(train.indptr) == 0))
+    if cold.size:  # the published Yelp split has such users; they are evaluated, as published
+        warnings.append(f"{path}: {cold.size} evaluated users have no train interactions "
+                        f"(first: user {cold[0]}); they are evaluated like the others")
+    unseen = np.flatnonzero((np.diff(mat.tocsc().indptr) > 0) & (np.diff(train.tocsc().indptr) == 0))
+    if unseen.size:
+        warnings.append(f"{path}: {unseen.size} of its items never occur in train (first: item {unseen[0]}); "
+                        "their embeddings are never trained")
+    return warnings
 
 
 # ----------------------------------------------------------------------------- graphs

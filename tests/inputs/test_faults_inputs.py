@@ -157,3 +157,36 @@ def test_skipping_the_only_pruning_run_is_refused():
     Params.parse_args(["--PRUNING_START=1", "--PRUNING_END=2", "--esc_train_prn_run=1"])
     Params.parse_args(["--PRUNING_START=1", "--PRUNING_END=1", "--esc_train_prn_run=1",
                        "--run_no_adj_weights=True"])
+
+
+def test_an_evaluation_split_that_cannot_be_scored_is_named(tmp_path):
+    """Issue 36, case 5: a test split whose every interaction is in train is an error (every Recall
+    would be 0); some of them in train, or items never seen in train, are warnings with counts."""
+    import DataHandler as dh
+    from Utils.runtime.Errors import DataError
+
+    train = sp.coo_matrix(np.array([[1, 1, 0, 0], [0, 1, 1, 0], [1, 0, 1, 0]], dtype=np.float32))
+    _write_split(tmp_path / "sparse_same", train, train)
+    with pytest.raises(DataError, match="every one of its 6 interactions is also in train"):
+        dh.load_dataset(str(tmp_path), "same")
+    test = sp.coo_matrix(np.array([[1, 0, 1, 0], [0, 0, 0, 1], [0, 0, 0, 0]], dtype=np.float32))
+    _write_split(tmp_path / "sparse_some", train, test)
+    warnings = dh.load_dataset(str(tmp_path), "some").warnings
+    assert any("1 of its 3 interactions are also in train" in w for w in warnings)
+    assert any("1 of its items never occur in train (first: item 3)" in w for w in warnings)
+
+
+def test_non_integer_indices_in_a_crafted_split_are_refused(tmp_path):
+    """Issue 36, case 8: a COO or LIL split whose indices are fractions (SciPy would truncate 1.5 to 1)."""
+    import DataHandler as dh
+    from Utils.runtime.Errors import DataError
+
+    coo = sp.coo_matrix(np.eye(3, dtype=np.float32))
+    coo.__dict__["coords"] = (coo.coords[0].astype(np.float64) + 0.5, coo.coords[1])  # what a crafted pickle holds
+    lil = sp.lil_matrix(np.eye(3, dtype=np.float32))
+    lil.rows[1] = [1.5]
+    test = sp.coo_matrix(np.fliplr(np.eye(3, dtype=np.float32)))
+    for name, mat, bad in (("coo", coo, "user index 0.5"), ("lil", lil, "item index 1.5")):
+        _write_split(tmp_path / f"sparse_{name}", mat, test)
+        with pytest.raises(DataError, match=re.escape(bad) + " is not an integer"):
+            dh.load_dataset(str(tmp_path), name)
