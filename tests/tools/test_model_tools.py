@@ -195,9 +195,9 @@ def test_errors_are_one_line(trained, capsys, tmp_path):
 
     other = tmp_path / "sparse_other"  # a dataset of another shape
     other.mkdir()
-    for name in ("trnMat.pkl", "tstMat.pkl"):
+    for name, diagonal in (("trnMat.pkl", 0), ("tstMat.pkl", 1)):  # (a test split outside train)
         with open(other / name, "wb") as fh:
-            pickle.dump(sp.coo_matrix(np.eye(7, 5, dtype=np.float32)), fh)
+            pickle.dump(sp.coo_matrix(np.eye(7, 5, k=diagonal, dtype=np.float32)), fh)
     for target in (trained["stu"], trained["tea"]):
         rc, _, err = tool(capsys, "recommend", target, "--users", "0", "--dataset", "other", "--data_dir", tmp_path)
         assert rc == 2
