@@ -167,6 +167,12 @@ class Evaluator:
         self.split_csr = csr_tensors(split, device)
         self.n_truth = torch.from_numpy(np.diff(split.indptr).astype(np.int64)).to(device)
 
+    def _truth(self, users: torch.Tensor) -> torch.Tensor:
+        """users × items boolean matrix of the split's items of ``users``."""
+        truth = torch.zeros(users.numel(), self.n_items, dtype=torch.bool, device=self.device)
+        truth[rows_to_coords(*self.split_csr, users)] = True
+        return truth
+
     @torch.no_grad()
     def per_user(self, user_emb: torch.Tensor, item_emb: torch.Tensor, users: Optional[torch.Tensor] = None):
         """Yield (users, their Recall@K, their NDCG@K) batch by batch over ``users`` (default:
@@ -176,10 +182,7 @@ class Evaluator:
         for start in range(0, users.numel(), self.batch_users):
             chunk = users[start:start + self.batch_users]
             toplocs = top_k_unseen(user_emb, item_t, chunk, self.train_csr, self.topk).indices
-            truth = torch.zeros(chunk.numel(), self.n_items, dtype=torch.bool, device=self.device)
-            rows, cols = rows_to_coords(*self.split_csr, chunk)
-            truth[rows, cols] = True
-            yield (chunk, *recall_ndcg_from_ranking(toplocs, truth, self.n_truth[chunk], self.topk))
+            yield (chunk, *recall_ndcg_from_ranking(toplocs, self._truth(chunk), self.n_truth[chunk], self.topk))
 
     @torch.no_grad()
     def evaluate(self, user_emb: torch.Tensor, item_emb: torch.Tensor, progress=None,
@@ -232,8 +235,7 @@ class Evaluator:
         for start in range(0, self.users.numel(), self.batch_users):
             chunk = self.users[start:start + self.batch_users]
             scores = unseen_scores(user_emb, item_t, chunk, self.train_csr)
-            truth = torch.zeros(chunk.numel(), self.n_items, dtype=torch.bool, device=self.device)
-            truth[rows_to_coords(*self.split_csr, chunk)] = True
+            truth = self._truth(chunk)
             n_truth = self.n_truth[chunk]
             if per_user:
                 rows.setdefault("user", []).append(chunk.cpu())
