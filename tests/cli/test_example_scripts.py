@@ -175,7 +175,7 @@ def test_ablation_rejects_an_unknown_variant(tmp_path):
 
 def test_dense_baselines_are_the_teacher_recipe_at_the_student_s_depth(tmp_path):
     shutil.copytree(ROOT / "example_scripts", tmp_path / "example_scripts", dirs_exist_ok=True)
-    proc = subprocess.run(["bash", str(tmp_path / "example_scripts" / "yelp_dense_baselines.sh"), "8", "32"],
+    proc = subprocess.run(["bash", str(tmp_path / "example_scripts" / "yelp_dense_baselines.sh"), "8", "--threads=1", "32"],
                           env={"LAUNCH": "echo", "PATH": "/usr/bin:/bin"}, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     commands = [line.split() for line in proc.stdout.splitlines() if line.startswith("pretrainTeacher.py")]
@@ -183,6 +183,7 @@ def test_dense_baselines_are_the_teacher_recipe_at_the_student_s_depth(tmp_path)
     for dim, argv in zip((8, 32), commands):
         args = Params.parse_args(argv[1:], stage="teacher")
         assert (args.latdim, args.gnn_layer, args.lr, args.epoch_tea, args.patience) == (dim, 2, 4e-4, 300, 4)
+        assert args.threads == 1  # flags go to every run, whatever their place among the DIMs
         assert args.model_save_path.startswith(f"./outModels/yelp/dense_d{dim}/")
     bad = subprocess.run(["bash", str(tmp_path / "example_scripts" / "yelp_dense_baselines.sh"), "8x"],
                          env={"LAUNCH": "echo", "PATH": "/usr/bin:/bin"}, capture_output=True, text=True)
