@@ -14,8 +14,8 @@ Examples::
     # the embedded demo dataset (nothing to download)
     python prepareData.py --format synthetic --name demo
 
-Pipeline: rating threshold -> dedupe (user, item) -> k-core (iterated) -> reindex ->
-split 70/5/25 -> ``trnMat.pkl``/``valMat.pkl``/``tstMat.pkl`` + ``idmap.json`` + ``stats.json``,
+Pipeline: rating threshold -> dedupe (user, item) -> k-core (iterated; of the train file only when
+``--test`` gives the split, whose test interactions are all kept) -> reindex -> split 70/5/25 -> ``trnMat.pkl``/``valMat.pkl``/``tstMat.pkl`` + ``idmap.json`` + ``stats.json``,
 written atomically (see :mod:`Utils.data.Convert`). Errors in the input are reported as
 ``error: FILE:LINE: ...`` on stderr with exit status 2.
 """
@@ -41,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--name", required=True, help="dataset name: writes DATA_DIR/sparse_NAME/")
     parser.add_argument("--data_dir", default="./Datasets", metavar="DIR", help="where datasets live")
     parser.add_argument("--kcore", type=int, default=3, metavar="K",
-                        help="keep users and items with >= K interactions, iterated until stable (0 disables)")
+                        help="keep users and items with >= K interactions, iterated until stable (0 disables); "
+                             "with --test it counts and filters the train file only, the given test split is kept")
     parser.add_argument("--min_rating", type=float, default=None, metavar="R",
                         help="implicit feedback: keep interactions rated >= R (needs a rating column)")
     parser.add_argument("--split", choices=("random", "time"), default="random",

@@ -22,8 +22,11 @@ place only when everything is written, so a failure leaves no partial output.
 """
 from __future__ import annotations
 
+import bz2
 import csv
+import gzip
 import json
+import lzma
 import os
 import pickle
 import shutil
@@ -153,8 +156,14 @@ def concat(train: Interactions, test: Interactions) -> Interactions:
                         cat(train.times, test.times), part, train.sources + test.sources)
 
 
+# Compressed inputs, recognised by their first bytes, whatever the file's name.
+_COMPRESSED = ((b"\x1f\x8b", "gzip", gzip.decompress), (b"BZh", "bzip2", bz2.decompress),
+               (b"\xfd7zXZ\x00", "xz", lzma.decompress))
+
+
 def _read_text(path: str) -> str:
-    """The file as text (UTF-8, BOM allowed); DataError naming the line of an undecodable byte."""
+    """The file as text (UTF-8, BOM allowed; gzip, bzip2 or xz compressed files are read through);
+    DataError naming the line of an undecodable byte."""
     try:
         with open(path, "rb") as fh:
             raw = fh.read()
@@ -162,6 +171,15 @@ def _read_text(path: str) -> str:
         raise DataError(f"input file not found: {path}") from None
     except OSError as exc:
         raise DataError(f"cannot read {path}: {exc.strerror or exc}") from None
+    for magic, kind, decompress in _COMPRESSED:
+        if raw.startswith(magic):
+            try:
+                raw = decompress(raw)
+            except (OSError, EOFError, ValueError, lzma.LZMAError) as exc:
+                raise DataError(f"{path} is a {kind} file that cannot be decompressed ({exc})") from None
+            break
+    if raw.startswith(b"PK\x03\x04"):
+        raise DataError(f"{path} is a zip archive: extract the interaction file from it and give that")
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -519,17 +537,22 @@ def dedupe(users: np.ndarray, items: np.ndarray, n_items: int, priority: Sequenc
     return np.sort(order[first])
 
 
-def kcore(users: np.ndarray, items: np.ndarray, k: int, n_users: int, n_items: int) -> Tuple[np.ndarray, int]:
+def kcore(users: np.ndarray, items: np.ndarray, k: int, n_users: int, n_items: int,
+          among: Optional[np.ndarray] = None) -> Tuple[np.ndarray, int]:
     """Mask of the interactions in the k-core: repeatedly drop every interaction of a user or
-    item with fewer than ``k`` interactions until none is left to drop. Returns (mask, rounds)."""
+    item with fewer than ``k`` interactions until none is left to drop. Returns (mask, rounds).
+    ``among`` (a mask): only those interactions are counted and dropped, the others always
+    kept (a given test split is never filtered: the core is that of its train split)."""
+    subject = np.ones(users.size, dtype=bool) if among is None else among.astype(bool)
     keep = np.ones(users.size, dtype=bool)
     rounds = 0
     if k <= 1:
         return keep, rounds
     while True:
-        du = np.bincount(users[keep], minlength=n_users)
-        di = np.bincount(items[keep], minlength=n_items)
-        drop = keep & ((du[users] < k) | (di[items] < k))
+        counted = keep & subject
+        du = np.bincount(users[counted], minlength=n_users)
+        di = np.bincount(items[counted], minlength=n_items)
+        drop = counted & ((du[users] < k) | (di[items] < k))
         if not drop.any():
             return keep, rounds
         keep &= ~drop
@@ -674,15 +697,26 @@ def prepare(opts: Options, log=print) -> Result:
     user_codes, user_ids = factorize(inter.users)
     item_codes, item_ids = factorize(inter.items)
     priority = [a for a in (inter.part, inter.times, inter.lines) if a is not None]
+    given = inter.part is not None  # --test: the test split is the file's, kept whole
+    n_test = int((inter.part == TEST).sum()) if given else 0
     keep = dedupe(user_codes, item_codes, item_ids.size, priority)
     inter, user_codes, item_codes = inter.take(keep), user_codes[keep], item_codes[keep]
     steps.append(("dedupe (user, item)", len(inter)))
+    if given:
+        dropped = n_test - int((inter.part == TEST).sum())
+        if dropped:  # (the train copy is kept: dedupe prefers the train part)
+            notes.append(f"{dropped} of the {n_test} given test interactions are also in train: dropped from test")
+        if not (inter.part == TEST).any():
+            raise DataError(f"every interaction of {opts.test} is also in {opts.input}: the test split would be empty")
 
-    mask, rounds = kcore(user_codes, item_codes, opts.kcore, user_ids.size, item_ids.size)
+    mask, rounds = kcore(user_codes, item_codes, opts.kcore, user_ids.size, item_ids.size,
+                         among=(inter.part == TRAIN) if given else None)
     if opts.kcore > 1:
-        steps.append((f"{opts.kcore}-core ({rounds} round{'s' if rounds != 1 else ''})", int(mask.sum())))
-    if not mask.any():
-        raise DataError(f"no interactions left after the {opts.kcore}-core filter (lower --kcore)")
+        label = f"{opts.kcore}-core{' of train' if given else ''}"
+        steps.append((f"{label} ({rounds} round{'s' if rounds != 1 else ''})", int(mask.sum())))
+    if not (mask if not given else mask & (inter.part == TRAIN)).any():
+        raise DataError(f"no {'train ' if given else ''}interactions left after the {opts.kcore}-core filter "
+                        "(lower --kcore)")
     inter, user_codes, item_codes = inter.take(np.flatnonzero(mask)), user_codes[mask], item_codes[mask]
 
     kept_users, users = np.unique(user_codes, return_inverse=True)
@@ -697,6 +731,9 @@ def prepare(opts: Options, log=print) -> Result:
         no_train = np.setdiff1d(np.arange(n_users), users[part == TRAIN]).size
         if no_train:
             notes.append(f"{no_train} users have test interactions but none in train (given split kept)")
+        cold = np.setdiff1d(np.arange(n_items), items[part == TRAIN]).size
+        if cold:
+            notes.append(f"{cold} items appear only in test (given split kept): no model learns them from train")
     elif opts.split == "time":
         if inter.times is None:
             raise DataError(f"--split time needs a timestamp column, and {inter.sources[0]} has none")

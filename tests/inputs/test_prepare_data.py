@@ -76,6 +76,41 @@ def test_lightgcn_keeps_given_split_and_carves_validation(tmp_path):
     assert_splits_sane(data)
 
 
+def test_a_given_test_split_is_never_filtered_by_the_k_core(tmp_path):
+    """Issue 36, case 5: with the default 3-core, a test file whose items are rare (or seen only
+    in test) kept its interactions nowhere; now the core is that of train and test is kept."""
+    train_lines = [f"{u} " + " ".join(str((u + j) % 12) for j in range(6)) for u in range(12)]
+    test_lines = [f"{u} {100 + u} {(u + 7) % 12}" for u in range(12)]  # an item only in test, one in train
+    test_lines[0] = "0 100 0"  # (0, 0) is also in train: dropped from test, with a note
+    train = write(tmp_path / "train.txt", "\n".join(train_lines) + "\n")
+    test = write(tmp_path / "test.txt", "\n".join(test_lines) + "\n")
+    result, data, idmap = run(tmp_path, format="lightgcn", input=train, test=test, name="g", kcore=3)
+    given = {(line.split()[0], item) for line in test_lines for item in line.split()[1:]} - {("0", "0")}
+    assert pairs(data.test, idmap) == given and data.test.nnz == 23
+    assert any("1 of the 24 given test interactions are also in train" in note for note in result.notes)
+    assert any("12 items appear only in test" in note for note in result.notes)
+    assert ("3-core of train (0 rounds)", 95) in result.steps  # 72 train + 23 test interactions
+    with pytest.raises(DataError, match="the test split would be empty"):
+        run(tmp_path, format="lightgcn", input=train, test=train, name="g2", kcore=3)
+
+
+@pytest.mark.parametrize("compress", ["gzip", "bz2", "lzma"])
+def test_compressed_input_is_read_through(tmp_path, compress):
+    """Issue 36, case 9: a gzip (bzip2, xz) file was refused as "not UTF-8"; it is read whatever its name."""
+    import importlib
+
+    text = "".join(f"{u}\t{(u * 7 + j) % 30}\t5\n" for u in range(20) for j in range(6))
+    plain = write(tmp_path / "plain.csv", text)
+    packed = tmp_path / "packed.csv"
+    packed.write_bytes(importlib.import_module(compress).compress(text.encode()))
+    _, want, _ = run(tmp_path, format="csv", input=plain, name="p", kcore=0)
+    _, got, _ = run(tmp_path, format="csv", input=str(packed), name="z", kcore=0)
+    assert (got.train != want.train).nnz == 0 and (got.test != want.test).nnz == 0
+    packed.write_bytes(packed.read_bytes()[:20])
+    with pytest.raises(DataError, match="cannot be decompressed"):
+        run(tmp_path, format="csv", input=str(packed), name="z2", kcore=0)
+
+
 def test_recbole_fields_found_by_name_in_any_order(tmp_path):
     header = "item_id:token\tgenre:token_seq\trating:float\tuser_id:token\ttimestamp:float\n"
     rows, expected = [], set()
