@@ -27,6 +27,7 @@ Tensor names stay as published, matching the models' ``state_dict``:
 from __future__ import annotations
 
 import argparse
+import errno
 import numbers
 import os
 import pickle
@@ -311,6 +312,10 @@ def weights_only_error(path: str, exc: BaseException, what: str = "checkpoint") 
 
 
 def corrupt(path: str, exc: BaseException, what: str = "checkpoint") -> CheckpointError:
+    if isinstance(exc, OSError) and exc.errno == errno.EINVAL:  # a zip cut short near its end: torch's
+        # reader fails with "[Errno 22] Invalid argument", which says nothing about the file
+        return CheckpointError(f"{what} {path} is not a PyTorch checkpoint or is corrupt (it is cut short or "
+                               f"damaged: reading its {os.path.getsize(path):,} bytes failed)")
     text = str(exc).strip()
     reason = type(exc).__name__
     if "WeightsUnpickler error:" in text:  # torch's own reason follows a paragraph of advice

@@ -153,13 +153,18 @@ def test_corrupt_files(tmp_path, content):
     assert str(path) in message and "\n" not in message
 
 
-def test_truncated_checkpoint(tmp_path):
+@pytest.mark.parametrize("cut", [0.5, -30])
+def test_truncated_checkpoint(tmp_path, cut):
+    """Cut in half, or 30 bytes short (torch then fails with a bare "[Errno 22] Invalid argument")."""
     path = tmp_path / "cut.mod"
-    save_checkpoint(path, sp_tensors(), {})
+    save_checkpoint(path, {"E": torch.randn(1000)}, {})
     data = path.read_bytes()
-    path.write_bytes(data[: len(data) // 2])
-    with pytest.raises(CheckpointError, match="corrupt"):
+    path.write_bytes(data[: int(len(data) * cut) if cut > 0 else cut])
+    with pytest.raises(CheckpointError, match="corrupt") as info:
         load_checkpoint(path)
+    assert "Errno" not in str(info.value)
+    if cut < 0:
+        assert f"cut short or damaged: reading its {len(data) - 30:,} bytes failed" in str(info.value)
 
 
 def test_unknown_formats(tmp_path):
