@@ -78,6 +78,40 @@ def run_script(script, *flags, check=True):
     return proc
 
 
+def run_here(script, *flags, check=True):
+    """:func:`run_script` in this process: the same entry point (``main`` under its CLI wrapper),
+    stdout/stderr captured, the exit status returned, without starting an interpreter and
+    importing torch again (about 2 s a call). For commands that stop early (a refusal) or do
+    little (a model tool); an exception that is not an exit propagates, so a traceback fails the
+    test. Torch's thread count and deterministic mode are restored afterwards."""
+    import contextlib
+    import importlib
+    import io
+
+    import Params
+
+    module = importlib.import_module(script[:-len(".py")])
+    argv = [str(flag) for flag in flags]
+    entry = {"pretrainTeacher.py": lambda: Params.run_cli(module.main, stage="teacher", argv=argv),
+             "Main.py": lambda: Params.run_cli(module.main, stage="main", argv=argv)}.get(script,
+                                                                                           lambda: module.main(argv))
+    out, err = io.StringIO(), io.StringIO()
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = entry() or 0
+            except SystemExit as exit_:
+                code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic)
+    proc = subprocess.CompletedProcess([script, *argv], code, out.getvalue(), err.getvalue())
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{script} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
 def train_tiny_supervisors(folder, data_dir):
     """Train the tiny teacher (``folder/tea.mod``) and the intermediate model distilled from it;
     return the intermediate model's global-best checkpoint (stage 3's --middle_teacher_model)."""

@@ -8,7 +8,7 @@ import scipy.sparse as sp
 
 import DataHandler as dh
 from Utils.runtime.Errors import DataError
-from conftest import _history, _one_error_line, _write_split, run_script
+from conftest import _history, _one_error_line, _write_split, run_here
 from conftest import tiny_data_dir as _tiny_data
 
 pytestmark = pytest.mark.slow  # end-to-end runs in subprocesses
@@ -53,7 +53,7 @@ def test_the_cli_refuses_it_in_one_line(tmp_path):
     folder = tmp_path / "sparse_evil"
     _write_split(folder, _eye())
     (folder / "tstMat.pkl").write_bytes(pickle.dumps(_Payload(marker)))
-    proc = run_script("pretrainTeacher.py", "--dataset=evil", f"--data_dir={tmp_path}", "--epoch_tea=1",
+    proc = run_here("pretrainTeacher.py", "--dataset=evil", f"--data_dir={tmp_path}", "--epoch_tea=1",
                       f"--model_save_path={tmp_path}/t", f"--his_save_path={tmp_path}/t", check=False)
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error:") and "tstMat.pkl" in lines[0]
@@ -97,7 +97,7 @@ def test_a_bad_input_leaves_the_earlier_history_untouched(tmp_path, tiny_dir):
     data = _tiny_data(tmp_path, tiny_dir)
     his = tmp_path / "stu.his"
     his.write_text('{"epoch": 0}\n')
-    proc = run_script("Main.py", *TINY_STU, f"--data_dir={data}", f"--middle_teacher_model={tmp_path}/typo.mod",
+    proc = run_here("Main.py", *TINY_STU, f"--data_dir={data}", f"--middle_teacher_model={tmp_path}/typo.mod",
                       f"--model_save_path={tmp_path}/stu", f"--his_save_path={tmp_path}/stu", check=False)
     assert proc.returncode == 2 and "typo.mod" in proc.stderr
     assert his.read_text() == '{"epoch": 0}\n'
@@ -108,7 +108,7 @@ def test_a_history_folder_that_cannot_be_made_is_one_line_error(tmp_path, tiny_d
 
     data = _tiny_data(tmp_path, tiny_dir)
     (tmp_path / "file").write_text("not a folder")
-    proc = run_script("pretrainTeacher.py", *TINY_TEACHER, f"--data_dir={data}", f"--model_save_path={tmp_path}/tea",
+    proc = run_here("pretrainTeacher.py", *TINY_TEACHER, f"--data_dir={data}", f"--model_save_path={tmp_path}/tea",
                       f"--his_save_path={tmp_path}/file/sub/tea", check=False)
     _one_error_line(proc, "file/sub")
     assert not (tmp_path / "tea.mod").exists()
@@ -129,7 +129,7 @@ def test_a_diverging_teacher_stops_and_never_saves_a_nan_model(tmp_path, tiny_di
     from conftest import TINY_TEACHER
 
     data = _tiny_data(tmp_path, tiny_dir)
-    proc = run_script("pretrainTeacher.py", *TINY_TEACHER, f"--data_dir={data}", "--lr=1e30", "--epoch_tea=5",
+    proc = run_here("pretrainTeacher.py", *TINY_TEACHER, f"--data_dir={data}", "--lr=1e30", "--epoch_tea=5",
                       f"--model_save_path={tmp_path}/t", f"--his_save_path={tmp_path}/t", check=False)
     _one_error_line(proc, "stage teacher", "epoch", "stopped")
     if (tmp_path / "t.mod").exists():  # a record saved before the divergence is finite
@@ -141,9 +141,9 @@ def test_a_non_finite_loss_part_names_stage_run_epoch_batch_and_part(tmp_path, t
     from conftest import TINY_MID, TINY_TEACHER
 
     data = _tiny_data(tmp_path, tiny_dir)
-    run_script("pretrainTeacher.py", *TINY_TEACHER, f"--data_dir={data}", f"--model_save_path={tmp_path}/t",
+    run_here("pretrainTeacher.py", *TINY_TEACHER, f"--data_dir={data}", f"--model_save_path={tmp_path}/t",
                f"--his_save_path={tmp_path}/t")
-    proc = run_script("Main.py", *TINY_MID, f"--data_dir={data}", f"--teacher_model={tmp_path}/t.mod",
+    proc = run_here("Main.py", *TINY_MID, f"--data_dir={data}", f"--teacher_model={tmp_path}/t.mod",
                       "--softreg=1e40", f"--model_save_path={tmp_path}/m", f"--his_save_path={tmp_path}/m",
                       check=False)
     _one_error_line(proc, "stage middle_teacher", "prn_run 1", "epoch 0", "loss part 'pred_kd'",
@@ -156,12 +156,12 @@ def test_a_nan_checkpoint_is_not_accepted_as_a_supervisor(tmp_path, tiny_dir):
     from conftest import TINY_MID, TINY_TEACHER
 
     data = _tiny_data(tmp_path, tiny_dir)
-    run_script("pretrainTeacher.py", *TINY_TEACHER, f"--data_dir={data}", f"--model_save_path={tmp_path}/t",
+    run_here("pretrainTeacher.py", *TINY_TEACHER, f"--data_dir={data}", f"--model_save_path={tmp_path}/t",
                f"--his_save_path={tmp_path}/t")
     ckpt = torch.load(tmp_path / "t.mod", weights_only=True)
     ckpt["tensors"]["uEmbeds"][3, 1] = float("nan")
     torch.save(ckpt, tmp_path / "nan.mod")
-    proc = run_script("Main.py", *TINY_MID, f"--data_dir={data}", f"--teacher_model={tmp_path}/nan.mod",
+    proc = run_here("Main.py", *TINY_MID, f"--data_dir={data}", f"--teacher_model={tmp_path}/nan.mod",
                       f"--model_save_path={tmp_path}/m", f"--his_save_path={tmp_path}/m", check=False)
     _one_error_line(proc, "nan.mod", "NaN or infinite", "uEmbeds")
 
@@ -215,9 +215,9 @@ def test_ctrl_c_under_tee_keeps_the_summary_on_stderr(tmp_path, tiny_dir):
 def _teacher_and_mid(tmp_path, data):
     from conftest import TINY_MID, TINY_TEACHER
 
-    run_script("pretrainTeacher.py", *TINY_TEACHER, f"--data_dir={data}", f"--model_save_path={tmp_path}/t",
+    run_here("pretrainTeacher.py", *TINY_TEACHER, f"--data_dir={data}", f"--model_save_path={tmp_path}/t",
                f"--his_save_path={tmp_path}/t")
-    run_script("Main.py", *TINY_MID, f"--data_dir={data}", f"--teacher_model={tmp_path}/t.mod",
+    run_here("Main.py", *TINY_MID, f"--data_dir={data}", f"--teacher_model={tmp_path}/t.mod",
                f"--model_save_path={tmp_path}/m", f"--his_save_path={tmp_path}/m")
     return tmp_path / "t.mod", tmp_path / "m_best_global_100_100.mod"
 
@@ -228,7 +228,7 @@ def test_checkpoints_of_another_role_or_dataset_are_refused(tmp_path, tiny_dir):
     data = _tiny_data(tmp_path, tiny_dir)
     teacher, mid = _teacher_and_mid(tmp_path, data)
     # another role: the intermediate model given as the teacher, the teacher as the intermediate model
-    proc = run_script("Main.py", *TINY_MID, f"--data_dir={data}", f"--teacher_model={mid}",
+    proc = run_here("Main.py", *TINY_MID, f"--data_dir={data}", f"--teacher_model={mid}",
                       f"--model_save_path={tmp_path}/x", f"--his_save_path={tmp_path}/x", check=False)
     _one_error_line(proc, "holds a middle_teacher model, not a teacher model")
     # another dataset of the same shape: one train interaction moved
@@ -239,7 +239,7 @@ def test_checkpoints_of_another_role_or_dataset_are_refused(tmp_path, tiny_dir):
     other = tmp_path / "Other" / "sparse_tiny"
     _write_split(other, sp.coo_matrix(train.tocsr()), dh.load_split(str(tiny_dir / "tstMat.pkl")),
                  dh.load_split(str(tiny_dir / "valMat.pkl")))
-    proc = run_script("Main.py", *TINY_STU, f"--data_dir={tmp_path / 'Other'}", f"--middle_teacher_model={mid}",
+    proc = run_here("Main.py", *TINY_STU, f"--data_dir={tmp_path / 'Other'}", f"--middle_teacher_model={mid}",
                       f"--model_save_path={tmp_path}/y", f"--his_save_path={tmp_path}/y", check=False)
     _one_error_line(proc, "another train split")
 
@@ -249,7 +249,7 @@ def test_a_published_checkpoint_is_accepted_with_one_warning(tmp_path, tiny_dir)
 
     data = _tiny_data(tmp_path, tiny_dir)
     mid = REF / "published_checkpoints" / "mid_tiny_best_global_100_100.mod"
-    proc = run_script("Main.py", *TINY_STU, f"--data_dir={data}", f"--middle_teacher_model={mid}",
+    proc = run_here("Main.py", *TINY_STU, f"--data_dir={data}", f"--middle_teacher_model={mid}",
                       "--PRUNING_END=1", "--mask_epoch=1", "--plots=False",
                       f"--model_save_path={tmp_path}/s", f"--his_save_path={tmp_path}/s")
     warnings = [line for line in proc.stdout.splitlines() if line.startswith("warning:") and ".mod" in line]
@@ -274,16 +274,16 @@ def test_topk_above_the_item_count_is_one_line_error_before_anything_is_written(
     teacher = REF / "published_checkpoints" / "teacher_tiny.mod"
     too_many = f"--topk={n_items + 1}"
     for script, flags in (("pretrainTeacher.py", TINY_TEACHER), ("Main.py", [*TINY_MID, f"--teacher_model={teacher}"])):
-        proc = run_script(script, *flags, f"--data_dir={data}", too_many, f"--model_save_path={out}/x",
+        proc = run_here(script, *flags, f"--data_dir={data}", too_many, f"--model_save_path={out}/x",
                           f"--his_save_path={out}/x", check=False)
         _one_error_line(proc, too_many, f"number of items, {n_items}")
         assert not out.exists() or not os.listdir(out), os.listdir(out)
     tool = ("modelTools.py", "evaluate", teacher, "--dataset=tiny", f"--data_dir={data}")
-    _one_error_line(run_script(*tool, f"--topk={n_items + 1}", "--json", tmp_path / "m.json", check=False),
+    _one_error_line(run_here(*tool, f"--topk={n_items + 1}", "--json", tmp_path / "m.json", check=False),
                     too_many)
     assert not (tmp_path / "m.json").exists()
     # recommend documents its behaviour instead: K is clipped, each user gets every unseen item
-    proc = run_script("modelTools.py", "recommend", teacher, "--dataset=tiny", f"--data_dir={data}",
+    proc = run_here("modelTools.py", "recommend", teacher, "--dataset=tiny", f"--data_dir={data}",
                       "--users=0,1", "--topk=1000")
     seen = np.diff(sp.csr_matrix(train).indptr)
     for user, line in zip((0, 1), proc.stdout.splitlines()):
@@ -294,18 +294,18 @@ def test_plot_refuses_a_file_as_out_and_a_binary_history_in_one_line(tmp_path):
     from conftest import REF
 
     his = _history(tmp_path / "t.his")
-    run_script("modelTools.py", "plot", his, "--out", tmp_path / "plots")
+    run_here("modelTools.py", "plot", his, "--out", tmp_path / "plots")
     png = tmp_path / "plots" / "training.png"
     mod = tmp_path / "t.mod"
     mod.write_bytes((REF / "published_checkpoints" / "teacher_tiny.mod").read_bytes())
     before = {p: p.read_bytes() for p in (png, mod)}
     for target in (png, mod):  # --out an existing file
-        _one_error_line(run_script("modelTools.py", "plot", his, "--out", target, check=False),
+        _one_error_line(run_here("modelTools.py", "plot", his, "--out", target, check=False),
                         str(target), "not a folder")
     for history in (png, mod):  # a PNG or a checkpoint given as a history
-        _one_error_line(run_script("modelTools.py", "plot", history, "--out", tmp_path / "other", check=False),
+        _one_error_line(run_here("modelTools.py", "plot", history, "--out", tmp_path / "other", check=False),
                         str(history), "not a history file")
-        _one_error_line(run_script("modelTools.py", "summary", history, check=False), str(history))
+        _one_error_line(run_here("modelTools.py", "summary", history, check=False), str(history))
     assert {p: p.read_bytes() for p in (png, mod)} == before
     assert not (tmp_path / "other").exists()
 
@@ -341,7 +341,7 @@ def test_epoch_list_of_zeros_is_one_line_error_on_the_command_line(tmp_path, tin
     from conftest import REF, TINY_MID
 
     data = _tiny_data(tmp_path, tiny_dir)
-    proc = run_script("Main.py", *TINY_MID, f"--data_dir={data}", "--epoch_list=0,0,0", "--use_dynamic_epoch=True",
+    proc = run_here("Main.py", *TINY_MID, f"--data_dir={data}", "--epoch_list=0,0,0", "--use_dynamic_epoch=True",
                       f"--teacher_model={REF / 'published_checkpoints' / 'teacher_tiny.mod'}",
                       f"--model_save_path={tmp_path}/out/m", f"--his_save_path={tmp_path}/out/m", check=False)
     _one_error_line(proc, "--epoch_list[1] is 0", "--use_dynamic_epoch=True")
@@ -382,7 +382,7 @@ def test_a_malformed_line_is_blamed_on_its_own_line(tmp_path, name, text, where)
 def test_prepare_data_reports_a_repeated_header_in_one_line(tmp_path):
     path = tmp_path / "cat.csv"
     path.write_text("user,item\n" + "".join(f"{u},{i}\n" for u in range(5) for i in range(4)) + "user,item\n9,9\n")
-    proc = run_script("prepareData.py", "--format=csv", f"--input={path}", "--name=x", f"--data_dir={tmp_path / 'D'}",
+    proc = run_here("prepareData.py", "--format=csv", f"--input={path}", "--name=x", f"--data_dir={tmp_path / 'D'}",
                       check=False)
     _one_error_line(proc, "cat.csv:22", "repeats the header")
     assert not (tmp_path / "D").exists()

@@ -13,7 +13,7 @@ import DataHandler as dh
 import Params
 from Utils.runtime import Runtime
 from Utils.runtime.Errors import ConfigError, DataError
-from conftest import TINY_TEACHER, run_script
+from conftest import TINY_TEACHER, run_here
 from conftest import _one_error_line, _write_split
 
 
@@ -74,7 +74,7 @@ def test_a_negative_test_index_in_a_lil_split_is_one_line_error(tmp_path):
     folder = tmp_path / "sparse_lil"
     train = sp.coo_matrix(np.eye(4, 5, dtype=np.float32))
     _write_split(folder, train, _lil_with(-1))
-    proc = run_script("pretrainTeacher.py", "--dataset=lil", f"--data_dir={tmp_path}", "--epoch_tea=1",
+    proc = run_here("pretrainTeacher.py", "--dataset=lil", f"--data_dir={tmp_path}", "--epoch_tea=1",
                       f"--model_save_path={tmp_path}/t", f"--his_save_path={tmp_path}/t", check=False)
     _one_error_line(proc, "tstMat.pkl", "item index -1")
     assert not (tmp_path / "t.his").exists()
@@ -105,7 +105,7 @@ def test_a_seed_numpy_refuses_is_refused_when_parsed(seed):
 
 @pytest.mark.slow
 def test_prepare_data_refuses_a_negative_seed_in_one_line(tmp_path):
-    proc = run_script("prepareData.py", "--format=synthetic", "--name=s", f"--data_dir={tmp_path}", "--seed", "-1",
+    proc = run_here("prepareData.py", "--format=synthetic", "--name=s", f"--data_dir={tmp_path}", "--seed", "-1",
                       check=False)
     _one_error_line(proc, "--seed must be >= 0")
     assert not (tmp_path / "sparse_s").exists()
@@ -113,7 +113,7 @@ def test_prepare_data_refuses_a_negative_seed_in_one_line(tmp_path):
 
 @pytest.mark.slow
 def test_the_largest_seed_runs(tmp_path, tiny_data):
-    run_script("pretrainTeacher.py", *TINY_TEACHER, f"--data_dir={tiny_data}", "--epoch_tea=1", f"--seed={2**32 - 1}",
+    run_here("pretrainTeacher.py", *TINY_TEACHER, f"--data_dir={tiny_data}", "--epoch_tea=1", f"--seed={2**32 - 1}",
                f"--model_save_path={tmp_path}/t", f"--his_save_path={tmp_path}/t")
     assert (tmp_path / "t.mod").exists()
 
@@ -128,7 +128,7 @@ def test_a_size_past_the_machine_is_refused_before_allocating(tmp_path, tiny_dat
     flags = [*TINY_TEACHER, "--epoch_tea=1"] if script == "pretrainTeacher.py" else [
         "--dataset=tiny", "--train_middle_model=True", "--distill_from_middle_model=False",
         "--distill_from_teacher_model=True", f"--teacher_model={tmp_path}/none.mod"]
-    proc = run_script(script, *flags, f"--data_dir={tiny_data}", flag, f"--model_save_path={tmp_path}/t",
+    proc = run_here(script, *flags, f"--data_dir={tiny_data}", flag, f"--model_save_path={tmp_path}/t",
                       f"--his_save_path={tmp_path}/t", check=False)
     line = _one_error_line(proc, needle, "more than the")
     assert re.search(r"needs at least [\d.]+ [GT]iB of memory, more than the [\d.]+ GiB this machine has", line)
