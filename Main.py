@@ -20,6 +20,7 @@ import sys
 
 import Params
 from Utils.config import Build
+from Utils.files import Lock
 from Utils.training.Distill import DistillStage
 from Utils.training.Training import open_run, run_stage
 
@@ -27,13 +28,14 @@ from Utils.training.Training import open_run, run_stage
 def main(args) -> int:
     ctx = open_run(Build.runtime_config(args), Params.format_args(args), Build.history_file(args.his_save_path))
     cfg = Build.distill_config(args, ctx.device)
-    stage = DistillStage.from_files(cfg, ctx)  # reads and checks every input first
-    status = run_stage(stage)
-    if status == 0 and cfg.trainee_is_student and args.plots and ctx.group.lead:
-        from Utils.tools import Plots  # matplotlib is loaded only when plots are drawn
+    say = lambda line: ctx.log.line(line, stamp=False)  # noqa: E731
+    with Lock.own(cfg.outputs, ctx.group.lead, say):  # one run per output prefix, plots included
+        stage = DistillStage.from_files(cfg, ctx)  # reads and checks every input first
+        status = run_stage(stage)
+        if status == 0 and cfg.trainee_is_student and args.plots and ctx.group.lead:
+            from Utils.tools import Plots  # matplotlib is loaded only when plots are drawn
 
-        Plots.plot_after_training(args.his_save_path, cfg.middle_path, args.topk,
-                                  lambda line: ctx.log.line(line, stamp=False))
+            Plots.plot_after_training(args.his_save_path, cfg.middle_path, args.topk, say)
     return status
 
 

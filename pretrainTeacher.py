@@ -13,13 +13,16 @@ import sys
 
 import Params
 from Utils.config import Build
+from Utils.files import Lock
 from Utils.training.Teacher import TeacherStage
 from Utils.training.Training import open_run, run_stage
 
 
 def main(args) -> int:
     ctx = open_run(Build.runtime_config(args), Params.format_args(args), Build.history_file(args.his_save_path))
-    return run_stage(TeacherStage.from_files(Build.teacher_config(args), ctx))
+    cfg = Build.teacher_config(args)
+    with Lock.own(cfg.outputs, ctx.group.lead, lambda line: ctx.log.line(line, stamp=False)):  # one run per prefix
+        return run_stage(TeacherStage.from_files(cfg, ctx))
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import scipy.sparse as sp
 
 import DataHandler as dh
 from Utils.runtime import Errors
-from conftest import ROOT, TINY_TEACHER, run_script
+from conftest import ROOT, TINY_TEACHER, run_here
 from conftest import tiny_data_dir as _tiny_data
 from conftest import _history, _one_error_line, _write_split
 
@@ -32,7 +32,7 @@ def teacher(tmp_path_factory):
     if not tiny.is_dir():
         pytest.skip("tests/data/reference/tiny is not available")
     data = _tiny_data(root, tiny)
-    run_script("pretrainTeacher.py", *TEACHER, f"--data_dir={data}", f"--model_save_path={root}/tea",
+    run_here("pretrainTeacher.py", *TEACHER, f"--data_dir={data}", f"--model_save_path={root}/tea",
                f"--his_save_path={root}/tea")
     train = dh.load_split(str(tiny / "trnMat.pkl")).tolil()
     row, col = train.nonzero()
@@ -47,11 +47,11 @@ def teacher(tmp_path_factory):
 def test_model_tools_refuse_a_model_of_another_train_split_as_the_stages_do(teacher, tmp_path):
     checkpoint, data, other = teacher
     compact = tmp_path / "tea.cmp"
-    run_script("modelTools.py", "export", checkpoint, compact)  # on its own dataset: accepted
-    assert "Recall@20" in run_script("modelTools.py", "evaluate", compact).stdout
+    run_here("modelTools.py", "export", checkpoint, compact)  # on its own dataset: accepted
+    assert "Recall@20" in run_here("modelTools.py", "evaluate", compact).stdout
     for argv in (("evaluate", checkpoint), ("recommend", checkpoint, "--users=0"), ("evaluate", compact),
                  ("export", checkpoint, tmp_path / "x.cmp")):
-        proc = run_script("modelTools.py", *argv, f"--data_dir={other}", check=False)
+        proc = run_here("modelTools.py", *argv, f"--data_dir={other}", check=False)
         _one_error_line(proc, "another train split", str(data), str(other / "sparse_tiny"), "--data_dir")
         assert proc.stdout == ""
     assert not (tmp_path / "x.cmp").exists()
@@ -72,7 +72,7 @@ def test_a_plot_that_cannot_be_written_is_one_line_error(tmp_path, how):
             pytest.skip("root writes into a read-only folder (the two cases above fail the same write)")
         out.chmod(0o555)
     for command in ("plot", "curve"):
-        proc = run_script("modelTools.py", command, his, "--out", out, "--prefix", prefix, check=False)
+        proc = run_here("modelTools.py", command, his, "--out", out, "--prefix", prefix, check=False)
         _one_error_line(proc, "cannot write the plot", str(out))
     assert os.listdir(out) == []
 
@@ -143,15 +143,27 @@ def _torchrun(script, *flags):
 def test_torchrun_prints_an_error_once_and_rank_1_exits_without_traceback(tmp_path, tiny_data, case):
     flags = [*TEACHER, "--epoch_tea=2", f"--data_dir={tiny_data}", f"--model_save_path={tmp_path}/t",
              f"--his_save_path={tmp_path}/t"]
-    if case == "every rank fails":
-        flags.append("--dataset=missing")
-        needle = "sparse_missing"
-    else:  # only rank 0 writes checkpoints: a folder in the way of t.mod stops it after epoch 0
-        (tmp_path / "t.mod").mkdir()
+    holder = None
+    if case == "every rank fails":  # a folder in the way of t.mod: every rank sees it before training
+        (tmp_path / "t.mod").mkdir()  # (issue 36, case 9: it used to stop rank 0 only, after epoch 0)
         flags.append("--overwrite=True")
-        needle = "a folder of that name is in the way"
-    proc = _torchrun("pretrainTeacher.py", *flags)
+        needle = "t.mod is a folder, in the way of the checkpoint"
+    else:  # only rank 0 takes the output prefix's lock: another run holding it stops rank 0 alone
+        code = (f"import sys, time; sys.path.insert(0, {str(ROOT)!r})\n"
+                "from Utils.config.Config import Outputs\nfrom Utils.files import Lock\n"
+                f"with Lock.own(Outputs({str(tmp_path / 't')!r}, {str(tmp_path / 't')!r})):\n"
+                "    print('held', flush=True)\n    time.sleep(600)\n")
+        holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+        assert holder.stdout.readline().strip() == "held"
+        needle = f"is in use by another run (PID {holder.pid} "
+    try:
+        proc = _torchrun("pretrainTeacher.py", *flags)
+    finally:
+        if holder is not None:
+            holder.kill()
+            holder.wait()
     output = proc.stdout + proc.stderr
+    assert "Epoch 0" not in output
     errors = [line for line in output.splitlines() if line.startswith("error:")]
     assert proc.returncode != 0 and len(errors) == 1 and needle in errors[0], output[-3000:]
     assert "[rank1]" not in output and "Connection closed" not in output, output[-3000:]
@@ -162,7 +174,7 @@ def test_a_split_pickle_given_as_a_checkpoint_is_refused_in_one_line(tmp_path, t
     """torch.load warns about the pickle protocol of any non-torch pickle before refusing it."""
     data = _tiny_data(tmp_path, tiny_dir)
     split = tiny_dir / "trnMat.pkl"
-    _one_error_line(run_script("modelTools.py", "evaluate", split, check=False), str(split), "refused")
-    proc = run_script("pretrainTeacher.py", *TEACHER, f"--data_dir={data}", f"--load_model_tea={split}",
+    _one_error_line(run_here("modelTools.py", "evaluate", split, check=False), str(split), "refused")
+    proc = run_here("pretrainTeacher.py", *TEACHER, f"--data_dir={data}", f"--load_model_tea={split}",
                       f"--model_save_path={tmp_path}/t", f"--his_save_path={tmp_path}/t", check=False)
     _one_error_line(proc, str(split), "refused")
