@@ -128,6 +128,10 @@ class TeacherConfig:
     load_history: str = ""  # --load_his_tea: continue this history
     flags: Mapping[str, Any] = None
 
+    def supervisors(self) -> Mapping[str, Optional[str]]:
+        """The models a resumed run reads again, by flag: none (the teacher learns from the data alone)."""
+        return {}
+
 
 @dataclass(frozen=True)
 class Closure:
@@ -193,8 +197,11 @@ class DistillConfig:
 
     def inputs(self) -> Mapping[str, Optional[str]]:
         """The checkpoints this stage reads, by flag (never among its outputs)."""
-        return {"middle_teacher_model": self.middle_path, "teacher_model": self.teacher_path,
-                "break_point": self.break_point}
+        return {**self.supervisors(), "break_point": self.break_point}
+
+    def supervisors(self) -> Mapping[str, Optional[str]]:
+        """The models a resumed run reads again, by flag (None: not read)."""
+        return {"middle_teacher_model": self.middle_path, "teacher_model": self.teacher_path}
 
 
 # ----------------------------------------------------------------------------- read back from a checkpoint

@@ -19,9 +19,15 @@ record leaves its own (empty) history and nothing of the old run: never a mixtur
 
 The resume file holds a sha256 digest of its contents (:func:`digest`), checked on
 ``--resume=True``: a file damaged on disk is refused instead of resuming into another model.
+It also records how its run began (:func:`run_identity`): the stage's config, the sha256 of
+every file the run reads again (the splits, the supervisors) and the execution settings. A
+resume with another input file, or settings other than how long the run goes on, is refused
+(:func:`check_same_run`); other threads, processes or device are allowed, with a line saying the
+continued run will equal an uninterrupted one up to float rounding only.
 """
 from __future__ import annotations
 
+import fnmatch
 import glob
 import hashlib
 import os
@@ -34,6 +40,7 @@ import torch
 
 from Utils.files import Checkpoint
 from Utils.files.Atomic import atomic_write, os_error_reason
+from Utils.config import Config
 from Utils.config.Config import Outputs
 from Utils.runtime.Errors import CheckpointError, ConfigError
 from Utils.files.History import read_history
@@ -41,9 +48,13 @@ from Utils.files.History import read_history
 FORMAT = "lightgnn-resume"
 VERSION = 1
 
-# Flags a resumed run may change: where and how fast it runs, and how long it goes on.
-MAY_CHANGE = {"resume", "overwrite", "threads", "device", "gpu", "block_mb", "plots", "epoch_tea", "mask_epoch",
-              "use_dynamic_epoch", "epoch_list", "PRUNING_END", "patience", "load_model_tea", "load_his_tea"}
+# What a resumed run may change without a word (glob patterns over the paths of ``Config.record``):
+# how long it goes on (epochs, patience, pruning runs after the last one), where its inputs lie
+# (the files themselves are compared by digest) and how its outputs are treated.
+FREE = ("outputs", "outputs.*", "epochs", "loop.patience", "load_model", "load_history", "data.data_dir",
+        "teacher_path", "middle_path", "break_point", "runs.*.epochs")
+# Settings that only change how the sums are rounded: a resume says so and goes on.
+ROUNDING = ("runs.*.kd.blocks",)
 
 
 # ----------------------------------------------------------------------------- random generators
@@ -105,9 +116,11 @@ def save_last(path: str, payload: Dict[str, Any]) -> None:
     atomic_write(path, "wb", lambda handle: torch.save(data, handle), "resume checkpoint")
 
 
-def load_last(path: str, role: str, fingerprint: str, flags: Dict[str, Any]) -> Dict[str, Any]:
-    """Read ``path`` for ``--resume=True``; it must be whole (its digest), this stage's, on this
-    train split, with the same flags except :data:`MAY_CHANGE`."""
+def load_last(path: str, role: str, fingerprint: str, identity: Mapping[str, Any], flags: Mapping[str, Any],
+              say: Callable[[str], Any]) -> Dict[str, Any]:
+    """Read ``path`` for ``--resume=True``: it must be whole (its digest), this stage's, on this
+    train split, and the same run as ``identity`` (:func:`run_identity`) describes:
+    :func:`check_same_run` (``flags``: this run's, to name what the user changed)."""
     if not os.path.isfile(path):
         raise CheckpointError(f"--resume=True but there is no {path} to continue from (the stage writes it at "
                               f"the end of every epoch; start without --resume)")
@@ -126,15 +139,115 @@ def load_last(path: str, role: str, fingerprint: str, flags: Dict[str, Any]) -> 
         raise CheckpointError(f"{path} resumes a {data['role']} stage, not a {role} stage")
     if data["train_fingerprint"] != fingerprint:
         raise CheckpointError(f"{path} was written on another train split than this dataset's")
-    changed = sorted(name for name, value in flags.items()
-                     if name not in MAY_CHANGE and data["flags"].get(name, value) != value)
-    if changed:
-        name = changed[0]
-        raise ConfigError(f"--resume=True with --{name}={flags[name]} but the run in {path} used "
-                          f"--{name}={data['flags'][name]}" + (f" (and {len(changed) - 1} other flags)"
-                                                                 if len(changed) > 1 else "")
-                          + "; only how long and where it runs may change")
+    check_same_run(path, data, identity, flags, say)
     return data
+
+
+# ----------------------------------------------------------------------------- what a resume compares
+def file_digest(path: str) -> str:
+    """sha256 of a file's bytes."""
+    hasher = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 22), b""):
+            hasher.update(chunk)
+    return hasher.hexdigest()
+
+
+def run_identity(cfg, files: Mapping[str, Optional[str]], execution: Mapping[str, Any]) -> Dict[str, Any]:
+    """What a run's resume file records about how it began, for :func:`check_same_run`:
+
+    * ``config``: the stage's frozen config (``Config.record``);
+    * ``inputs``: the sha256 of every file the resumed run reads again: the splits in the data
+      folder and ``files`` (flag name -> path: its supervisors);
+    * ``execution``: what changes only the rounding (threads, processes, device, deterministic
+      kernels)."""
+    folder = cfg.data.folder
+    paths = {name: os.path.join(folder, name) for name in ("trnMat.pkl", "tstMat.pkl", "valMat.pkl")}
+    paths.update({f"--{flag}": path for flag, path in files.items() if path})
+    return {"config": Config.record(cfg), "execution": dict(execution),
+            "inputs": {name: {"path": path, "sha256": file_digest(path)}
+                       for name, path in paths.items() if os.path.isfile(path)}}
+
+
+def check_same_run(path: str, data: Mapping[str, Any], identity: Mapping[str, Any], flags: Mapping[str, Any],
+                   say: Callable[[str], Any]) -> None:
+    """Refuse to resume the run in ``path`` (its ``data``) with other inputs or other settings than it
+    began with; say when only the rounding will differ (threads, processes, device, kernel blocks)."""
+    then = data.get("identity")
+    if not then:  # (written before resume files recorded it)
+        say(f"{path} does not record its run's settings and inputs (an older resume file): they are not compared")
+        return
+    for name, now_file in identity["inputs"].items():
+        before = then["inputs"].get(name)
+        if before is not None and before["sha256"] != now_file["sha256"]:
+            what = (f"the split {now_file['path']}" if name.endswith(".pkl")
+                    else f"{name}={now_file['path']}")
+            raise CheckpointError(f"--resume=True but {what} is not the file the run in {path} began with (its "
+                                  "sha256 differs): the continued run would learn from two different inputs; put "
+                                  "the original back, or start again with --overwrite=True")
+    missing = sorted(set(then["inputs"]) - set(identity["inputs"]))
+    if missing:
+        raise CheckpointError(f"--resume=True but the run in {path} also read {then['inputs'][missing[0]]['path']} "
+                              f"({missing[0]}), which this run does not; only how long and where it runs may change")
+    changes = _differences(then["config"], identity["config"])
+    refused = [change for change in changes if not _matches(change[0], FREE + ROUNDING)]
+    if refused:
+        name, before, after = refused[0]
+        named = _changed_flags(data.get("flags") or {}, flags, before, after)
+        raise ConfigError(f"--resume=True but the run in {path} was set up otherwise: {name} was {before!r}, now "
+                          f"{after!r}" + (f" ({named})" if named else "") + "; only how long and where it runs may "
+                          "change (start again with --overwrite=True, or other save paths)")
+    rounding = [f"{name} {before} -> {after}" for name, before, after in changes if _matches(name, ROUNDING)]
+    rounding += [f"{key} {then['execution'].get(key)} -> {value}" for key, value in identity["execution"].items()
+                 if then["execution"].get(key, value) != value]
+    if rounding:
+        say(f"Resuming with other execution settings than the run began with ({'; '.join(rounding[:3])}"
+            + (f" and {len(rounding) - 3} more" if len(rounding) > 3 else "") + "): the continued run equals an "
+            "uninterrupted one up to float rounding, not bit for bit")
+
+
+def _differences(then: Any, now: Any, name: str = "") -> List[tuple]:
+    """(dotted name, before, after) of every plain value that differs between two config records;
+    the pruning runs are matched by their number, and runs only one side has are the end of the
+    schedule (allowed: ``--PRUNING_END``) unless they come before the other side's last run."""
+    if isinstance(then, Mapping) and isinstance(now, Mapping):
+        out = []
+        for key in sorted(set(then) | set(now), key=str):
+            out += _differences(then.get(key), now.get(key), f"{name}.{key}" if name else str(key))
+        return out
+    if name == "runs" and isinstance(then, (list, tuple)) and isinstance(now, (list, tuple)):
+        before, after = ({str(run["run"]): run for run in side} for side in (then, now))
+        last = min(max(map(int, before), default=0), max(map(int, after), default=0))
+        out = []
+        for key in sorted(set(before) | set(after), key=int):
+            if key in before and key in after:
+                out += _differences(before[key], after[key], f"runs.{key}")
+            elif int(key) <= last:
+                out.append((f"runs.{key}", "a pruning run" if key in before else None,
+                            "a pruning run" if key in after else None))
+        return out
+    if isinstance(then, (list, tuple)) and isinstance(now, (list, tuple)) and len(then) == len(now):
+        return [change for i, (a, b) in enumerate(zip(then, now)) for change in _differences(a, b, f"{name}.{i}")]
+    return [] if then == now else [(name, then, now)]
+
+
+def _matches(name: str, patterns) -> bool:
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
+
+
+def _changed_flags(then: Mapping[str, Any], now: Mapping[str, Any], before: Any, after: Any) -> str:
+    """The published flags that went from ``before`` to ``after``, the values of the refused
+    setting (the user set flags, not config fields): "--lr=0.5 where it used --lr=0.001"."""
+    changed = [name for name in sorted(now) if name in then and then[name] != now[name]
+               and _same_value(then[name], before) and _same_value(now[name], after)]
+    return ", ".join(f"--{name}={now[name]} where it used --{name}={then[name]}" for name in changed)
+
+
+def _same_value(flag: Any, setting: Any) -> bool:
+    try:
+        return flag == setting or float(flag) == float(setting)
+    except (TypeError, ValueError):
+        return str(flag) == str(setting)
 
 
 # ----------------------------------------------------------------------------- the output paths
@@ -142,12 +255,13 @@ def check_output_paths(outputs: Outputs) -> None:
     """Refuse a ``--model_save_path``/``--his_save_path`` that names a folder rather than the
     start of file names (``out/`` would write the hidden ``out/.mod``), or whose folder cannot
     be made or written, before any data is read or any output written."""
-    for flag, value in (("model_save_path", outputs.model_path), ("his_save_path", outputs.history_path)):
-        value = str(value)
+    paths = (("model_save_path", str(outputs.model_path)), ("his_save_path", str(outputs.history_path)))
+    for flag, value in paths:  # (both checked before either folder is made)
         if value.endswith(("/", os.sep)) or os.path.basename(value) in ("", ".", ".."):
             raise ConfigError(f"--{flag}={value} names a folder, but it is the start of the file names the stage "
                               f"writes (--{flag}=out/run writes out/run.his, out/run_last.ckpt, ...): add a name, "
                               f"e.g. --{flag}={os.path.join(value, 'run')}")
+    for flag, value in paths:
         folder = os.path.dirname(os.path.abspath(value))
         try:
             os.makedirs(folder, exist_ok=True)
@@ -208,6 +322,11 @@ def check_outputs(outputs: Outputs, role: str, inputs: Mapping[str, Optional[str
       (replace it) or ``continuing`` (``--load_model_tea`` with ``--load_his_tea``: the run
       they name goes on in its own files, its rows kept first).
     """
+    fixed = [outputs.history_file, outputs.last_path] + ([outputs.model_path + ".mod"] if role == "teacher" else [])
+    for path in fixed:
+        if os.path.isdir(path):
+            raise ConfigError(f"{path} is a folder, in the way of the {_kind(path)} this stage writes there: move it, "
+                              "or choose other --model_save_path/--his_save_path")
     found = existing_outputs(outputs, role)
     real = {os.path.realpath(path): path for path in found}
     for flag, path in inputs.items():

@@ -27,7 +27,8 @@ from Utils.objective.Estimators import TableProfile
 from Utils.kernels.Kernels import subspace_pair_index
 from Utils.objective.Losses import KDConfig, Supervisor, Trainee, draw_batch, kd_objective
 from Utils.runtime.Parallel import SOLO, Group
-from Utils.training.Training import EarlyStopper, Record, RunContext, RunLog, Stage, TrainRun, mean_bpr_gradient, timer
+from Utils.training.Training import (EarlyStopper, Record, RunContext, RunLog, Stage, TrainRun, mean_bpr_gradient,
+                                     run_identity, timer)
 
 
 # ----------------------------------------------------------------------------- frozen models
@@ -230,6 +231,7 @@ class DistillStart:
 
     break_point: Optional[Dict[str, torch.Tensor]] = None
     resume: Optional[Dict] = None
+    identity: Optional[Dict] = None  # how the run begins (Training.run_identity), computed once
 
 
 class DistillStage(Stage):
@@ -241,7 +243,8 @@ class DistillStage(Stage):
     def __init__(self, cfg: DistillConfig, dataset, graph, frozen: FrozenModels, ctx: RunContext,
                  start: Optional[DistillStart] = None):
         super().__init__(cfg, dataset, graph, ctx, role=cfg.role,
-                         stage_name="student" if cfg.trainee_is_student else "intermediate")
+                         stage_name="student" if cfg.trainee_is_student else "intermediate",
+                         identity=start.identity if start is not None else None)
         log = ctx.log
         self.frozen = frozen
         self.records = make_records(cfg.gaps)
@@ -271,10 +274,10 @@ class DistillStage(Stage):
         graph = adj if cfg.trainee_is_student else closure
         frozen = FrozenModels.load(cfg, dataset, adj, closure, device, log)
         Resume.check_outputs(cfg.outputs, cfg.role, cfg.inputs())
-        start = DistillStart()
+        start = DistillStart(identity=run_identity(cfg, ctx))
         if cfg.outputs.resume:
-            start.resume = Resume.load_last(cfg.outputs.last_path, cfg.role, dataset.fingerprint,
-                                            recorded_flags(cfg.flags, select_on))
+            start.resume = Resume.load_last(cfg.outputs.last_path, cfg.role, dataset.fingerprint, start.identity,
+                                            recorded_flags(cfg.flags, select_on), lambda line: log.line(line, stamp=False))
         elif cfg.break_point is not None:
             model = load_model(cfg.break_point, "student", dataset, device, graph=graph, latdim=cfg.data.latdim,
                                n_layers=cfg.data.gnn_layer, warn=lambda line: log.line(line, stamp=False))

@@ -21,7 +21,7 @@ from Utils.runtime.Errors import DataError
 from Utils.runtime.Parallel import SOLO, Group
 from Utils.objective.Losses import batch_embedding_reg, bpr_loss, embedding_reg
 from Utils.files.History import read_history
-from Utils.training.Training import EarlyStopper, Record, RunContext, Stage, TrainRun, format_metrics
+from Utils.training.Training import EarlyStopper, Record, RunContext, Stage, TrainRun, format_metrics, run_identity
 
 
 def teacher_loss(model: LightGCN, graph, reg: float, group: Group = SOLO, reg_batch: bool = False):
@@ -90,6 +90,7 @@ class TeacherStart:
     weights: Optional[Dict[str, torch.Tensor]] = None
     history: List[Dict] = field(default_factory=list)
     resume: Optional[Dict] = None
+    identity: Optional[Dict] = None  # how the run begins (Training.run_identity), computed once
 
 
 class TeacherStage(Stage):
@@ -99,8 +100,8 @@ class TeacherStage(Stage):
     interrupted_line = "Interrupted: the best checkpoint so far is kept"
 
     def __init__(self, cfg: TeacherConfig, dataset, graph, ctx: RunContext, start: Optional[TeacherStart] = None):
-        super().__init__(cfg, dataset, graph, ctx)
         self.start = start or TeacherStart()
+        super().__init__(cfg, dataset, graph, ctx, identity=self.start.identity)
         self.record = Record(title=self.select_on)
         self.save_path = cfg.outputs.model_path + ".mod"
         self.start_epoch = 0
@@ -145,9 +146,11 @@ class TeacherStage(Stage):
         inputs = {} if continuing else {"load_model_tea": cfg.load_model,
                                         "load_his_tea": cfg.load_history and history_file(cfg.load_history)}
         Resume.check_outputs(cfg.outputs, "teacher", inputs, continuing)
+        start.identity = run_identity(cfg, ctx)
         if cfg.outputs.resume:
             flags = recorded_flags(cfg.flags, cfg.evaluation.split(dataset.val is not None))
-            start.resume = Resume.load_last(cfg.outputs.last_path, "teacher", dataset.fingerprint, flags)
+            start.resume = Resume.load_last(cfg.outputs.last_path, "teacher", dataset.fingerprint, start.identity,
+                                            flags, lambda line: log.line(line, stamp=False))
             start.history = start.resume["history"]
             log.line(f"Resuming after epoch {start.resume['epoch']} from {cfg.outputs.last_path}")
         return cls(cfg, dataset, graph, ctx, start)

@@ -33,9 +33,8 @@ import DataHandler as dh
 from Utils.runtime import Parallel, Runtime
 from Utils.config import Config
 from Utils.config.Config import recorded_flags
-from Utils.files import History
-from Utils.files.Atomic import os_error_reason
-from Utils.runtime.Errors import (CheckpointError, NonFiniteError, discard_closed_stdout, interrupt_exit_code,
+from Utils.files import History, Resume
+from Utils.runtime.Errors import (NonFiniteError, discard_closed_stdout, interrupt_exit_code,
                           stdout_may_drop)
 from Utils.objective.Losses import bpr_loss
 from Utils.runtime.Parallel import SOLO, Group
@@ -65,13 +64,7 @@ class RunLog:
         self._live = False
         self.history_path = history_path
         self.rows: list = []  # this invocation's history rows, also kept in memory
-        if history_path:
-            folder = os.path.dirname(os.path.abspath(history_path))
-            try:
-                os.makedirs(folder, exist_ok=True)
-            except OSError as exc:
-                raise CheckpointError(f"cannot create {folder} for the history {history_path}: "
-                                      f"{os_error_reason(exc, folder)}") from None
+        # (its folder is made, and tested, with the other outputs' by Resume.check_output_paths)
 
     def line(self, message: str, stamp: bool = True) -> None:
         """Print one console line. When the console's reader is gone (``| tee`` ended by the
@@ -294,8 +287,9 @@ class Stage:
     interrupted_line = "Interrupted: the records so far are kept"
 
     def __init__(self, cfg, dataset, graph, ctx: RunContext, role: Optional[str] = None,
-                 stage_name: Optional[str] = None):
+                 stage_name: Optional[str] = None, identity: Optional[Dict] = None):
         self.cfg, self.dataset, self.graph, self.ctx = cfg, dataset, graph, ctx
+        self.identity = identity if identity is not None else run_identity(cfg, ctx)
         self.log, self.device, self.group = ctx.log, ctx.device, ctx.group
         self.role, self.stage_name = role or type(self).role, stage_name or type(self).stage_name
         self.select_on = cfg.evaluation.split(dataset.val is not None, cfg.data.folder)
@@ -391,6 +385,7 @@ class Stage:
     def resume_payload(self, trainee: TrainRun, epoch: int, stopped: bool, **extra) -> Dict:
         """What the resume file holds after ``epoch``; ``extra``: the stage's records and generators."""
         return {"role": self.role, "train_fingerprint": self.dataset.fingerprint, "flags": self.flags,
+                "identity": self.identity,
                 "epoch": epoch, "stopped": stopped, "model": trainee.model.state_dict(),
                 "optimizer": trainee.optimizer.state_dict(), **extra, "stopper": trainee.stopper.state(),
                 "history": self.log.history_rows()}
@@ -496,6 +491,15 @@ def open_run(runtime, args_dump: str, history_path: str):
         log.line(f"Data-parallel run: {group.world} processes ({torch.distributed.get_backend()})", stamp=False)
     log.line("Start")
     return RunContext(device, log, group)
+
+
+def run_identity(cfg, ctx: RunContext) -> Dict:
+    """How this run begins, as its resume files record it and a resume compares it
+    (:func:`Utils.files.Resume.run_identity`): config, digests of the splits and supervisors,
+    and the execution settings that change only the rounding."""
+    execution = {"threads": torch.get_num_threads(), "processes": ctx.group.world, "device": str(ctx.device),
+                 "deterministic": torch.are_deterministic_algorithms_enabled()}
+    return Resume.run_identity(cfg, cfg.supervisors(), execution)
 
 
 def run_stage(stage) -> int:

@@ -12,10 +12,11 @@ import zipfile
 import pytest
 import torch
 
-from conftest import TINY_MID, TINY_STU, TINY_TEACHER, run_script, tiny_root_with_supervisors
+from conftest import TINY_MID, TINY_STU, TINY_TEACHER, run_here, tiny_root_with_supervisors
 from conftest import _one_error_line
+from Utils.config.Config import Outputs
 from Utils.files import Checkpoint, Resume
-from Utils.runtime.Errors import CheckpointError
+from Utils.runtime.Errors import CheckpointError, ConfigError
 
 pytestmark = pytest.mark.slow  # end-to-end runs in subprocesses
 
@@ -40,7 +41,7 @@ def _contents(folder):
 
 
 def _teacher(data, prefix, *flags, check=True):
-    return run_script("pretrainTeacher.py", *TINY_TEACHER, f"--data_dir={data}", f"--model_save_path={prefix}",
+    return run_here("pretrainTeacher.py", *TINY_TEACHER, f"--data_dir={data}", f"--model_save_path={prefix}",
                       f"--his_save_path={prefix}", *flags, check=check)
 
 
@@ -48,7 +49,7 @@ def _teacher(data, prefix, *flags, check=True):
 def test_stage3_never_writes_over_its_supervisor_even_with_overwrite(trained, copy):
     before = _contents(copy)
     mid = copy / "mid_best_global_100_100.mod"
-    proc = run_script("Main.py", *TINY_STU, "--PRUNING_END=1", "--mask_epoch=1", "--plots=False",
+    proc = run_here("Main.py", *TINY_STU, "--PRUNING_END=1", "--mask_epoch=1", "--plots=False",
                       f"--data_dir={trained}", f"--middle_teacher_model={mid}", f"--model_save_path={copy}/mid",
                       f"--his_save_path={copy}/mid", "--overwrite=True", check=False)
     _one_error_line(proc, f"--middle_teacher_model={mid}", "middle_teacher checkpoint this stage reads",
@@ -60,7 +61,7 @@ def test_stage3_never_writes_over_its_supervisor_even_with_overwrite(trained, co
 def test_overwrite_never_replaces_another_stages_files(trained, copy, his, named):
     """Stage 2 at the teacher's prefix: the teacher's history and resume file are the teacher stage's."""
     before = _contents(copy)
-    proc = run_script("Main.py", *TINY_MID, f"--data_dir={trained}", f"--teacher_model={copy}/tea.mod",
+    proc = run_here("Main.py", *TINY_MID, f"--data_dir={trained}", f"--teacher_model={copy}/tea.mod",
                       f"--model_save_path={copy}/tea", f"--his_save_path={copy}/{his}", "--overwrite=True",
                       check=False)
     _one_error_line(proc, f"{copy}/{named}", "the teacher stage's", "not this middle_teacher stage's")
@@ -144,7 +145,7 @@ def test_load_his_tea_must_name_this_teachers_history(trained, copy):
 # ----------------------------------------------------------------------------- case 5: output paths
 def test_an_unwritable_model_save_path_is_refused_before_training(trained, tmp_path):
     (tmp_path / "file").write_text("a regular file")
-    proc = run_script("pretrainTeacher.py", *TINY_TEACHER, f"--data_dir={trained}",
+    proc = run_here("pretrainTeacher.py", *TINY_TEACHER, f"--data_dir={trained}",
                       f"--model_save_path={tmp_path}/file/sub/tea", f"--his_save_path={tmp_path}/tea", check=False)
     _one_error_line(proc, f"--model_save_path={tmp_path}/file/sub/tea", f"{tmp_path}/file is a regular file")
     assert "Epoch 0" not in proc.stdout and not (tmp_path / "tea.his").exists()
@@ -152,12 +153,20 @@ def test_an_unwritable_model_save_path_is_refused_before_training(trained, tmp_p
 
 @pytest.mark.parametrize("flag", ["model_save_path", "his_save_path"])
 def test_a_save_path_ending_in_a_slash_is_refused(trained, tmp_path, flag):
-    paths = {"model_save_path": f"{tmp_path}/m", "his_save_path": f"{tmp_path}/h", flag: f"{tmp_path}/out/"}
-    proc = run_script("Main.py", *TINY_STU, f"--data_dir={trained}", "--plots=False",
+    paths = {"model_save_path": f"{tmp_path}/new/m", "his_save_path": f"{tmp_path}/new/h", flag: f"{tmp_path}/out/"}
+    proc = run_here("Main.py", *TINY_STU, f"--data_dir={trained}", "--plots=False",
                       f"--middle_teacher_model={trained}/mid_best_global_100_100.mod",
                       *(f"--{name}={value}" for name, value in paths.items()), check=False)
     _one_error_line(proc, f"--{flag}={tmp_path}/out/ names a folder", f"--{flag}={tmp_path}/out/run")
-    assert not [name for _, _, names in os.walk(tmp_path) for name in names]
+    assert os.listdir(tmp_path) == []  # not even the other path's folder was made (issue 36, case 9)
+
+
+@pytest.mark.parametrize("role, name", [("teacher", "t.mod"), ("teacher", "t_last.ckpt"), ("student", "t.his")])
+def test_a_folder_in_the_way_of_an_output_is_refused_before_training(tmp_path, role, name):
+    """Issue 36, case 9: found when the file was first written (after epoch 0), now before anything runs."""
+    (tmp_path / name).mkdir()
+    with pytest.raises(ConfigError, match=f"{tmp_path / name} is a folder, in the way of the "):
+        Resume.check_outputs(Outputs(str(tmp_path / "t"), str(tmp_path / "t")), role, {})
 
 
 def test_an_invalid_argument_error_names_the_path_and_what_is_wrong(tmp_path, monkeypatch):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, TINY_MID, TINY_STU, TINY_TEACHER, run_script, tiny_root_with_supervisors
+from conftest import ROOT, TINY_MID, TINY_STU, TINY_TEACHER, run_here, run_script, tiny_root_with_supervisors
 
 pytestmark = pytest.mark.slow  # end-to-end runs in subprocesses
 
@@ -125,30 +125,60 @@ def test_stage3_killed_at_ten_random_moments_ends_with_the_same_records(tiny_roo
 def test_an_earlier_run_is_not_replaced_unless_asked(tiny_root, tmp_path):
     script, flags = stage_flags(tiny_root, "teacher")
     paths = [f"--model_save_path={tmp_path}/tea", f"--his_save_path={tmp_path}/tea"]
-    run_script(script, *flags, *paths)
+    run_here(script, *flags, *paths)
     before = (tmp_path / "tea.mod").read_bytes(), (tmp_path / "tea.his").read_text()
-    proc = run_script(script, *flags, "--epoch_tea=1", *paths, check=False)
+    proc = run_here(script, *flags, "--epoch_tea=1", *paths, check=False)
     assert proc.returncode == 2 and "--resume=True" in proc.stderr and "--overwrite=True" in proc.stderr
     assert proc.stderr.count("\n") == 1
     assert ((tmp_path / "tea.mod").read_bytes(), (tmp_path / "tea.his").read_text()) == before
-    run_script(script, *flags, "--epoch_tea=1", *paths, "--overwrite=True")
+    run_here(script, *flags, "--epoch_tea=1", *paths, "--overwrite=True")
     assert len((tmp_path / "tea.his").read_text().splitlines()) == 1
 
     script, flags = stage_flags(tiny_root, "student")
     paths = [f"--model_save_path={tmp_path}/stu", f"--his_save_path={tmp_path}/stu", "--PRUNING_END=1"]
-    run_script(script, *flags, *paths)
-    proc = run_script(script, *flags, *paths, check=False)
+    run_here(script, *flags, *paths)
+    proc = run_here(script, *flags, *paths, check=False)
     assert proc.returncode == 2 and "stu" in proc.stderr
 
 
 def test_resume_refuses_other_flags_and_a_missing_file(tiny_root, tmp_path):
     script, flags = stage_flags(tiny_root, "teacher")
     paths = [f"--model_save_path={tmp_path}/tea", f"--his_save_path={tmp_path}/tea"]
-    proc = run_script(script, *flags, *paths, "--resume=True", check=False)
+    proc = run_here(script, *flags, *paths, "--resume=True", check=False)
     assert proc.returncode == 2 and "tea_last.ckpt" in proc.stderr
-    run_script(script, *flags, "--epoch_tea=2", *paths)
-    proc = run_script(script, *flags, *paths, "--resume=True", "--lr=0.5", check=False)
+    run_here(script, *flags, "--epoch_tea=2", *paths)
+    proc = run_here(script, *flags, *paths, "--resume=True", "--lr=0.5", check=False)
     assert proc.returncode == 2 and "--lr" in proc.stderr
-    run_script(script, *flags, *paths, "--resume=True")  # more epochs may be asked for
+    run_here(script, *flags, *paths, "--resume=True")  # more epochs may be asked for
     assert len((tmp_path / "tea.his").read_text().splitlines()) == 6
     assert torch.load(tmp_path / "tea_last.ckpt", weights_only=True)["epoch"] == 5
+
+
+def test_resume_refuses_a_changed_supervisor_and_says_when_only_the_rounding_changes(tiny_root, tmp_path):
+    """Issue 36, cases 4 and 8: the resume file records the sha256 of every file the run reads again
+    and the execution settings; another teacher copied over --teacher_model is refused, another
+    thread count resumes with a line saying it is equal up to rounding only."""
+    import shutil
+
+    teacher = tmp_path / "tea.mod"
+    shutil.copy(tiny_root / "tea.mod", teacher)
+    script, flags = stage_flags(tiny_root, "intermediate")
+    flags = [*flags, f"--teacher_model={teacher}", "--mask_epoch=1", f"--model_save_path={tmp_path}/m",
+             f"--his_save_path={tmp_path}/m"]
+    run_here(script, *flags)
+    identity = torch.load(tmp_path / "m_last.ckpt", weights_only=True)["identity"]
+    assert set(identity["inputs"]) == {"trnMat.pkl", "tstMat.pkl", "valMat.pkl", "--teacher_model"}
+    assert identity["execution"]["threads"] == 2 and identity["execution"]["processes"] == 1
+    ckpt = torch.load(teacher, weights_only=True)  # "another teacher": the same file with one entry changed
+    ckpt["tensors"]["uEmbeds"][0, 0] += 1.0
+    torch.save(ckpt, teacher)
+    proc = run_here(script, *flags, "--mask_epoch=2", "--resume=True", check=False)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert f"--teacher_model={teacher} is not the file the run in {tmp_path}/m_last.ckpt began with" in proc.stderr
+    shutil.copy(tiny_root / "tea.mod", teacher)  # the original back: it resumes, on another thread count
+    out = run_here(script, *flags, "--mask_epoch=2", "--resume=True", "--threads=1").stdout
+    assert "Resuming with other execution settings than the run began with (threads 2 -> 1)" in out
+    assert "up to float rounding, not bit for bit" in out
+    proc = run_here(script, *flags, "--mask_epoch=3", "--resume=True", "--cdreg=0.5", check=False)
+    assert proc.returncode == 2 and "runs.1.kd.cdreg was 0.01, now 0.5 (--cdreg=0.5 where it used --cdreg=0.01)" \
+        in proc.stderr, proc.stderr
