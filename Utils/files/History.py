@@ -2,14 +2,14 @@
 
 A run's history holds one JSON object per line per epoch (loss parts, metrics, sparsity,
 seconds), rewritten whole and atomically after each epoch (:func:`write_rows`); a record
-file is one JSON document ``{"record": …, "history": rows}`` (:func:`save_record`).
-:func:`read_history` reads either.
+file is one JSON document ``{"stage": role, "record": …, "history": rows}`` (:func:`save_record`).
+:func:`read_history` reads either; :func:`written_by` says which stage wrote one.
 """
 from __future__ import annotations
 
 import json
 import os
-from typing import Any
+from typing import Any, Optional
 
 from Utils.files.Atomic import atomic_write
 from Utils.files.Checkpoint import plain
@@ -26,6 +26,19 @@ def save_record(path: str, obj: Any) -> None:
     """Write plain data as JSON atomically (the record ``.his`` files)."""
     text = json.dumps(plain(obj, "history"), indent=1)
     atomic_write(os.fspath(path), "w", lambda handle: handle.write(text), "history")
+
+
+def written_by(path: str) -> Optional[str]:
+    """The role of the stage that wrote a history or record file (its rows', or the record's own
+    ``stage``: a record saved at epoch 0 holds no row yet), or None when it records none."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            whole = json.loads(fh.read())
+        if isinstance(whole, dict) and isinstance(whole.get("stage"), str) and "record" in whole:
+            return whole["stage"]
+    except (OSError, UnicodeDecodeError, ValueError):
+        pass  # JSON lines: read below
+    return next((row["stage"] for row in read_history(path) if "stage" in row), None)
 
 
 def read_history(path: str, missing_ok: bool = True) -> list:

@@ -43,7 +43,7 @@ from Utils.files.Atomic import atomic_write, os_error_reason
 from Utils.config import Config
 from Utils.config.Config import Outputs
 from Utils.runtime.Errors import CheckpointError, ConfigError
-from Utils.files.History import read_history
+from Utils.files.History import written_by
 
 FORMAT = "lightgnn-resume"
 VERSION = 1
@@ -296,7 +296,7 @@ def output_role(path: str) -> Optional[str]:
     cannot be read (then it is not known to be another stage's)."""
     try:
         if path.endswith(".his"):
-            return next((row["stage"] for row in read_history(path) if "stage" in row), None)
+            return written_by(path)
         if path.endswith("_last.ckpt"):
             data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
             return data.get("role") if isinstance(data, dict) else None

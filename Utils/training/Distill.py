@@ -342,7 +342,7 @@ class DistillStage(Stage):
                                     edge_kept_pct=record.edge_pct, emb_kept_pct=record.emb_pct,
                                     record=record.as_dict())
         Checkpoint.save_checkpoint(record.path, model.state_dict(), meta)
-        History.save_record(outputs.history_path + name + ".his", {"record": record.as_dict(),
+        History.save_record(outputs.history_path + name + ".his", {"stage": self.role, "record": record.as_dict(),
                                                                     "history": self.log.history_rows()})
         self.log.line(f"Model Saved: {outputs.model_path}")
 

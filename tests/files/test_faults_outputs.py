@@ -68,6 +68,21 @@ def test_overwrite_never_replaces_another_stages_files(trained, copy, his, named
     assert _contents(copy) == before
 
 
+def test_overwrite_never_replaces_another_stages_record_history(trained, copy):
+    """Issue 36, case 3: stage 3 whose main history would be stage 2's record file
+    mid_best_global_100_100.his. A record saved at epoch 0 holds no history row to name its stage,
+    so the record file itself names it."""
+    record = copy / "mid_best_global_100_100.his"
+    assert json.loads(record.read_text())["stage"] == "middle_teacher"
+    before = _contents(copy)
+    proc = run_here("Main.py", *TINY_STU, "--PRUNING_END=1", "--mask_epoch=1", "--plots=False",
+                    f"--data_dir={trained}", f"--middle_teacher_model={copy}/mid_best_global_100_100.mod",
+                    f"--model_save_path={copy}/stu", f"--his_save_path={copy}/mid_best_global_100_100",
+                    "--overwrite=True", check=False)
+    _one_error_line(proc, f"{record} is the middle_teacher stage's history, not this student stage's")
+    assert _contents(copy) == before
+
+
 # ----------------------------------------------------------------------------- case 2: a failed overwrite
 def test_a_failed_overwrite_run_leaves_nothing_of_the_old_run(trained, tmp_path):
     _teacher(trained, tmp_path / "tea", "--epoch_tea=2")
