@@ -3,6 +3,7 @@
     python bench/bench_inference.py LABEL=MODEL [LABEL=MODEL ...] [--data_dir ../shared/datasets]
         [--topk 20] [--batch 1024] [--repeats 3] [--threads 2] [--recall]
         [--relative_to teacher,student_run1] [--plot fig3.png] [--fig4 fig4.png] [--out lines.jsonl]
+        [--lines earlier.jsonl ...]
 
 MODEL is any model file the tools read: a checkpoint of any stage, a compact export
 (``modelTools.py export``) or a published ``.mod``. Each is measured in a fresh process (so its
@@ -255,13 +256,23 @@ def main() -> int:
     parser.add_argument("--plot", default=None, metavar="PNG", help="bars relative to the first --relative_to")
     parser.add_argument("--fig4", default=None, metavar="PNG", help="test Recall against bytes and MACs")
     parser.add_argument("--out", default=None, metavar="JSONL", help="also write the JSON lines here")
+    parser.add_argument("--lines", nargs="+", default=[], metavar="JSONL",
+                        help="earlier measurements (--out files) to put in the table and plots before this run's "
+                             "models; with no LABEL=MODEL, only the table and plots are made")
     parser.add_argument("--one", default=None, help=argparse.SUPPRESS)  # the child process: one model
     opts = parser.parse_args()
     if opts.one:
         print(json.dumps(measure(opts.one, opts)))
         return 0
-    if not opts.models:
-        parser.error("give at least one LABEL=MODEL")
+    if not opts.models and not opts.lines:
+        parser.error("give at least one LABEL=MODEL (or --lines)")
+    earlier = []
+    for path in opts.lines:
+        try:
+            with open(path) as fh:
+                earlier += [json.loads(text) for text in fh if text.strip()]
+        except (OSError, ValueError) as exc:
+            parser.error(f"--lines {path}: {exc}")
     pairs = []
     for spec in opts.models:
         label, sep, path = spec.partition("=")
@@ -271,15 +282,15 @@ def main() -> int:
             parser.error(f"{path}: no such model file")
         pairs.append((label, path))
     bases = [b for b in (opts.relative_to or "").split(",") if b]
-    unknown = [b for b in bases if b not in {label for label, _ in pairs}]
+    unknown = [b for b in bases if b not in {label for label, _ in pairs} | {line["label"] for line in earlier}]
     if unknown:
         parser.error(f"--relative_to {unknown[0]} is not one of the labels")
-    if opts.fig4 and not opts.recall:
+    if opts.fig4 and not (opts.recall or any("test_recall" in line for line in earlier)):
         parser.error("--fig4 needs --recall")
     forwarded = [f"--{k}={v}" for k, v in (("data_dir", opts.data_dir), ("dataset", opts.dataset), ("topk", opts.topk),
                                             ("batch", opts.batch), ("repeats", opts.repeats),
                                             ("threads", opts.threads), ("device", opts.device)) if v is not None]
-    lines = []
+    lines = list(earlier)
     for label, path in pairs:
         proc = subprocess.run([sys.executable, __file__, "--one", path, *forwarded, *(["--recall"] if opts.recall else [])],
                               capture_output=True, text=True)
@@ -291,7 +302,7 @@ def main() -> int:
         print(json.dumps(line), flush=True)
     if opts.out:
         with open(opts.out, "w") as fh:
-            fh.writelines(json.dumps(line) + "\n" for line in lines)
+            fh.writelines(json.dumps(line) + "\n" for line in lines[len(earlier):])
     for row in relative_table(lines, bases) if bases else ():
         print(row)
     if opts.plot and bases:

@@ -244,3 +244,10 @@ def test_bench_inference_measures_every_model_and_relates_them(trained, capsys, 
         assert line["peak_rss_mb"] >= line["data_rss_mb"] > 0
     assert "| student_compact |" in proc.stdout and (tmp_path / "fig3.png").stat().st_size > 0
     assert (tmp_path / "fig4.png").stat().st_size > 0
+    saved = tmp_path / "lines.jsonl"  # earlier measurements, drawn again without measuring
+    saved.write_text(json.dumps(dict(full, label="earlier")) + "\n")
+    again = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_inference.py"), "--lines", str(saved),
+                            "--relative_to", "earlier", "--fig4", str(tmp_path / "again.png")],
+                           capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert "| earlier | 100.0 |" in again.stdout and (tmp_path / "again.png").stat().st_size > 0
