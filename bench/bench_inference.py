@@ -241,6 +241,28 @@ def plot_fig4(lines: list, path: str) -> None:
     fig.savefig(path, dpi=130)
 
 
+def _inputs(parser, opts):
+    """(label, model file) pairs to measure, and the earlier measurements of ``--lines``."""
+    if not opts.models and not opts.lines:
+        parser.error("give at least one LABEL=MODEL (or --lines)")
+    earlier = []
+    for path in opts.lines:
+        try:
+            with open(path) as fh:
+                earlier += [json.loads(text) for text in fh if text.strip()]
+        except (OSError, ValueError) as exc:
+            parser.error(f"--lines {path}: {exc}")
+    pairs = []
+    for spec in opts.models:
+        label, sep, path = spec.partition("=")
+        if not sep:
+            label, path = os.path.splitext(os.path.basename(spec))[0], spec
+        if not os.path.isfile(path):
+            parser.error(f"{path}: no such model file")
+        pairs.append((label, path))
+    return pairs, earlier
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("models", nargs="*", metavar="LABEL=MODEL")
@@ -264,23 +286,7 @@ def main() -> int:
     if opts.one:
         print(json.dumps(measure(opts.one, opts)))
         return 0
-    if not opts.models and not opts.lines:
-        parser.error("give at least one LABEL=MODEL (or --lines)")
-    earlier = []
-    for path in opts.lines:
-        try:
-            with open(path) as fh:
-                earlier += [json.loads(text) for text in fh if text.strip()]
-        except (OSError, ValueError) as exc:
-            parser.error(f"--lines {path}: {exc}")
-    pairs = []
-    for spec in opts.models:
-        label, sep, path = spec.partition("=")
-        if not sep:
-            label, path = os.path.splitext(os.path.basename(spec))[0], spec
-        if not os.path.isfile(path):
-            parser.error(f"{path}: no such model file")
-        pairs.append((label, path))
+    pairs, earlier = _inputs(parser, opts)
     bases = [b for b in (opts.relative_to or "").split(",") if b]
     unknown = [b for b in bases if b not in {label for label, _ in pairs} | {line["label"] for line in earlier}]
     if unknown:

@@ -696,28 +696,8 @@ def prepare(opts: Options, log=print) -> Result:
 
     user_codes, user_ids = factorize(inter.users)
     item_codes, item_ids = factorize(inter.items)
-    priority = [a for a in (inter.part, inter.times, inter.lines) if a is not None]
-    given = inter.part is not None  # --test: the test split is the file's, kept whole
-    n_test = int((inter.part == TEST).sum()) if given else 0
-    keep = dedupe(user_codes, item_codes, item_ids.size, priority)
-    inter, user_codes, item_codes = inter.take(keep), user_codes[keep], item_codes[keep]
-    steps.append(("dedupe (user, item)", len(inter)))
-    if given:
-        dropped = n_test - int((inter.part == TEST).sum())
-        if dropped:  # (the train copy is kept: dedupe prefers the train part)
-            notes.append(f"{dropped} of the {n_test} given test interactions are also in train: dropped from test")
-        if not (inter.part == TEST).any():
-            raise DataError(f"every interaction of {opts.test} is also in {opts.input}: the test split would be empty")
-
-    mask, rounds = kcore(user_codes, item_codes, opts.kcore, user_ids.size, item_ids.size,
-                         among=(inter.part == TRAIN) if given else None)
-    if opts.kcore > 1:
-        label = f"{opts.kcore}-core{' of train' if given else ''}"
-        steps.append((f"{label} ({rounds} round{'s' if rounds != 1 else ''})", int(mask.sum())))
-    if not (mask if not given else mask & (inter.part == TRAIN)).any():
-        raise DataError(f"no {'train ' if given else ''}interactions left after the {opts.kcore}-core filter "
-                        "(lower --kcore)")
-    inter, user_codes, item_codes = inter.take(np.flatnonzero(mask)), user_codes[mask], item_codes[mask]
+    inter, user_codes, item_codes = _dedupe_and_core(inter, user_codes, item_codes, user_ids.size, item_ids.size,
+                                                     opts, steps, notes)
 
     kept_users, users = np.unique(user_codes, return_inverse=True)
     kept_items, items = np.unique(item_codes, return_inverse=True)
@@ -753,6 +733,33 @@ def prepare(opts: Options, log=print) -> Result:
     matrices = {SPLIT_FILES[p]: _coo(users[part == p], items[part == p], n_users, n_items) for p in parts}
     write_dataset(directory, matrices, {"idmap.json": idmap, "stats.json": stats})
     return result
+
+
+def _dedupe_and_core(inter: Interactions, user_codes: np.ndarray, item_codes: np.ndarray, n_users: int,
+                     n_items: int, opts: Options, steps: list, notes: list):
+    """One row per (user, item), then the k-core; with a given test split (``--test``) the core is
+    that of train and test is kept whole, less the pairs also in train (counted in ``notes``)."""
+    priority = [a for a in (inter.part, inter.times, inter.lines) if a is not None]
+    given = inter.part is not None
+    n_test = int((inter.part == TEST).sum()) if given else 0
+    keep = dedupe(user_codes, item_codes, n_items, priority)
+    inter, user_codes, item_codes = inter.take(keep), user_codes[keep], item_codes[keep]
+    steps.append(("dedupe (user, item)", len(inter)))
+    if given:
+        dropped = n_test - int((inter.part == TEST).sum())
+        if dropped:  # (the train copy is kept: dedupe prefers the train part)
+            notes.append(f"{dropped} of the {n_test} given test interactions are also in train: dropped from test")
+        if not (inter.part == TEST).any():
+            raise DataError(f"every interaction of {opts.test} is also in {opts.input}: the test split would be empty")
+    mask, rounds = kcore(user_codes, item_codes, opts.kcore, n_users, n_items,
+                         among=(inter.part == TRAIN) if given else None)
+    if opts.kcore > 1:
+        label = f"{opts.kcore}-core{' of train' if given else ''}"
+        steps.append((f"{label} ({rounds} round{'s' if rounds != 1 else ''})", int(mask.sum())))
+    if not (mask if not given else mask & (inter.part == TRAIN)).any():
+        raise DataError(f"no {'train ' if given else ''}interactions left after the {opts.kcore}-core filter "
+                        "(lower --kcore)")
+    return inter.take(np.flatnonzero(mask)), user_codes[mask], item_codes[mask]
 
 
 def _coo(rows: np.ndarray, cols: np.ndarray, n_rows: int, n_cols: int) -> sp.coo_matrix:

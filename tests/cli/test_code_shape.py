@@ -77,8 +77,8 @@ def test_no_module_below_the_entry_points_reads_the_parsed_flags():
 
 # Where a flag may still be read by its command-line name below the entry points: the flag layer
 # (parsing, validation, building the configs), the one fallback for checkpoints written before
-# they stored their config, the resume check (it compares two command lines), and nothing else.
-FLAG_READERS = {"Utils/config/Build.py", "Utils/config/Validate.py", "Utils/config/Config.py", "Utils/files/Resume.py"}
+# they stored their config, and nothing else (a resume compares the recorded configs).
+FLAG_READERS = {"Utils/config/Build.py", "Utils/config/Validate.py", "Utils/config/Config.py"}
 
 
 def test_no_module_below_the_entry_points_reads_a_recorded_flag_by_name():
