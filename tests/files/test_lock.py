@@ -80,12 +80,13 @@ def test_without_flock_a_live_holder_is_refused_and_a_dead_one_taken_over(tmp_pa
 def test_two_runs_started_together_on_one_prefix_one_exits_2_naming_the_other(tmp_path, tiny_dir):
     """The issue's case: two teacher runs started 0.3 s apart on one output prefix; the outputs
     are then those of one run alone (``modelTools.py compare`` with a run that had the prefix
-    to itself)."""
+    to itself). Each trains long enough (30 epochs, a few seconds) to hold the prefix while the
+    other starts: runs that do not overlap are the earlier-run case (--resume/--overwrite)."""
     data = tiny_data_dir(tmp_path, tiny_dir)
 
     def teacher(folder):
         return subprocess.Popen([sys.executable, str(ROOT / "pretrainTeacher.py"), *TINY_TEACHER, f"--data_dir={data}",
-                                 "--epoch_tea=8", "--threads=1", f"--model_save_path={folder}/t",
+                                 "--epoch_tea=30", "--threads=1", f"--model_save_path={folder}/t",
                                  f"--his_save_path={folder}/t"],
                                 cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
