@@ -112,11 +112,13 @@ def test_a_damaged_resume_file_is_refused_and_an_old_one_without_digest_resumes(
     _flip_low_bit_of_first_tensor(last)
     proc = _teacher(trained, tmp_path / "tea", "--resume=True", check=False)
     _one_error_line(proc, str(last), "is damaged", "digest")
-    last.write_bytes(whole)  # a file written before digests were stored still resumes
+    last.write_bytes(whole)  # a file written before digests (and the run's identity) were stored still resumes
     data = torch.load(last, weights_only=True)
-    del data["digest"]
+    del data["digest"], data["identity"]
     torch.save(data, last)
-    assert "Resuming after epoch 1" in _teacher(trained, tmp_path / "tea", "--resume=True").stdout
+    out = _teacher(trained, tmp_path / "tea", "--resume=True").stdout
+    assert "Resuming after epoch 1" in out
+    assert "does not record its run's settings and inputs (an older resume file): they are not compared" in out
 
 
 def test_the_digest_covers_every_tensor_byte_and_plain_value():
