@@ -260,13 +260,14 @@ def load_dataset_dir(directory: str, name: str = "") -> Dataset:
                 f"{train.shape[0]}x{train.shape[1]}"
             )
     warnings = []
+    train_items = np.bincount(train.indices, minlength=train.shape[1])  # (shared by both splits' checks)
     for mat, path in ((test, test_path), (val, val_path)):
         if mat is not None:
-            warnings += _split_warnings(mat, train, path)
+            warnings += _split_warnings(mat, train, train_items, path)
     return Dataset(name=name, directory=directory, train=train, test=test, val=val, warnings=warnings)
 
 
-def _split_warnings(mat: sp.csr_matrix, train: sp.csr_matrix, path: str) -> List[str]:
+def _split_warnings(mat: sp.csr_matrix, train: sp.csr_matrix, train_items: np.ndarray, path: str) -> List[str]:
     """What an evaluation split holds that it cannot score: interactions already in train (a
     user's train items are never recommended; all of them: an error), users and items never
     seen in train (their embeddings are never trained)."""
@@ -282,7 +283,7 @@ def _split_warnings(mat: sp.csr_matrix, train: sp.csr_matrix, path: str) -> List
     if cold.size:  # the published Yelp split has such users; they are evaluated, as published
         warnings.append(f"{path}: {cold.size} evaluated users have no train interactions "
                         f"(first: user {cold[0]}); they are evaluated like the others")
-    unseen = np.flatnonzero((np.diff(mat.tocsc().indptr) > 0) & (np.diff(train.tocsc().indptr) == 0))
+    unseen = np.flatnonzero((np.bincount(mat.indices, minlength=mat.shape[1]) > 0) & (train_items == 0))
     if unseen.size:
         warnings.append(f"{path}: {unseen.size} of its items never occur in train (first: item {unseen[0]}); "
                         "their embeddings are never trained")
