@@ -12,7 +12,9 @@ An entry point (``Main.py``)::
 
     def main(args):
         ctx = open_run(Build.runtime_config(args), Params.format_args(args), Build.history_file(args.his_save_path))
-        return run_stage(DistillStage.from_files(Build.distill_config(args, ctx.device), ctx))
+        cfg = Build.distill_config(args, ctx.device)
+        with Lock.own(cfg.outputs, ctx.group.lead):  # save paths checked; one run per output prefix
+            return run_stage(DistillStage.from_files(cfg, ctx))
 
     if __name__ == '__main__':
         sys.exit(Params.run_cli(main, stage='main'))   # or stage='teacher'

@@ -260,9 +260,9 @@ class DistillStage(Stage):
     @classmethod
     def from_files(cls, cfg: DistillConfig, ctx: RunContext) -> "DistillStage":
         """Read and check every input (data, supervisors, a break point, a resume file) and the
-        outputs it would replace, then build the stage."""
+        outputs it would replace, then build the stage. (The save paths were
+        checked, and their folders made, by the entry point's ``Lock.own``.)"""
         log, device = ctx.log, ctx.device
-        Resume.check_output_paths(cfg.outputs)
         log.line("Load Data")
         dataset = dh.load_dataset(cfg.data.data_dir, cfg.data.dataset)
         select_on = cfg.evaluation.split(dataset.val is not None, cfg.data.folder)
@@ -277,7 +277,8 @@ class DistillStage(Stage):
         start = DistillStart(identity=run_identity(cfg, ctx))
         if cfg.outputs.resume:
             start.resume = Resume.load_last(cfg.outputs.last_path, cfg.role, dataset.fingerprint, start.identity,
-                                            recorded_flags(cfg.flags, select_on), lambda line: log.line(line, stamp=False))
+                                            recorded_flags(cfg.flags, select_on),
+                                            lambda line: log.line(line, stamp=False))
         elif cfg.break_point is not None:
             model = load_model(cfg.break_point, "student", dataset, device, graph=graph, latdim=cfg.data.latdim,
                                n_layers=cfg.data.gnn_layer, warn=lambda line: log.line(line, stamp=False))

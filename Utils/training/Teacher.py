@@ -121,9 +121,9 @@ class TeacherStage(Stage):
     @classmethod
     def from_files(cls, cfg: TeacherConfig, ctx: RunContext) -> "TeacherStage":
         """Read and check every input (data, ``--load_model_tea``/``--load_his_tea``, a resume file)
-        and the outputs it would replace, then build the stage."""
+        and the outputs it would replace, then build the stage. (The save paths were
+        checked, and their folders made, by the entry point's ``Lock.own``.)"""
         log, device = ctx.log, ctx.device
-        Resume.check_output_paths(cfg.outputs)
         log.line("Load Data")
         dataset = dh.load_dataset(cfg.data.data_dir, cfg.data.dataset)
         cfg.evaluation.split(dataset.val is not None, cfg.data.folder)
