@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The paper's ablation (Table 3) on Yelp: the student stage of yelp_reproduce.sh, whole (12 pruning
-# runs, the same schedule and flags), with one component of LightGNN removed or replaced.
+# runs, the same schedule and flags, but the published edge score's beta1 = 1.0 where the script
+# uses 0.1), with one component of LightGNN removed or replaced.
 #   DATA_DIR=../shared/datasets bash example_scripts/yelp_ablation.sh VARIANT [more flags]
 # VARIANT (the paper's row name in brackets):
-#   lightgnn    nothing removed: the script's own student stage                      [LightGNN]
+#   lightgnn    nothing removed: the script's student stage at beta1 = 1.0           [LightGNN]
 #   no_bialn    no prediction- or embedding-level KD (--softreg=0 --cdreg=0)          [-BiAln]
 #   no_intkd    no intermediate model: the student is distilled from the teacher, whose
 #               predictions also replace the intermediate model's in the edge score   [-IntKD]

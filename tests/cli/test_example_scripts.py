@@ -71,7 +71,7 @@ def test_reproduce_flags_are_valid_on_top_of_the_published_examples():
         command = re.search(rf"^\s*timed {stage} bash .*?(?<!\\)\n", text, flags=re.M | re.S).group(0)
         if stage == "student":  # its flags are shared with yelp_ablation.sh
             assert '"${YELP_STUDENT_FLAGS[@]}"' in command
-            command = (ROOT / "example_scripts" / "yelp_student_schedule.sh").read_text()
+            command = (ROOT / "example_scripts" / "yelp_student_schedule.sh").read_text() + command
         extra = re.findall(r"(--\w+=[^\s\\]+)", command)
         assert extra, stage
         base = [f.replace('"$TEACHER"', "t.mod").replace('"$MIDDLE"', "m.mod")
@@ -83,6 +83,7 @@ def test_reproduce_flags_are_valid_on_top_of_the_published_examples():
             assert not args.init_from_supervisor and args.lr == 1e-3
         if stage == "student":  # no subspace term in runs 9-12, where empty rows make it a clique
             assert args.init_from_supervisor and args.hyper_contr_end_prn_run == 8
+            assert args.adj_mask_aug1 == 0.1  # beta1: the edge score leans on the student's own weights
     assert "--PRUNING_END=12" in command  # the paper's whole mild schedule
 
 
@@ -147,6 +148,7 @@ def test_ablation_variants_are_the_reproduce_student_stage_with_one_component_ch
     assert '"${YELP_STUDENT_FLAGS[@]}"' in reproduce  # the same schedule as the script
     assert (base.PRUNING_END, base.contrast_candidates, base.patience, base.hyper_contr_end_prn_run) == (12, 2048, 4, 8)
     assert base.distill_from_middle_model and base.use_SM_edgeW2aug and base.learn_edge_weights
+    assert base.adj_mask_aug1 == 1.0  # the ablation keeps the published beta1 it was measured with
     changed = {}
     for variant in ABLATION[1:]:
         args = _ablation_command(tmp_path, variant)
