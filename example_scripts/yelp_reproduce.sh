@@ -31,7 +31,7 @@
 #                model's affinity; at 0.1 runs 6/12 give 0.0868/0.0803 test Recall@20, at 1.0
 #                0.0862/0.0741 (docs/results/2026-12-06-yelp-ablation-and-adaptive-estimator.md).
 #                The ablation (yelp_ablation.sh) keeps the published 1.0, as it was measured.
-# About 1 h 20 min on the project's 2-core CPU: teacher 19 min (2026-12-03), intermediate 17, student 43 (2026-12-07).
+# About 1 h 20 min on the project's 2-core CPU: teacher 19 min (2026-12-03), intermediate 17, student 46 (2026-12-07).
 # Selection on validation (the default when valMat.pkl exists). Logs: logs/{tea,mid,stu}_yelp_reproduce_log;
 # checkpoints and histories under ./outModels/yelp/reproduce/.
 # FROM=intermediate or FROM=student starts at that stage, reusing the checkpoints the
